@@ -1,0 +1,63 @@
+"""Project paths and settings, resolved from environment variables or the project root.
+
+Everything that touches the file system asks this module where things live, so notebooks,
+the CLI, the web app and the tests agree without hard-coded paths.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def project_root() -> Path:
+    """The repository root (``SKINLESION_ROOT`` overrides; else two levels above the package)."""
+    env = os.environ.get("SKINLESION_ROOT")
+    if env:
+        return Path(env).expanduser().resolve()
+    root = PACKAGE_DIR.parent.parent
+    if (root / "pyproject.toml").exists():
+        return root
+    # Installed as a wheel, not from a checkout: fall back to the working directory.
+    return Path.cwd()
+
+
+def data_dir() -> Path:
+    """``data/`` under the project root: raw data, caches and generated data (git-ignored)."""
+    return Path(os.environ.get("SKINLESION_DATA_HOME", project_root() / "data")).expanduser()
+
+
+def default_raw_dataset() -> Path:
+    """Where ``skinlesion data download`` puts the Kaggle dataset."""
+    return data_dir() / "raw" / "melanoma_cancer_dataset"
+
+
+def shared_dataset() -> Path:
+    """The read-only copy of the real dataset beside the checkout (development and CI)."""
+    return project_root().parent / "shared" / "data" / "melanoma_cancer_dataset"
+
+
+def resolve_data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """Dataset root: the explicit argument, else ``SKINLESION_DATA_DIR``, else ``data/raw/...``."""
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get("SKINLESION_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    return default_raw_dataset()
+
+
+def models_dir() -> Path:
+    """Where model bundles are written (``SKINLESION_MODELS_DIR`` overrides)."""
+    return Path(os.environ.get("SKINLESION_MODELS_DIR", project_root() / "models")).expanduser()
+
+
+def reports_dir() -> Path:
+    """Where evaluation reports are written (``SKINLESION_REPORTS_DIR`` overrides)."""
+    return Path(os.environ.get("SKINLESION_REPORTS_DIR", project_root() / "reports")).expanduser()
+
+
+def cache_dir() -> Path:
+    """Feature and converted-weight caches (``SKINLESION_CACHE_DIR`` overrides)."""
+    return Path(os.environ.get("SKINLESION_CACHE_DIR", data_dir() / "cache")).expanduser()
