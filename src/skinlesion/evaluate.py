@@ -1,0 +1,156 @@
+"""Evaluation of a bundle on the official test split, the de-duplicated test subset and
+external folder-per-class sets, each reported separately."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from skinlesion import config
+from skinlesion.data import DataError, scan_class_folders
+
+
+@dataclass
+class EvalSet:
+    name: str
+    root: Path
+    paths: list[str]      # relative to root
+    labels: np.ndarray
+
+
+def evaluation_sets(
+    bundle_meta: dict[str, Any],
+    bundle_path: Path,
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    external: tuple[str, ...] = (),
+    dedup_file: str | os.PathLike[str] | None = None,
+    include_test: bool = True,
+) -> list[EvalSet]:
+    """The bundle's own test split (and its de-duplicated subset) plus any external folders."""
+    from skinlesion.audit import load_dedup_test
+
+    sets: list[EvalSet] = []
+    if include_test:
+        root = Path(data_dir or bundle_meta["training"]["data_dir"])
+        splits = pd.read_csv(bundle_path / bundle_meta["training"]["splits_file"])
+        test = splits[splits["split"] == "test"]
+        if test.empty:
+            raise DataError(f"{bundle_path} has no test split; evaluate with --external DIR")
+        if not (root / test["path"].iloc[0]).exists():
+            raise DataError(f"test images of this bundle are not under {root}; pass --data-dir")
+        sets.append(EvalSet("test", root, test["path"].tolist(), test["label"].to_numpy()))
+        dedup = load_dedup_test(dedup_file)
+        if dedup is not None:
+            clean = test[test["path"].isin(set(dedup["path"]))]
+            if len(clean):
+                sets.append(EvalSet("test_dedup", root, clean["path"].tolist(), clean["label"].to_numpy()))
+    for ext in external:
+        scan = scan_class_folders(ext, require_both=False)
+        root = Path(ext)
+        sets.append(EvalSet(f"external:{root.name}", root, [p.relative_to(root).as_posix() for p in scan.paths],
+                            np.asarray(scan.labels)))
+    return sets
+
+
+def predict_set(predictor, s: EvalSet, *, tta: bool = False, progress: bool = True) -> pd.DataFrame:
+    """Per-image predictions for an evaluation set (unreadable images listed with an error)."""
+    df = predictor.predict_batch([s.root / p for p in s.paths], tta=tta, progress=progress)
+    df["path"] = s.paths
+    df["y_true"] = s.labels
+    return df
+
+
+def score_predictions(df: pd.DataFrame, threshold: float, *, n_resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Metrics at the frozen threshold and at 0.5 (the seed's convention), with bootstrap CIs."""
+    from skinlesion import metrics
+
+    ok = df[df["error"].fillna("") == ""]
+    y, p = ok["y_true"].to_numpy().astype(int), ok["probability"].to_numpy()
+    out: dict[str, Any] = {"n": int(len(ok)), "n_unreadable": int(len(df) - len(ok))}
+    if len(ok) == 0:
+        out["notes"] = ["no readable images"]
+        return out
+    out["at_threshold"] = metrics.summarize_with_ci(y, p, threshold=threshold, n_resamples=n_resamples, seed=seed)
+    out["at_0.5"] = metrics.summarize_with_ci(y, p, threshold=0.5, n_resamples=n_resamples, seed=seed)
+    out["threshold"] = threshold
+    from skinlesion.calibration import brier_score, expected_calibration_error
+
+    out["ece"] = float(expected_calibration_error(y, p))
+    out["brier"] = float(brier_score(y, p))
+    notes = metrics.summarize(y, p, threshold=threshold).get("notes", [])
+    if notes:
+        out["notes"] = notes
+    return out
+
+
+def evaluate_bundle(
+    bundle_path: str | os.PathLike[str],
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    external: tuple[str, ...] = (),
+    tta: bool = False,
+    n_resamples: int = 2000,
+    include_test: bool = True,
+    progress: bool = True,
+) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
+    """Score a bundle on every evaluation set: (metrics per set, predictions per set)."""
+    from skinlesion.inference import Predictor
+
+    predictor = Predictor.from_bundle(bundle_path)
+    sets = evaluation_sets(predictor.meta, predictor.bundle.path, data_dir=data_dir, external=external,
+                           include_test=include_test)
+    if not sets:
+        raise DataError("nothing to evaluate: no test split and no --external folder")
+    results: dict[str, Any] = {
+        "bundle": predictor.name, "backbone": predictor.meta.get("backbone"),
+        "synthetic": bool(predictor.meta.get("synthetic")), "tta": tta,
+        "threshold": predictor.policy.threshold, "sets": {},
+    }
+    preds: dict[str, pd.DataFrame] = {}
+    for s in sets:
+        df = predict_set(predictor, s, tta=tta, progress=progress)
+        preds[s.name] = df
+        results["sets"][s.name] = score_predictions(df, predictor.policy.threshold, n_resamples=n_resamples)
+    return results, preds
+
+
+def format_results(results: dict[str, Any]) -> str:
+    """A compact text table of the headline metrics with 95 % CIs."""
+    lines = []
+    if results.get("synthetic"):
+        lines.append("SYNTHETIC MODEL: these numbers are about generated images, not skin cancer.")
+    keys = ["roc_auc", "accuracy", "sensitivity", "specificity", "balanced_accuracy", "f1"]
+    for name, r in results["sets"].items():
+        lines.append(f"{name}: n={r.get('n')}" + (f" ({r['n_unreadable']} unreadable)" if r.get("n_unreadable") else ""))
+        for label, key in (("frozen threshold %.3f" % results["threshold"], "at_threshold"), ("threshold 0.5", "at_0.5")):
+            if key not in r:
+                continue
+            cells = []
+            for k in keys:
+                v = r[key].get(k)
+                if v is None:
+                    continue
+                if np.isnan(v["value"]):
+                    cells.append(f"{k} n/a")
+                else:
+                    cells.append(f"{k} {v['value']:.3f} [{v['low']:.3f}, {v['high']:.3f}]")
+            lines.append(f"  {label}: " + "; ".join(cells))
+        for note in r.get("notes", []):
+            lines.append(f"  note: {note}")
+    return "\n".join(lines)
+
+
+def save_results(results: dict[str, Any], preds: dict[str, pd.DataFrame], out_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Write metrics.json and per-set predictions CSVs to ``reports/<run>/``."""
+    out = Path(out_dir) if out_dir else config.reports_dir() / results["bundle"]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+    for name, df in preds.items():
+        df.to_csv(out / f"predictions_{name.replace(':', '_')}.csv", index=False)
+    return out

@@ -1,0 +1,182 @@
+"""Stage-1 feature extraction: frozen backbone features, computed once and cached on disk.
+
+The cache is keyed by backbone, input size, weights identity, view (augmentation) and the
+sha256 of each image's bytes, so subsets, re-runs and renamed files all reuse it.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from skinlesion import config
+from skinlesion.intake import ImageRejected, image_fingerprint, load_for_model
+
+# Dihedral views: lesions have no canonical orientation, so flips/rotations are label-preserving.
+VIEWS: dict[str, tuple[int, bool]] = {  # name -> (quarter turns, horizontal flip)
+    "id": (0, False), "r90": (1, False), "r180": (2, False), "r270": (3, False),
+    "fh": (0, True), "fh_r90": (1, True), "fh_r180": (2, True), "fh_r270": (3, True),
+}
+
+
+def apply_view(batch: np.ndarray, view: str) -> np.ndarray:
+    """Apply a dihedral view to a batch (N, H, W, C)."""
+    k, flip = VIEWS[view]
+    out = batch[:, :, ::-1] if flip else batch
+    return np.ascontiguousarray(np.rot90(out, k, axes=(1, 2)))
+
+
+@dataclass
+class LoadedImages:
+    """Decoded images plus what could not be read."""
+
+    arrays: np.ndarray           # (n_ok, size, size, 3) uint8
+    ok: np.ndarray               # bool mask over the input paths
+    keys: list[str]              # sha256 of each input file ("" when unreadable)
+    errors: dict[int, str]       # index -> reason
+
+
+def _read_one(path: Path, size: int) -> tuple[str, np.ndarray | None, str | None]:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        return "", None, f"cannot read: {exc}"
+    key = image_fingerprint(data)
+    try:
+        return key, load_for_model(data, size), None
+    except ImageRejected as exc:
+        return key, None, exc.message
+
+
+def iter_image_batches(
+    paths: Sequence[str | os.PathLike[str]], size: int, batch_size: int = 64, workers: int = 2
+) -> Iterator[tuple[np.ndarray, list[int], list[str], dict[int, str]]]:
+    """Yield (batch uint8, input indices, sha256 keys, errors) while the next batch decodes.
+
+    Decoding runs in a thread pool (Pillow releases the GIL) one batch ahead of the
+    consumer, so the model is rarely starved on a 2-core machine.
+    """
+    starts = range(0, len(paths), batch_size)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        def submit(start: int):
+            chunk = paths[start : start + batch_size]
+            return start, [pool.submit(_read_one, Path(p), size) for p in chunk]
+
+        pending = submit(starts[0]) if len(paths) else None
+        for nxt in list(starts[1:]) + [None]:
+            start, futures = pending
+            pending = submit(nxt) if nxt is not None else None
+            arrays, idx, keys, errors = [], [], [], {}
+            for j, fut in enumerate(futures):
+                key, arr, err = fut.result()
+                keys.append(key)
+                if err is None:
+                    arrays.append(arr)
+                    idx.append(start + j)
+                else:
+                    errors[start + j] = err
+            batch = np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8)
+            yield batch, idx, keys, errors
+
+
+class FeatureCache:
+    """An npz per (backbone, size, weights, view): sha256 keys -> float32 feature rows."""
+
+    def __init__(self, backbone: str, size: int, weights_tag: str | None, view: str, root: Path | None = None):
+        self.enabled = weights_tag is not None  # random weights change every build: never cache
+        tag = f"{backbone}-{size}-{weights_tag}-{view}"
+        self.path = (root or config.cache_dir() / "features") / f"{tag}.npz"
+        self._lock = threading.Lock()
+        self.store: dict[str, np.ndarray] = {}
+        if self.enabled and self.path.exists():
+            try:
+                with np.load(self.path, allow_pickle=False) as z:
+                    self.store = dict(zip(z["keys"].tolist(), z["features"]))
+            except Exception as exc:  # a corrupt cache is rebuilt, never trusted
+                warnings.warn(f"ignoring unreadable feature cache {self.path}: {exc}", stacklevel=2)
+
+    def get(self, key: str) -> np.ndarray | None:
+        return self.store.get(key)
+
+    def put_many(self, keys: list[str], feats: np.ndarray) -> None:
+        with self._lock:
+            self.store.update(zip(keys, feats))
+
+    def save(self) -> None:
+        if not self.enabled or not self.store:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        keys = np.array(list(self.store.keys()))
+        feats = np.stack(list(self.store.values())).astype(np.float32)
+        tmp = self.path.with_name(f".{self.path.stem}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, keys=keys, features=feats)
+        os.replace(tmp, self.path)
+
+
+def extract_features(
+    model,
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    backbone: str,
+    weights_tag: str | None,
+    views: Sequence[str] = ("id",),
+    batch_size: int = 64,
+    progress: bool = True,
+    cache_root: Path | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+    """Features of every image for every view: (features (n, n_views, d), ok mask, errors).
+
+    Images that cannot be decoded are reported in ``errors`` and masked out, never fatal.
+    """
+    from tqdm.auto import tqdm
+
+    size = int(model.input_shape[1])
+    dim = int(model.output_shape[-1])
+    n = len(paths)
+    caches = [FeatureCache(backbone, size, weights_tag, v, cache_root) for v in views]
+    keys_all = [""] * n
+    out = np.zeros((n, len(views), dim), dtype=np.float32)
+    ok = np.zeros(n, dtype=bool)
+    errors: dict[int, str] = {}
+
+    # Hash first (cheap) so that fully cached images are never decoded.
+    todo: list[int] = []
+    for i, p in enumerate(paths):
+        try:
+            keys_all[i] = image_fingerprint(Path(p).read_bytes())
+        except OSError as exc:
+            errors[i] = f"cannot read: {exc}"
+            continue
+        hits = [c.get(keys_all[i]) for c in caches]
+        if all(h is not None for h in hits):
+            out[i] = np.stack(hits)
+            ok[i] = True
+        else:
+            todo.append(i)
+
+    if todo:
+        bar = tqdm(total=len(todo), desc=f"features {backbone}@{size}", unit="img", disable=not progress)
+        sub_paths = [paths[i] for i in todo]
+        for batch, idx, _keys, errs in iter_image_batches(sub_paths, size, batch_size):
+            for j, msg in errs.items():
+                errors[todo[j]] = msg
+            if len(batch):
+                rows = [todo[j] for j in idx]
+                for v, (view, cache) in enumerate(zip(views, caches)):
+                    feats = np.asarray(model.predict_on_batch(apply_view(batch, view)), dtype=np.float32)
+                    out[rows, v] = feats
+                    cache.put_many([keys_all[r] for r in rows], feats)
+                ok[rows] = True
+            bar.update(len(idx) + len(errs))
+        bar.close()
+        for c in caches:
+            c.save()
+    if errors:
+        warnings.warn(f"{len(errors)} image(s) could not be read and were skipped", stacklevel=2)
+    return out, ok, errors

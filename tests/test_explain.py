@@ -1,0 +1,238 @@
+"""Tests for skinlesion.explain on a tiny hand-wired CNN that detects a bright square."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from matplotlib.figure import Figure  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from skinlesion import explain  # noqa: E402
+
+SIZE = 32
+LAYER = "last_conv_act"
+
+
+def _tiny_model() -> keras.Model:
+    """Input 0..255 -> Rescaling -> 2 convs -> "last_conv_act" -> GAP -> Dense(1, sigmoid).
+
+    Hand-set weights: channel 0 fires on bright pixels (the "lesion" square) and pushes
+    P(malignant) up; channel 1 fires on any non-black content and pushes it down a little.
+    """
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Rescaling(1.0 / 255.0)(inputs)
+    x = keras.layers.Conv2D(2, 3, padding="same", activation="relu", name="conv1")(x)
+    x = keras.layers.Conv2D(2, 3, padding="same", name="conv2")(x)
+    x = keras.layers.Activation("relu", name=LAYER)(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid", name="malignant_probability")(x)
+    model = keras.Model(inputs, outputs, name="tiny")
+
+    k1 = np.full((3, 3, 3, 2), 1.0 / 27.0, np.float32)  # 3x3 mean brightness
+    model.get_layer("conv1").set_weights([k1, np.array([-0.6, -0.05], np.float32)])
+    k2 = np.zeros((3, 3, 2, 2), np.float32)
+    k2[1, 1, 0, 0] = k2[1, 1, 1, 1] = 1.0  # pass both channels through
+    model.get_layer("conv2").set_weights([k2, np.zeros(2, np.float32)])
+    model.get_layer("malignant_probability").set_weights(
+        [np.array([[120.0], [-12.0]], np.float32), np.array([1.4], np.float32)]
+    )
+    return model
+
+
+def _image(quadrant: tuple[int, int] | None = (0, 0)) -> np.ndarray:
+    """Dim noisy background; a bright 8x8 square in the given (row, col) quadrant."""
+    image = np.random.default_rng(0).uniform(30, 90, (SIZE, SIZE, 3))
+    if quadrant is not None:
+        r, c = (q * SIZE // 2 + 4 for q in quadrant)
+        image[r : r + 8, c : c + 8] = 250
+    return image.astype(np.uint8)
+
+
+def _quadrant_mass(heatmap: np.ndarray, quadrant: tuple[int, int]) -> float:
+    h = SIZE // 2
+    r, c = quadrant
+    return float(heatmap[r * h : (r + 1) * h, c * h : (c + 1) * h].sum() / heatmap.sum())
+
+
+@pytest.fixture(scope="module")
+def model() -> keras.Model:
+    return _tiny_model()
+
+
+def test_tiny_model_predicts_malignant_only_with_the_square(model):
+    p_square = float(model(_image()[None].astype(np.float32))[0, 0])
+    p_plain = float(model(_image(None)[None].astype(np.float32))[0, 0])
+    assert p_square > 0.5 > p_plain
+
+
+def test_find_last_conv_layer(model):
+    assert explain.find_last_conv_layer(model) == LAYER
+
+
+@pytest.mark.parametrize("quadrant", [(0, 0), (1, 1)])
+def test_gradcam_localises_the_square(model, quadrant):
+    heatmap = explain.compute_heatmap(model, _image(quadrant), "gradcam", layer_name=LAYER)
+    peak = np.unravel_index(np.argmax(heatmap), heatmap.shape)
+    assert tuple(int(i) // (SIZE // 2) for i in peak) == quadrant
+    assert _quadrant_mass(heatmap, quadrant) > 0.8
+
+
+def test_default_layer_and_predicted_target(model):
+    image = _image()
+    default = explain.compute_heatmap(model, image)  # gradcam, last conv, predicted class
+    malignant = explain.compute_heatmap(model, image, target="malignant", layer_name=LAYER)
+    np.testing.assert_allclose(default, malignant, atol=1e-6)
+    # With a threshold above P(malignant) the predicted class is benign, a different map.
+    benign = explain.compute_heatmap(model, image, target="predicted", threshold=0.99)
+    assert not np.allclose(benign, malignant, atol=1e-3)
+
+
+@pytest.mark.parametrize("method", explain.METHODS)
+def test_every_method_returns_a_normalised_map(model, method):
+    kwargs = {"seed": 0, "smooth_samples": 5} if method == "smoothgrad" else {}
+    heatmap = explain.compute_heatmap(model, _image(), method, layer_name=LAYER, **kwargs)
+    assert heatmap.shape == (SIZE, SIZE)
+    assert heatmap.dtype == np.float32
+    assert heatmap.min() >= 0.0 and heatmap.max() == pytest.approx(1.0)
+    # Every method should put more of the map on the square's quadrant than chance (0.25).
+    assert _quadrant_mass(heatmap, (0, 0)) > 0.4
+
+
+def test_two_logit_head_reproduces_the_sigmoid(model):
+    images = np.stack([_image(), _image(None)]).astype(np.float32)
+    p = keras.ops.convert_to_numpy(model(images))[:, 0]
+    logits = keras.ops.convert_to_numpy(explain._two_logit_model(model)(images))
+    softmax = keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1))
+    np.testing.assert_allclose(softmax, np.stack([1 - p, p], axis=1), atol=1e-6)
+
+
+def test_scorecam_weights_use_the_sigmoid_probability(model):
+    # Plain tf-keras-vis softmaxes the single sigmoid unit to 1.0, which makes the "benign"
+    # score 1 - 1 = 0 for every channel and the map all zeros; the two-logit head fixes that.
+    heatmap = explain.compute_heatmap(
+        model, _image(), "scorecam", layer_name=LAYER, target="benign"
+    )
+    assert np.ptp(heatmap) > 0.5
+
+
+def test_smoothgrad_seed_is_reproducible_and_leaves_global_rng_alone(model):
+    np.random.seed(123)
+    expected_next = np.random.random()
+    np.random.seed(123)
+    a = explain.compute_heatmap(model, _image(), "smoothgrad", smooth_samples=3, seed=7)
+    assert np.random.random() == expected_next
+    b = explain.compute_heatmap(model, _image(), "smoothgrad", smooth_samples=3, seed=7)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_black_image_gives_an_all_zero_map(model):
+    black = np.zeros((SIZE, SIZE, 3), np.uint8)
+    heatmap = explain.compute_heatmap(model, black, target="malignant")
+    assert heatmap.shape == (SIZE, SIZE) and not heatmap.any()
+
+
+def test_unknown_method_raises(model):
+    with pytest.raises(ValueError, match="Unknown method"):
+        explain.compute_heatmap(model, _image(), "lime")
+
+
+def test_unknown_layer_lists_candidates(model):
+    with pytest.raises(ValueError, match="no layer named 'nope'.*last_conv_act"):
+        explain.compute_heatmap(model, _image(), layer_name="nope")
+
+
+def test_non_spatial_layer_raises(model):
+    with pytest.raises(ValueError, match="4-D"):
+        explain.compute_heatmap(model, _image(), layer_name="gap")
+
+
+@pytest.mark.parametrize(
+    "bad_image",
+    [
+        np.zeros((64, 64, 3), np.uint8),
+        np.zeros((SIZE, SIZE), np.uint8),
+        np.zeros((1, SIZE, SIZE, 3)),
+    ],
+)
+def test_wrong_image_shape_raises_with_expected_size(model, bad_image):
+    with pytest.raises(ValueError, match="32x32x3"):
+        explain.compute_heatmap(model, bad_image)
+
+
+def test_bad_options_raise(model):
+    with pytest.raises(ValueError, match="Unknown target"):
+        explain.compute_heatmap(model, _image(), target="melanoma")
+    with pytest.raises(TypeError, match="max_N"):
+        explain.compute_heatmap(model, _image(), "gradcam", max_N=4)
+
+
+def test_normalize_map_keeps_a_zero_map_zero():
+    with np.errstate(all="raise"):
+        out = explain.normalize_map(np.zeros((4, 4)))
+    assert out.dtype == np.float32 and not out.any()
+    np.testing.assert_allclose(explain.normalize_map(np.array([[1e-12, 3e-12]])), [[0.0, 1.0]])
+
+
+def test_randomize_model_copies_and_redraws_top_layers(model):
+    before = [w.copy() for w in model.get_weights()]
+    head = explain.randomize_model(model, "head", seed=0)
+    for original, kept in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(original, kept)  # input model untouched
+    assert head is not model
+    for name in ("conv1", "conv2"):
+        for a, b in zip(model.get_layer(name).get_weights(), head.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    old_kernel = model.get_layer("malignant_probability").get_weights()[0]
+    assert not np.allclose(head.get_layer("malignant_probability").get_weights()[0], old_kernel)
+
+    cascade = explain.randomize_model(model, "cascade", n_layers=2, seed=0)
+    def kernel(m, name):
+        return m.get_layer(name).get_weights()[0]
+
+    assert not np.allclose(kernel(cascade, "conv2"), kernel(model, "conv2"))
+    np.testing.assert_array_equal(kernel(cascade, "conv1"), kernel(model, "conv1"))
+    all_layers = ["conv1", "conv2", "malignant_probability"]
+    assert explain.randomized_layer_names(model, "all") == all_layers
+    with pytest.raises(ValueError, match="only 3 weighted layers"):
+        explain.randomize_model(model, "cascade", n_layers=10)
+
+
+def test_sanity_check_randomised_maps_differ(model):
+    result = explain.sanity_check(model, _image(), "gradcam", LAYER, seed=0)
+    assert set(result) == {"head", "cascade_2", "cascade_3"}
+    assert result["cascade_3"]["layers"] == ["conv1", "conv2", "malignant_probability"]
+    for entry in result.values():
+        assert -1.0 <= entry["ssim"] <= 1.0
+        # NaN = the randomised map is constant (e.g. all zero), which also counts as changed.
+        assert not entry["spearman"] >= 0.9, entry
+
+
+def test_overlay_and_png(model):
+    image = _image()
+    heatmap = explain.compute_heatmap(model, image, layer_name=LAYER)
+    picture = explain.overlay(image, heatmap)
+    assert isinstance(picture, Image.Image)
+    assert picture.mode == "RGB" and picture.size == (SIZE, SIZE)
+    # A smaller map is upsampled to the image; a float 0..1 image is accepted for display.
+    small = explain.overlay(
+        image.astype(np.float32) / 255.0, heatmap[::4, ::4], alpha=0.3, cmap="inferno"
+    )
+    assert small.size == (SIZE, SIZE)
+    png = explain.overlay_png_bytes(image, heatmap, alpha=0.5)
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    with pytest.raises(ValueError, match="colormap"):
+        explain.overlay(image, heatmap, cmap="no-such-map")
+    with pytest.raises(ValueError, match="2-D"):
+        explain.overlay(image, heatmap[None])
+
+
+def test_plot_explanations_returns_a_figure(model):
+    image = _image()
+    methods = ("gradcam", "gradcam++")
+    heatmaps = {m: explain.compute_heatmap(model, image, m, layer_name=LAYER) for m in methods}
+    figure = explain.plot_explanations(image, heatmaps, title="tiny")
+    assert isinstance(figure, Figure)
+    assert len(figure.axes) == 3
+    assert [ax.get_title() for ax in figure.axes] == ["original", "gradcam", "gradcam++"]
