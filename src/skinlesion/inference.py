@@ -150,6 +150,9 @@ class Predictor:
                 thresholds.append(m.ood.threshold)
         prob = np.mean(probs, axis=0)
         raw = np.mean(raws, axis=0)
+        if self.bundle.kind == "ensemble":
+            # The mean of calibrated members is itself re-calibrated on validation (bundle.json).
+            prob = apply_temperature(prob, float(self.meta["calibration"]["temperature"]))
         if dists:
             # Ratio to each member's threshold, so members of different backbones are comparable.
             ratio = np.mean([d / t for d, t in zip(dists, thresholds)], axis=0)

@@ -12,11 +12,12 @@ morphology sees the same scale whatever the input resolution):
    of L* (closing minus image, the DullRazor idea) above :data:`HAIR_TOPHAT_L`, dilated by 1 px.
 3. **Specular highlights / bubbles**: L* > :data:`SPECULAR_L` with chroma < :data:`SPECULAR_CHROMA`
    (whitish), or L* > 97 whatever the chroma.
-4. **Lesion**: Otsu's threshold on a Gaussian-blurred L* over the pixels left; the dark side's
-   connected components that reach the central disc (radius 25 % of the short side) are taken as
-   the lesion, holes filled, and dilated by 5 % of the size to drop its halo. When the two Otsu
-   classes differ by less than :data:`MIN_LESION_CONTRAST` L* units there is no lesion to remove
-   (plain skin with shading), so nothing is.
+4. **Lesion**: Otsu's threshold on a Gaussian-blurred L* over the pixels left (used only when
+   the two Otsu classes differ by at least :data:`MIN_LESION_CONTRAST` L* units, i.e. there is a
+   dark region at all), or, if higher, a robust outlier cut (median - max(3 MAD, that contrast))
+   that catches lesions too small for Otsu. The dark connected components reaching the central
+   disc (radius 25 % of the short side) are the lesion; holes are filled and it is dilated by
+   5 % of the size to drop its halo.
 5. A 2 % strip along the image border is dropped (rulers, frame artefacts, JPEG edges).
 
 If fewer than :data:`MIN_SKIN_FRACTION` of the pixels are left the ITA is NaN, and
@@ -115,25 +116,30 @@ def _shrink(rgb: NDArray[np.float64]) -> NDArray[np.float64]:
     return np.asarray(small) / 255.0
 
 
-def _disk(radius: int) -> NDArray[np.bool_]:
-    r = max(1, int(radius))
-    y, x = np.ogrid[-r : r + 1, -r : r + 1]
-    return x * x + y * y <= r * r
+def _disk(radius: float) -> NDArray[np.uint8]:
+    from skimage.morphology import disk
+
+    return disk(max(1, int(round(radius))))
 
 
 def _lesion_mask(l_blur: NDArray[np.float64], candidate: NDArray[np.bool_]) -> NDArray[np.bool_]:
-    """Dark central region by Otsu on blurred L* over ``candidate`` pixels (empty if no contrast)."""
+    """Dark central region of blurred L* over ``candidate`` pixels (Otsu or outlier cut; may be empty)."""
     from skimage.filters import threshold_otsu
 
     values = l_blur[candidate]
     if values.size < 50 or np.ptp(values) < 1e-6:
         return np.zeros_like(candidate)
+    # Otsu misses a lesion covering only ~1 % of the frame (it splits the skin's shading
+    # instead), so pixels far darker than the typical skin count as lesion too.
+    median = np.median(values)
+    mad = 1.4826 * np.median(np.abs(values - median))
+    threshold = median - max(3.0 * mad, MIN_LESION_CONTRAST)
     t = threshold_otsu(values)
     dark_side = values[values <= t]
     light_side = values[values > t]
-    if dark_side.size == 0 or light_side.size == 0 or light_side.mean() - dark_side.mean() < MIN_LESION_CONTRAST:
-        return np.zeros_like(candidate)
-    dark = candidate & (l_blur <= t)
+    if dark_side.size and light_side.size and light_side.mean() - dark_side.mean() >= MIN_LESION_CONTRAST:
+        threshold = max(threshold, t)
+    dark = candidate & (l_blur <= threshold)
     labels, n = ndimage.label(dark)
     if n == 0:
         return np.zeros_like(candidate)
@@ -160,9 +166,9 @@ def _skin_mask_small(rgb: NDArray[np.float64]) -> tuple[NDArray[np.bool_], NDArr
     labels, _ = ndimage.label(black)
     border_ids = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     vignette = np.isin(labels, border_ids[border_ids > 0])
-    vignette = ndimage.binary_dilation(vignette, _disk(round(0.03 * size))) | black
+    vignette = ndimage.binary_dilation(vignette, _disk(0.03 * size)) | black
 
-    closed = ndimage.grey_closing(lightness, footprint=_disk(round(0.02 * size) + 1))
+    closed = ndimage.grey_closing(lightness, footprint=_disk(0.02 * size + 1))
     hair = ndimage.binary_dilation(closed - lightness > HAIR_TOPHAT_L, _disk(1))
 
     chroma = np.hypot(a_star, b_star)
@@ -177,7 +183,7 @@ def _skin_mask_small(rgb: NDArray[np.float64]) -> tuple[NDArray[np.bool_], NDArr
     l_blur = ndimage.gaussian_filter(lightness, sigma=max(1.0, 0.01 * size))
     lesion = _lesion_mask(l_blur, candidate)
     if lesion.any():
-        lesion = ndimage.binary_dilation(lesion, _disk(round(0.05 * size)))
+        lesion = ndimage.binary_dilation(lesion, _disk(0.05 * size))
     return candidate & ~lesion, lab
 
 

@@ -16,6 +16,7 @@ Anything trained or evaluated on this data must be reported as SYNTHETIC. Datase
 from __future__ import annotations
 
 import io
+import math
 import os
 import shutil
 import tempfile
@@ -200,8 +201,8 @@ def synth_image(label: int, rng: np.random.Generator, size: int = 128) -> np.nda
     # Pigment network: a regular mesh for benign lesions, wobbling as the score rises.
     freq = rng.uniform(14.0, 22.0) * size / 128
     angle = rng.uniform(0.0, np.pi / 2)
-    u = np.cos(angle) * xx + np.sin(angle) * yy
-    v = -np.sin(angle) * xx + np.cos(angle) * yy
+    u = math.cos(angle) * xx + math.sin(angle) * yy  # math, not np: keeps float32 (NEP 50)
+    v = -math.sin(angle) * xx + math.cos(angle) * yy
     wobble = _smooth_field(rng, size, 10) * (0.06 * network_irregularity)
     mesh = np.cos(2 * np.pi * freq * (u + wobble)) * np.cos(2 * np.pi * freq * (v - wobble))
     lesion = lesion * (1.0 - rng.uniform(0.03, 0.08) * (mesh + 1.0))[..., None]
@@ -317,7 +318,8 @@ def generate_dataset(
     """Write a synthetic dataset in the Kaggle layout and return its root.
 
     Layout: ``<root>/{train,test}/{benign,malignant}/synth_<split>_<class>_<i>.jpg`` plus
-    ``<root>/SYNTHETIC.txt``. The same arguments give byte-identical files.
+    ``<root>/SYNTHETIC.txt`` (no ``test/`` when ``n_test_per_class=0``). The same arguments
+    give byte-identical files.
 
     Safety: a non-empty ``root`` is replaced only if it is a previous synthetic dataset (marker
     present, nothing but our images), or when ``overwrite=True``, which deletes its contents.
@@ -325,7 +327,7 @@ def generate_dataset(
     so an interrupted run leaves either the old folder or nothing at ``root``, never a partial
     dataset (a stray ``.<name>.synth-*`` sibling after a hard kill can be deleted).
     """
-    fmt = fmt.upper()
+    fmt = str(fmt).upper()
     if fmt == "JPG":
         fmt = "JPEG"
     if fmt not in FORMATS:
@@ -338,7 +340,8 @@ def generate_dataset(
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise SynthError(f"seed must be a non-negative int, got {seed!r}")
 
-    root = Path(root)
+    # Absolute but not symlink-resolved, so "." and "data/x" have a parent and a name to swap.
+    root = Path(os.path.abspath(Path(root).expanduser()))
     if root.exists() and not root.is_dir():
         raise SynthError(f"{root} exists and is not a folder")
     non_empty = root.is_dir() and any(root.iterdir())
@@ -357,6 +360,8 @@ def generate_dataset(
     try:
         counts = {"train": n_train_per_class, "test": n_test_per_class}
         for split in SPLITS:
+            if counts[split] == 0:
+                continue  # an empty test/ folder would read as a broken dataset; leave it out
             for label, cls in enumerate(CLASS_NAMES):
                 folder = tmp / split / cls
                 folder.mkdir(parents=True)

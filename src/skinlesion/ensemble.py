@@ -1,0 +1,82 @@
+"""Ensembles: the average of calibrated member probabilities, saved as a bundle of its own.
+
+Members must have been trained on the same split (their validation predictions are aligned
+by image path), so the ensemble's temperature and decision policy are fitted on the same
+validation images as the members'.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from skinlesion.bundle import BundleError, load, sha256_file, write_bundle
+
+
+def ensemble_validation_probabilities(bundle_paths: list[Path]) -> pd.DataFrame:
+    """Validation table (path, label, prob) with the mean of the members' calibrated probabilities."""
+    from skinlesion.calibration import apply_temperature
+
+    frames = []
+    for i, p in enumerate(bundle_paths):
+        b = load(p)
+        if b.kind != "single":
+            raise BundleError(f"{p}: ensembles of ensembles are not supported; list the single bundles")
+        df = pd.read_csv(b.file("val_predictions.csv"))
+        T = float((b.meta.get("calibration") or {}).get("temperature", 1.0))
+        frames.append(df.assign(prob=apply_temperature(df["prob"].to_numpy(), T)).rename(columns={"prob": f"p{i}"}))
+    merged = frames[0]
+    for f in frames[1:]:
+        merged = merged.merge(f.drop(columns="label"), on="path", how="inner")
+    if len(merged) != len(frames[0]) or any(len(f) != len(frames[0]) for f in frames):
+        raise BundleError("the members were validated on different images: train them on the same splits file")
+    cols = [f"p{i}" for i in range(len(frames))]
+    return pd.DataFrame({"path": merged["path"], "label": merged["label"], "prob": merged[cols].mean(axis=1)})
+
+
+def make_ensemble(
+    bundle_paths: list[str | os.PathLike[str]],
+    *,
+    out_dir: str | os.PathLike[str] | None = None,
+    run_id: str | None = None,
+    target_sensitivity: float = 0.95,
+) -> Path:
+    """Write an ensemble bundle that the Predictor loads like any other bundle."""
+    from skinlesion import calibration, metrics
+
+    paths = [Path(p).resolve() for p in bundle_paths]
+    if len(paths) < 2:
+        raise BundleError("an ensemble needs at least two bundles")
+    members = [load(p) for p in paths]
+    splits = {sha256_file(m.file("splits.csv")) for m in members}
+    if len(splits) != 1:
+        raise BundleError("the members were trained on different splits; an ensemble needs one shared split")
+    val = ensemble_validation_probabilities(paths)
+    y, p = val["label"].to_numpy(), val["prob"].to_numpy()
+    T = calibration.fit_temperature(y, p)
+    p_cal = calibration.apply_temperature(p, T)
+    policy = calibration.fit_decision_policy(y, p_cal, target_sensitivity=target_sensitivity, temperature=T)
+    summary = metrics.summarize(y, p_cal, threshold=policy.threshold)
+    first = members[0]
+    out_dir = Path(out_dir) if out_dir else first.path.parent
+    names = "+".join(m.meta["backbone"] for m in members)
+    run_id = run_id or f"ensemble-{'-'.join(m.meta['run_id'] for m in members)}"[:120]
+    meta = {
+        "kind": "ensemble",
+        "backbone": f"ensemble({names})",
+        # Relative paths keep a models/ folder relocatable.
+        "members": [os.path.relpath(m.path, (out_dir / run_id).resolve()) for m in members],
+        "member_bundle_sha256": [sha256_file(m.file("bundle.json")) for m in members],
+        "input_size": first.input_size,
+        "last_conv_layer": first.meta.get("last_conv_layer"),
+        "stage": "ensemble of calibrated members",
+        "synthetic": any(m.synthetic for m in members),
+        "decision": policy.to_dict(),
+        "calibration": {"method": "temperature (on the mean of calibrated member probabilities)", "temperature": T},
+        "training": {**first.meta["training"], "members": [m.meta["run_id"] for m in members]},
+        "metrics": {"val": summary},
+    }
+    return write_bundle(meta, {"splits.csv": first.file("splits.csv"), "val_predictions.csv": val},
+                        out_dir=out_dir, run_id=run_id)

@@ -1,0 +1,108 @@
+"""Training end to end on tiny synthetic data, and the bad-input cases of training."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from skinlesion.data import DataError
+from skinlesion.synth import generate_dataset
+from skinlesion.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory):
+    return generate_dataset(tmp_path_factory.mktemp("synth") / "ds", n_train_per_class=24, n_test_per_class=6, size=64, seed=0)
+
+
+def _cfg(root, out, **kw):
+    base = dict(backbone="efficientnet_lite0", data_dir=str(root), input_size=64, head_units=8, head_epochs=15,
+                patience=5, out_dir=str(out), progress=False, splits_file=str(out / "splits.csv"))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def trained(synth_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("models")
+    return train(_cfg(synth_root, out, run_id="synthetic-run", views=("id", "fh")))
+
+
+def test_bundle_contents(trained):
+    meta = json.loads((trained / "bundle.json").read_text())
+    assert meta["synthetic"] is True, "training on synthetic data must be labelled SYNTHETIC"
+    assert meta["backbone"] == "efficientnet_lite0" and meta["input_size"] == 64
+    assert meta["last_conv_layer"] == "lite_top_activation"
+    assert 0.0 <= meta["decision"]["band_low"] <= meta["decision"]["threshold"] <= meta["decision"]["band_high"] <= 1.0
+    assert meta["calibration"]["temperature"] > 0
+    for f in ("model.keras", "history.csv", "splits.csv", "val_predictions.csv", "ood.npz", "train.log"):
+        assert (trained / f).is_file(), f
+    hist = pd.read_csv(trained / "history.csv")
+    assert {"val_auc", "loss"} <= set(hist.columns)
+    assert "SYNTHETIC" in (trained / "train.log").read_text()
+
+
+def test_saved_model_reproduces_validation_predictions(trained):
+    from skinlesion.bundle import load
+    from skinlesion.intake import load_for_model
+
+    b = load(trained)
+    val = pd.read_csv(trained / "val_predictions.csv")
+    root = b.meta["training"]["data_dir"]
+    x = np.stack([load_for_model(f"{root}/{p}", 64) for p in val["path"][:8]])
+    p = b.model.predict(x, verbose=0).ravel()
+    np.testing.assert_allclose(p, val["prob"][:8], atol=1e-4)
+
+
+def test_predictor_on_bundle(trained):
+    from skinlesion.inference import Predictor
+
+    pred = Predictor.from_bundle(trained)
+    root = pred.meta["training"]["data_dir"]
+    r = pred.predict(f"{root}/test/malignant/" + sorted(__import__("os").listdir(f"{root}/test/malignant"))[0])
+    assert 0.0 <= r.probability <= 1.0
+    assert r.decision in {"suspicious", "benign-appearing", "uncertain — refer"}
+    assert "SYNTHETIC" in r.summary and "not a medical device" in r.summary
+
+
+def test_fine_tune_smoke(synth_root, tmp_path):
+    path = train(_cfg(synth_root, tmp_path, fine_tune=10, fine_tune_epochs=1, batch_size=16))
+    meta = json.loads((path / "bundle.json").read_text())
+    assert meta["stage"].startswith("fine-tuned")
+    assert "fine_tune" in set(pd.read_csv(path / "history.csv")["stage"])
+
+
+def test_unreadable_images_are_skipped_not_fatal(synth_root, tmp_path):
+    root = tmp_path / "ds"
+    shutil.copytree(synth_root, root)
+    bad = root / "train" / "benign" / "zz_truncated.jpg"
+    bad.write_bytes((root / "train" / "benign").glob("*.jpg").__next__().read_bytes()[:300])
+    (root / "train" / "malignant" / "readme.txt").write_text("not an image")
+    with pytest.warns(UserWarning):
+        path = train(_cfg(root, tmp_path))
+    meta = json.loads((path / "bundle.json").read_text())
+    assert meta["training"]["skipped_unreadable"] == 1
+    assert "zz_truncated.jpg" in (path / "train.log").read_text()
+
+
+def test_one_class_dataset_refused(tmp_path, synth_root):
+    root = tmp_path / "one"
+    shutil.copytree(synth_root / "train" / "benign", root / "train" / "benign")
+    with pytest.raises(DataError, match="missing the class folder"):
+        train(_cfg(root, tmp_path))
+
+
+def test_empty_data_dir_refused(tmp_path):
+    with pytest.raises(DataError, match="no dataset at"):
+        train(_cfg(tmp_path / "missing", tmp_path))
+
+
+def test_unknown_backbone_refused(tmp_path, synth_root):
+    from skinlesion.backbones import BackboneError
+
+    with pytest.raises(BackboneError, match="unknown backbone"):
+        train(_cfg(synth_root, tmp_path, backbone="alexnet"))
+    assert not any(p.name.startswith(".tmp") for p in tmp_path.iterdir())
