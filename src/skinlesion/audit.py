@@ -15,10 +15,13 @@ import pandas as pd
 
 from skinlesion import config
 
-# A pHash Hamming distance up to this counts as a near duplicate. 64-bit pHash of unrelated
-# dermoscopy images sits around 32 +- 4; re-encodes and small crops stay below ~6. The
-# thumbnail correlation confirms borderline pairs so that similar-looking but distinct
-# lesions are not thrown out.
+# Near duplicate = pHash Hamming distance <= 8 AND 16x16 grey-thumbnail correlation >= 0.95.
+# Measured on the Kaggle split by eye: every re-encoded, recoloured or slightly rescaled copy we
+# looked at passes, but so do some distinct lesions that merely look alike (small brown lesion
+# on plain skin, or the same dermoscope vignette). The rule is deliberately conservative: a
+# de-duplicated test set that drops a few innocent images is still unbiased, one that keeps a
+# leaked copy is not. No single cheap similarity separated the two cleanly (thumbnail, colour,
+# high-pass and SSIM correlations were all tried), so the looser rule stays.
 PHASH_MAX_DISTANCE = 8
 THUMB_MIN_CORRELATION = 0.95
 
