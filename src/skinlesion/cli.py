@@ -197,6 +197,18 @@ def predict(paths, model_path, fmt, output, tta) -> None:
 
 
 @main.command()
+@click.argument("bundles", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out-dir", type=click.Path(path_type=Path), default=None, help="Where the ensemble bundle goes (default: beside the first member).")
+@click.option("--run-id", default=None)
+@friendly
+def ensemble(bundles, out_dir, run_id) -> None:
+    """Average the calibrated probabilities of several bundles (same split) into an ensemble bundle."""
+    from skinlesion.ensemble import make_ensemble
+
+    click.echo(str(make_ensemble(list(bundles), out_dir=out_dir, run_id=run_id)))
+
+
+@main.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @friendly
 def info(bundle) -> None:

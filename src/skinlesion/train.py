@@ -46,6 +46,7 @@ class TrainConfig:
     l2: float = 1e-4
     head_epochs: int = 300
     head_lr: float = 1e-3
+    head_batch_size: int = 256
     batch_size: int = 64
     patience: int = 25
     fine_tune: int = 0
@@ -254,7 +255,7 @@ def _train_head(head, Xtr: np.ndarray, ytr: np.ndarray, Xva: np.ndarray, yva: np
         keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=cfg.patience, restore_best_weights=True),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(3, cfg.patience // 3)),
     ]
-    h = head.fit(X, y, validation_data=(Xva, yva), epochs=cfg.head_epochs, batch_size=cfg.batch_size,
+    h = head.fit(X, y, validation_data=(Xva, yva), epochs=cfg.head_epochs, batch_size=cfg.head_batch_size,
                  class_weight=_class_weights(ytr), callbacks=cb, verbose=0, shuffle=True)
     hist = pd.DataFrame(h.history)
     hist.insert(0, "epoch", np.arange(1, len(hist) + 1))
@@ -328,7 +329,8 @@ def _fine_tune(full, root: Path, tr: pd.DataFrame, va: pd.DataFrame, cfg: TrainC
     log.info("fine-tuning: top %d layers (%d weight tensors trainable, BatchNorm frozen)", cfg.fine_tune, n_trainable)
     cb = [keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=cfg.fine_tune_patience,
                                         restore_best_weights=True)]
-    h = full.fit(train_ds, validation_data=val_ds, epochs=cfg.fine_tune_epochs, callbacks=cb,
+    # tf.data already shuffles (seeded); Keras' own shuffle flag does not apply to datasets.
+    h = full.fit(train_ds, validation_data=val_ds, epochs=cfg.fine_tune_epochs, callbacks=cb, shuffle=False,
                  class_weight=_class_weights(tr["label"].to_numpy()), verbose=2 if cfg.progress else 0)
     hist = pd.DataFrame(h.history)
     hist.insert(0, "epoch", np.arange(1, len(hist) + 1))

@@ -1,0 +1,86 @@
+"""Ensembles and evaluation on tiny synthetic bundles trained on one shared split."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from skinlesion.bundle import BundleError
+from skinlesion.synth import generate_dataset
+from skinlesion.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def two_bundles(tmp_path_factory):
+    root = generate_dataset(tmp_path_factory.mktemp("syn") / "ds", n_train_per_class=20, n_test_per_class=8, size=64, seed=1)
+    out = tmp_path_factory.mktemp("models")
+    common = dict(backbone="efficientnet_lite0", data_dir=str(root), input_size=64, head_epochs=10, patience=4,
+                  out_dir=str(out), progress=False, splits_file=str(out / "splits.csv"))
+    a = train(TrainConfig(head_units=0, run_id="a", **common))
+    b = train(TrainConfig(head_units=16, run_id="b", **common))
+    return root, out, a, b
+
+
+def test_ensemble_bundle_loads_in_predictor(two_bundles):
+    from skinlesion.ensemble import make_ensemble
+    from skinlesion.inference import Predictor
+
+    root, out, a, b = two_bundles
+    ens = make_ensemble([a, b], run_id="ens")
+    meta = json.loads((ens / "bundle.json").read_text())
+    assert meta["kind"] == "ensemble" and meta["members"] == ["../a", "../b"]
+    pred = Predictor.from_bundle(ens)
+    img = next((root / "test" / "malignant").glob("*.jpg"))
+    pa, pb = Predictor.from_bundle(a).predict(img), Predictor.from_bundle(b).predict(img)
+    pe = pred.predict(img)
+    assert 0.0 <= pe.probability <= 1.0 and pe.synthetic
+    # the ensemble sits between its (re-calibrated) members' opinions, up to its own temperature
+    lo, hi = sorted([pa.probability, pb.probability])
+    assert lo - 0.25 <= pe.probability <= hi + 0.25
+
+
+def test_ensemble_refuses_different_splits(two_bundles, tmp_path):
+    from skinlesion.ensemble import make_ensemble
+
+    root, out, a, _ = two_bundles
+    c = train(TrainConfig(backbone="efficientnet_lite0", data_dir=str(root), input_size=64, head_epochs=3, out_dir=str(tmp_path),
+                          progress=False, splits_file=str(tmp_path / "other.csv"), val_fraction=0.3))
+    with pytest.raises(BundleError, match="different"):
+        make_ensemble([a, c], out_dir=tmp_path)
+    with pytest.raises(BundleError, match="at least two"):
+        make_ensemble([a])
+
+
+def test_evaluate_official_external_and_single_class(two_bundles, tmp_path):
+    import shutil
+
+    from skinlesion.evaluate import evaluate_bundle, format_results, save_results
+
+    root, _, a, _ = two_bundles
+    ext = tmp_path / "ext"
+    shutil.copytree(root / "test" / "benign", ext / "benign")  # one class only: AUC undefined
+    (ext / "benign" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    results, preds = evaluate_bundle(a, external=(str(ext),), n_resamples=200, progress=False)
+    assert set(results["sets"]) == {"test", "external:ext"}
+    t = results["sets"]["test"]
+    assert t["n"] == 16 and 0.0 <= t["at_threshold"]["roc_auc"]["value"] <= 1.0
+    e = results["sets"]["external:ext"]
+    assert e["n_unreadable"] == 1
+    assert np.isnan(e["at_threshold"]["roc_auc"]["value"])
+    assert e["at_threshold"]["specificity"]["value"] >= 0.0
+    assert any("one class" in n for n in e["notes"])
+    text = format_results(results)
+    assert "SYNTHETIC" in text and "roc_auc n/a" in text
+    out = save_results(results, preds, tmp_path / "rep")
+    assert json.loads((out / "metrics.json").read_text())["bundle"] == "a"
+
+
+def test_tta_changes_little_and_stays_valid(two_bundles):
+    from skinlesion.inference import Predictor
+
+    root, _, a, _ = two_bundles
+    pred = Predictor.from_bundle(a)
+    img = next((root / "test" / "benign").glob("*.jpg"))
+    p1, p8 = pred.predict(img).probability, pred.predict(img, tta=True).probability
+    assert 0.0 <= p8 <= 1.0 and abs(p1 - p8) < 0.5
