@@ -41,8 +41,10 @@ dashboard: $(STAMP) ## Start the Voila dashboard
 notebooks: $(STAMP) ## Re-execute every notebook on the full data and rewrite the outputs
 	$(PY) -m skinlesion.notebooks run-all
 
-benchmark: $(STAMP) ## Print speed figures (feature pipeline vs raw predict, latency)
+benchmark: $(STAMP) ## Print speed figures (feature pipeline, Grad-CAM latency, web app under load)
 	$(PY) benchmarks/feature_pipeline.py
+	$(PY) benchmarks/explain_latency.py
+	$(PY) benchmarks/webapp_load.py
 
 audit: $(STAMP) ## Leakage audit of test vs train (writes reports/audit)
 	$(VENV)/bin/skinlesion data audit

@@ -236,3 +236,143 @@ def test_plot_explanations_returns_a_figure(model):
     assert isinstance(figure, Figure)
     assert len(figure.axes) == 3
     assert [ax.get_title() for ax in figure.axes] == ["original", "gradcam", "gradcam++"]
+
+
+# --------------------------------------------------------------------------------------------
+# Compiled Grad-CAM / Grad-CAM++ (the default) against the tf-keras-vis reference
+# --------------------------------------------------------------------------------------------
+
+
+def _assert_maps_match(fast: np.ndarray, ref: np.ndarray, atol: float = 1e-4) -> None:
+    assert fast.shape == ref.shape and fast.dtype == np.float32
+    np.testing.assert_allclose(fast, ref, atol=atol)
+    if ref.any():
+        assert np.corrcoef(fast.ravel(), ref.ravel())[0, 1] > 0.99
+
+
+@pytest.mark.parametrize("method", explain.COMPILED_METHODS)
+@pytest.mark.parametrize("target", ["malignant", "benign"])
+@pytest.mark.parametrize("quadrant", [(0, 0), (1, 0)])
+def test_compiled_matches_tf_keras_vis(model, method, target, quadrant):
+    image = _image(quadrant)
+    fast = explain.compute_heatmap(model, image, method, layer_name=LAYER, target=target)
+    ref = explain.compute_heatmap(
+        model, image, method, layer_name=LAYER, target=target, reference=True
+    )
+    assert ref.any()  # a blank reference would make the comparison vacuous
+    _assert_maps_match(fast, ref, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def lite0() -> keras.Model:
+    from skinlesion.backbones import build_classifier
+
+    full, _ = build_classifier("efficientnet_lite0", weights=None, input_size=96)
+    return full
+
+
+def test_compiled_matches_tf_keras_vis_on_efficientnet_lite0(lite0):
+    # build_classifier's full model shares its head layers with the head-only model, which
+    # the reference path also has to cope with (the sigmoid layer's input is taken from the
+    # full model's own graph).
+    image = np.random.default_rng(1).uniform(0, 255, (96, 96, 3)).astype(np.uint8)
+    non_blank = 0
+    for method in explain.COMPILED_METHODS:
+        for target in ("malignant", "benign"):
+            kw = {"layer_name": "lite_top_activation", "target": target}
+            fast = explain.compute_heatmap(lite0, image, method, **kw)
+            ref = explain.compute_heatmap(lite0, image, method, reference=True, **kw)
+            _assert_maps_match(fast, ref)
+            non_blank += bool(ref.any())
+    assert non_blank >= 2
+
+
+def test_second_call_is_served_from_the_cache(lite0):
+    rng = np.random.default_rng(2)
+    layer = "lite_top_activation"
+    for i in range(3):  # other images, both methods and all targets: one trace
+        image = rng.uniform(0, 255, (96, 96, 3)).astype(np.uint8)
+        explain.predict_and_explain(
+            lite0, image, explain.COMPILED_METHODS[i % 2], layer, explain.TARGETS[i]
+        )
+    compiled = explain._compiled_cam(lite0, layer)
+    assert compiled is explain._compiled_cam(lite0, layer)
+    assert compiled.function.experimental_get_tracing_count() == 1
+
+
+def test_predict_and_explain_returns_the_model_probability(model):
+    image = _image()
+    p, heatmap = explain.predict_and_explain(model, image, "gradcam", LAYER, "predicted")
+    expected = float(model(image[None].astype(np.float32))[0, 0])
+    assert p == pytest.approx(expected, abs=1e-6)
+    assert p > 0.5  # so "predicted" explained the malignant class
+    malignant = explain.compute_heatmap(model, image, layer_name=LAYER, target="malignant")
+    np.testing.assert_array_equal(heatmap, malignant)
+    # With a threshold above p the predicted class is benign.
+    _, benign = explain.predict_and_explain(model, image, "gradcam", LAYER, threshold=0.99)
+    assert not np.allclose(benign, malignant, atol=1e-3)
+
+
+def test_predict_and_explain_other_methods_and_bad_options(model):
+    image = _image()
+    p, heatmap = explain.predict_and_explain(model, image, "scorecam", LAYER, max_N=2)
+    assert p == pytest.approx(float(model(image[None].astype(np.float32))[0, 0]), abs=1e-6)
+    assert heatmap.shape == (SIZE, SIZE) and heatmap.max() == pytest.approx(1.0)
+    with pytest.raises(TypeError, match="max_N"):
+        explain.predict_and_explain(model, image, "gradcam", LAYER, max_N=2)
+    with pytest.raises(ValueError, match="Unknown method"):
+        explain.predict_and_explain(model, image, "lime", LAYER)
+    with pytest.raises(ValueError, match="Unknown target"):
+        explain.predict_and_explain(model, image, "gradcam", LAYER, "melanoma")
+    with pytest.raises(ValueError, match="32x32x3"):
+        explain.predict_and_explain(model, image[:16], "gradcam", LAYER)
+
+
+def test_cache_follows_weight_changes_and_frees_the_model():
+    import gc
+    import weakref
+
+    local = _tiny_model()
+    image = _image()
+    explain.warm_up(local, LAYER)
+    compiled = explain._compiled_cam(local, LAYER)
+    # Swap the head's sign: the cached graph reads the live variables, so the map follows.
+    kernel, bias = local.get_layer("malignant_probability").get_weights()
+    local.get_layer("malignant_probability").set_weights([-kernel, -bias])
+    fast = explain.compute_heatmap(local, image, "gradcam++", layer_name=LAYER, target="benign")
+    ref = explain.compute_heatmap(
+        local, image, "gradcam++", layer_name=LAYER, target="benign", reference=True
+    )
+    _assert_maps_match(fast, ref, atol=1e-5)
+    assert compiled.function.experimental_get_tracing_count() == 1
+
+    alive = weakref.ref(local)
+    del local, compiled
+    gc.collect()
+    assert alive() is None  # the cache holds the model weakly
+
+
+def test_gradcam_plus_plus_survives_a_saturated_logit():
+    # tf-keras-vis multiplies Grad-CAM++ derivatives by exp(score), inf in float32 for z > 88
+    # (its map for this model is all zeros); the compiled path leaves that constant out (it
+    # cancels), so the map stays meaningful. Here z is about 112.
+    local = _tiny_model()
+    kernel, bias = local.get_layer("malignant_probability").get_weights()
+    local.get_layer("malignant_probability").set_weights([150.0 * kernel, 150.0 * bias])
+    p, heatmap = explain.predict_and_explain(local, _image(), "gradcam++", LAYER, "malignant")
+    assert p == 1.0
+    assert _quadrant_mass(heatmap, (0, 0)) > 0.8
+
+
+def test_compiled_path_on_a_saved_and_loaded_model(model, tmp_path):
+    # Bundles are loaded from .keras files: the sigmoid head must still be recognised.
+    path = tmp_path / "tiny.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    image = _image((1, 1))
+    p, fast = explain.predict_and_explain(loaded, image, "gradcam", LAYER, "malignant")
+    ref = explain.compute_heatmap(
+        model, image, layer_name=LAYER, target="malignant", reference=True
+    )
+    _assert_maps_match(fast, ref, atol=1e-5)
+    assert p == pytest.approx(float(model(image[None].astype(np.float32))[0, 0]), abs=1e-6)

@@ -1,0 +1,293 @@
+"""The Voila dashboard's logic (skinlesion.dashboard), its notebook and its Voila config, without a browser.
+
+Uploads are simulated the way ipywidgets 8 delivers them (``FileUpload.value`` = tuple of dicts
+with a memoryview ``content``), so the real ``observe`` callback runs.
+"""
+from __future__ import annotations
+
+import html
+import io
+import json
+import re
+import shlex
+import signal
+from pathlib import Path
+
+import nbformat
+import pytest
+from hostile import text_renamed_jpg
+from PIL import Image
+
+from skinlesion import DISCLAIMER
+from skinlesion.dashboard import (
+    UploadResult,
+    build_dashboard,
+    handle_upload,
+    list_bundles,
+    render_result_html,
+    sample_image,
+    upload_bytes,
+    upload_value,
+)
+from skinlesion.explain import METHODS
+from skinlesion.inference import Predictor
+from skinlesion.intake import MAX_BYTES
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "dashboards" / "lesion_uploader.ipynb"
+STUB_TAG = "voila-hide"
+JPEG_MAGIC = b"\xff\xd8\xff"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_bundle) -> Predictor:
+    return Predictor.from_bundle(tiny_bundle)
+
+
+@pytest.fixture(scope="module")
+def image(dermoscopic_jpeg) -> tuple[str, bytes]:
+    return "lesion.jpg", dermoscopic_jpeg
+
+
+@pytest.fixture
+def dashboard(tiny_bundle, predictor, monkeypatch):
+    monkeypatch.delenv("SKINLESION_MODEL", raising=False)
+    bundle = Path(tiny_bundle)
+
+    def factory(path: Path) -> Predictor:
+        # The model is loaded once per module; the dashboard must ask for the preselected bundle.
+        assert Path(path) == bundle
+        return predictor
+
+    return build_dashboard(models_dir=bundle.parent, predictor_factory=factory, model=bundle)
+
+
+# ------------------------------------------------------------------------------ uploads
+
+
+def test_upload_shows_exactly_the_predictor_summary(dashboard, predictor, image) -> None:
+    name, data = image
+    dashboard.upload.value = upload_value(name, data)
+
+    result = dashboard.last_result
+    expected = predictor.predict(data)
+    assert result.ok, result.error
+    assert result.summary == expected.summary
+    assert result.decision == expected.decision
+    assert DISCLAIMER in result.summary
+    assert html.escape(expected.summary, quote=False) in dashboard.result.value
+    assert bytes(dashboard.image.value).startswith(JPEG_MAGIC)
+    assert bytes(dashboard.overlay.value).startswith(PNG_MAGIC)
+    assert dashboard.images.layout.display == "flex"
+
+
+def test_handle_upload_takes_a_memoryview_like_the_widget_gives(predictor, image) -> None:
+    name, data = image
+    result = handle_upload(predictor, memoryview(data), "gradcam", name=name)
+    assert result.ok and result.explain_error is None
+    assert result.summary == predictor.predict(data).summary
+    overlay = Image.open(io.BytesIO(result.overlay))
+    assert overlay.size == (predictor.input_size, predictor.input_size)
+
+
+@pytest.mark.slow
+def test_every_explanation_method_gives_an_overlay(predictor, image) -> None:
+    _, data = image
+    for method in METHODS:
+        result = handle_upload(predictor, data, method)
+        assert result.explain_error is None, result.explain_error
+        assert result.overlay.startswith(PNG_MAGIC), method
+
+
+def test_changing_the_method_re_explains_the_current_image(dashboard, image) -> None:
+    dashboard.upload.value = upload_value(*image)
+    dashboard.method.value = "gradcam++"
+    assert dashboard.last_result.method == "gradcam++"
+    assert dashboard.last_result.ok
+    assert "Grad-CAM++" in dashboard.overlay_caption.value
+
+
+def test_unknown_method_is_refused(predictor, image) -> None:
+    with pytest.raises(ValueError, match="choose one of"):
+        handle_upload(predictor, image[1], "lime")
+
+
+def test_hostile_upload_shows_the_intake_message(dashboard) -> None:
+    case = text_renamed_jpg()
+    dashboard.upload.value = upload_value(case.name, case.data)
+
+    result = dashboard.last_result
+    assert not result.ok and result.prediction is None
+    assert result.status == 415
+    assert "text file" in result.error and "JPEG" in result.error
+    assert "skinlesion-error" in dashboard.result.value
+    assert "Image not accepted" in dashboard.result.value
+    assert html.escape(result.error, quote=False) in dashboard.result.value
+    assert dashboard.images.layout.display == "none"
+
+
+def test_reset_clears_upload_and_result(dashboard, image) -> None:
+    dashboard.upload.value = upload_value(*image)
+    assert dashboard.last_result.ok
+
+    dashboard.reset_button.click()
+
+    assert dashboard.upload.value == ()
+    assert dashboard.last_result is None
+    assert dashboard.result.value == ""
+    assert dashboard.image.value == b"" and dashboard.overlay.value == b""
+    assert dashboard.images.layout.display == "none"
+    assert "Upload image" in dashboard.status.value
+    dashboard.method.value = "gradcam++"  # nothing on screen, so nothing is re-analysed
+    assert dashboard.last_result is None
+
+
+def test_notice_is_always_visible(dashboard) -> None:
+    assert "<b>Research tool, not a medical device.</b>" in dashboard.header.value
+    assert html.unescape(re.sub(r"<[^>]+>", "", dashboard.header.value)) == DISCLAIMER
+    assert dashboard.header in dashboard.children
+
+
+# ------------------------------------------------------------------------------ models
+
+
+def test_no_bundle_says_how_to_train_one(tmp_path, monkeypatch, image) -> None:
+    monkeypatch.delenv("SKINLESION_MODEL", raising=False)
+
+    def never(path):
+        raise AssertionError("no model should be loaded")
+
+    dash = build_dashboard(models_dir=tmp_path / "models", predictor_factory=never)
+    assert not dash.has_model
+    assert dash.upload.disabled and dash.bundle.disabled
+    assert "make run" in dash.status.value and str(tmp_path / "models") in dash.status.value
+
+    dash.upload.value = upload_value(*image)  # what the hidden notebook cell does
+    assert "make run" in dash.last_result.error
+    assert "make run" in dash.result.value
+
+
+def test_a_broken_bundle_is_reported_not_raised(tmp_path, monkeypatch, image) -> None:
+    monkeypatch.delenv("SKINLESION_MODEL", raising=False)
+    broken = tmp_path / "20260101-000000-broken"
+    broken.mkdir()
+    (broken / "bundle.json").write_text(json.dumps({"schema_version": 999, "created": "2026"}))
+
+    dash = build_dashboard(models_dir=tmp_path)
+    dash.upload.value = upload_value(*image)
+
+    assert "Could not load the model" in dash.last_result.error
+    assert "schema version" in dash.last_result.error
+    assert "skinlesion-error" in dash.result.value
+
+
+def _fake_bundle(root: Path, name: str, created: str, **meta) -> Path:
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "bundle.json").write_text(json.dumps({"run_id": name, "created": created, **meta}))
+    return folder
+
+
+def test_list_bundles_newest_first_with_skinlesion_model_on_top(tmp_path, monkeypatch) -> None:
+    models = tmp_path / "models"
+    old = _fake_bundle(models, "old", "2026-01-01T00:00:00+00:00")
+    new = _fake_bundle(models, "new", "2026-02-01T00:00:00+00:00", synthetic=True, backbone="b0", input_size=96)
+    _fake_bundle(models, ".tmp-half-written", "2027-01-01T00:00:00+00:00")
+    (models / "splits").mkdir()
+    elsewhere = _fake_bundle(tmp_path / "other", "chosen", "2025-01-01T00:00:00+00:00")
+
+    monkeypatch.delenv("SKINLESION_MODEL", raising=False)
+    choices = list_bundles(models)
+    assert [c.path for c in choices] == [new, old]
+    assert "[SYNTHETIC]" in choices[0].label and "96px" in choices[0].label
+
+    monkeypatch.setenv("SKINLESION_MODEL", str(elsewhere))
+    assert [c.path for c in list_bundles(models)] == [elsewhere, new, old]
+    assert "SKINLESION_MODEL" in list_bundles(models)[0].label
+    # The same bundle named twice is listed once.
+    assert [c.path for c in list_bundles(models, model=old / "bundle.json")] == [old, new]
+    assert list_bundles(tmp_path / "missing", model="") == []
+
+
+def test_dropdown_preselects_the_newest_bundle(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("SKINLESION_MODEL", raising=False)
+    _fake_bundle(tmp_path, "old", "2026-01-01T00:00:00+00:00")
+    new = _fake_bundle(tmp_path, "new", "2026-02-01T00:00:00+00:00")
+    dash = build_dashboard(models_dir=tmp_path)
+    assert dash.bundle.value == str(new)
+    assert len(dash.bundle.options) == 2
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def test_upload_bytes_copies_the_widget_memoryview() -> None:
+    name, data = upload_bytes(upload_value("a.jpg", b"abc"))
+    assert (name, data) == ("a.jpg", b"abc") and type(data) is bytes
+    assert upload_bytes(()) is None
+
+
+def test_render_result_html_escapes_messages() -> None:
+    out = render_result_html(UploadResult(error="<script>alert(1)</script>", status=415))
+    assert "<script>" not in out and "&lt;script&gt;" in out
+
+
+def test_sample_image_is_a_jpeg() -> None:
+    name, data = sample_image()
+    assert name.endswith(".jpg") and data.startswith(JPEG_MAGIC)
+
+
+# ------------------------------------------------------------------------------ notebook and Voila config
+
+
+def _tags(cell) -> list[str]:
+    return list(cell.get("metadata", {}).get("tags", []))
+
+
+def test_committed_notebook_is_clean_and_tagged() -> None:
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(nb)
+    assert nb.cells[0].cell_type == "markdown" and "make dashboard" in nb.cells[0].source
+    assert "Research tool, not a medical device" in nb.cells[0].source
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), "clear the notebook's outputs"
+    assert set(nb.metadata) <= {"kernelspec", "language_info"}
+    assert [i for i, c in enumerate(nb.cells) if "parameters" in _tags(c)] == [1]
+    assert "SKINLESION_MODEL" in nb.cells[1].source
+    stub = [c for c in nb.cells if STUB_TAG in _tags(c)]
+    assert len(stub) == 1 and "upload_value" in stub[0].source
+    assert "build_dashboard" in code[1].source
+
+
+def _make_dashboard_args() -> list[str]:
+    """The arguments `make dashboard` passes to voila, read from the Makefile."""
+    lines = (ROOT / "Makefile").read_text().splitlines()
+    start = lines.index(next(line for line in lines if line.startswith("dashboard:")))
+    recipe = next(line for line in lines[start + 1:] if "voila" in line)
+    words = shlex.split(recipe.strip())
+    return words[next(i for i, w in enumerate(words) if w.endswith("voila")) + 1:]
+
+
+def test_make_dashboard_loads_voila_json(monkeypatch) -> None:
+    from nbconvert.preprocessors import TagRemovePreprocessor
+    from voila.app import Voila
+
+    args = _make_dashboard_args()
+    assert "dashboards/lesion_uploader.ipynb" in args
+    monkeypatch.chdir(ROOT)  # make runs in the repository root
+    saved = signal.getsignal(signal.SIGTERM)  # Voila.initialize installs its own handler
+    try:
+        app = Voila()
+        app.initialize(args)
+    finally:
+        signal.signal(signal.SIGTERM, saved)
+
+    # Tornado's default is 10 MiB; a 15 MB phone photo (and anything intake would refuse
+    # with a clear 413 message) must get through the kernel websocket.
+    assert app.tornado_settings["websocket_max_message_size"] >= MAX_BYTES
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    before = len(nb.cells)
+    kept, _ = TagRemovePreprocessor(config=app.config).preprocess(nb, {})
+    assert [c for c in kept.cells if STUB_TAG in _tags(c)] == []
+    assert len(kept.cells) == before - 1

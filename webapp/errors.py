@@ -1,0 +1,63 @@
+"""One error format per audience: JSON under /api/ (and /healthz), a friendly page elsewhere."""
+from __future__ import annotations
+
+from flask import Flask, current_app, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from skinlesion.intake import MAX_BYTES, ImageRejected
+
+from webapp.analysis import UserError
+from webapp.model import ModelUnavailable
+
+TOO_LARGE_MESSAGE = (
+    f"The upload is too large. Images may be at most {MAX_BYTES // 2**20} MB; "
+    "send a smaller or more compressed copy."
+)
+INTERNAL_MESSAGE = (
+    "Something went wrong on our side while handling this request. Nothing was stored; "
+    "please try again, and report the problem if it keeps happening."
+)
+# Plain sentences for the HTTP errors a person can run into without a bug on our side.
+_HTTP_MESSAGES = {
+    400: "The request was not understood. Go back and try again.",
+    404: "There is no page at this address.",
+    405: "This address does not accept that kind of request.",
+    413: TOO_LARGE_MESSAGE,
+}
+
+
+def wants_json() -> bool:
+    """API clients get JSON errors; people using the pages get HTML."""
+    return request.path.startswith("/api/") or request.path == "/healthz"
+
+
+def error_response(status: int, message: str):
+    """The error as ``{"error": {"status", "message"}}`` or as the error page."""
+    if wants_json():
+        response = jsonify(error={"status": status, "message": message})
+    else:
+        response = render_template("error.html", status=status, message=message)
+    return response, status
+
+
+def _http_error(exc: HTTPException):
+    status = exc.code or 500
+    if isinstance(exc, RequestEntityTooLarge):
+        message = TOO_LARGE_MESSAGE
+    else:
+        message = _HTTP_MESSAGES.get(status) or exc.description or exc.name
+    return error_response(status, message)
+
+
+def _unexpected(exc: Exception):
+    current_app.logger.exception("unhandled error on %s %s", request.method, request.path)
+    return error_response(500, INTERNAL_MESSAGE)
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Map every failure (refused upload, no model, HTTP error, bug) to one response format."""
+    app.register_error_handler(ImageRejected, lambda e: error_response(e.status, e.message))
+    app.register_error_handler(UserError, lambda e: error_response(e.status, e.message))
+    app.register_error_handler(ModelUnavailable, lambda e: error_response(503, e.message))
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected)

@@ -1,0 +1,46 @@
+// Drag and drop onto the upload box. Progressive enhancement only: without JavaScript the
+// plain <input type="file"> and the submit button do everything.
+(function () {
+  "use strict";
+  var zone = document.getElementById("dropzone");
+  var input = document.getElementById("image");
+  var shown = document.getElementById("file-name");
+  if (!zone || !input) { return; }
+
+  function showName() {
+    // textContent, never innerHTML: file names are user input.
+    shown.textContent = input.files.length ? "Selected: " + input.files[0].name : "";
+  }
+
+  ["dragenter", "dragover"].forEach(function (type) {
+    zone.addEventListener(type, function (event) {
+      event.preventDefault();
+      zone.classList.add("dragging");
+    });
+  });
+  ["dragleave", "dragend", "drop"].forEach(function (type) {
+    zone.addEventListener(type, function () { zone.classList.remove("dragging"); });
+  });
+  zone.addEventListener("drop", function (event) {
+    event.preventDefault();
+    if (event.dataTransfer && event.dataTransfer.files.length) {
+      input.files = event.dataTransfer.files;
+      showName();
+    }
+  });
+  // A drop that misses the box would make the browser open the image and leave the page.
+  window.addEventListener("dragover", function (event) { event.preventDefault(); });
+  window.addEventListener("drop", function (event) { event.preventDefault(); });
+  input.addEventListener("change", showName);
+
+  var form = zone.closest("form");
+  if (form) {
+    form.addEventListener("submit", function () {
+      var button = form.querySelector("button[type=submit]");
+      if (button) {
+        button.disabled = true;
+        button.textContent = "Analysing…";
+      }
+    });
+  }
+}());
