@@ -26,8 +26,9 @@ venv: $(STAMP) ## Create .venv and install the package with its test tools
 run: $(STAMP) ## Main job: real data (or download, or synthetic) -> train efficientnet_lite0 -> evaluate
 	$(VENV)/bin/skinlesion run
 
-test: $(STAMP) ## Run the whole test suite (unit, real-data integration, notebooks, browser)
-	$(PY) -m pytest tests notebooks dashboards --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
+test: $(STAMP) ## Run the whole test suite (unit, real-data integration, notebooks on a sample, browser)
+	SKINLESION_NB_SAMPLE=$${SKINLESION_NB_SAMPLE:-40} $(PY) -m pytest tests notebooks dashboards \
+		--nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
 
 test-fast: $(STAMP) ## Unit tests only (no real data, notebooks or browser)
 	$(PY) -m pytest tests -m "not realdata and not browser and not slow"

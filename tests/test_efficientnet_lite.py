@@ -277,7 +277,7 @@ def test_lite2_recognises_the_cat(weight_cache: Path) -> None:
 def test_weights_are_cached_by_source_hash(lite0: keras.Model, weight_cache: Path) -> None:
     cached = sorted((weight_cache / "weights").glob("efficientnet_lite0-*.npz"))
     assert len(cached) == 1
-    sha = el._sha256(_pth("efficientnet_lite0"))
+    sha = el.sha256_file(_pth("efficientnet_lite0"))
     assert sha[:16] in cached[0].name
     from_cache = el.converted_weights("efficientnet_lite0")
     fresh = el.convert_state_dict(load_legacy_state_dict(_pth("efficientnet_lite0")), "efficientnet_lite0")

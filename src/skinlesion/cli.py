@@ -104,6 +104,7 @@ def _train_options(fn):
         click.option("--head-units", default=256, show_default=True, help="Hidden units of the head (0 = linear)."),
         click.option("--fine-tune", default=0, show_default=True, help="Unfreeze the top N backbone layers (stage 2)."),
         click.option("--fine-tune-epochs", default=6, show_default=True),
+        click.option("--fine-tune-lr", default=2e-5, show_default=True, help="Learning rate of stage 2."),
         click.option("--max-train-per-class", type=int, default=None, help="Subsample for quick runs."),
         click.option("--max-eval-per-class", type=int, default=None, help="Subsample val/test for quick runs."),
         click.option("--out-dir", type=click.Path(path_type=Path), default=None, help="Where bundles go (default models/)."),
@@ -123,7 +124,7 @@ def _config(**kw):
         backbone=kw["backbone"], weights=None if str(weights).lower() in {"none", "random"} else weights,
         input_size=kw["input_size"], data_dir=str(kw["data_dir"]) if kw["data_dir"] else None, seed=kw["seed"],
         views=tuple(v.strip() for v in kw["views"].split(",") if v.strip()), head_units=kw["head_units"],
-        fine_tune=kw["fine_tune"], fine_tune_epochs=kw["fine_tune_epochs"],
+        fine_tune=kw["fine_tune"], fine_tune_epochs=kw["fine_tune_epochs"], fine_tune_lr=kw["fine_tune_lr"],
         max_train_per_class=kw["max_train_per_class"], max_eval_per_class=kw["max_eval_per_class"],
         out_dir=str(kw["out_dir"]) if kw["out_dir"] else None, run_id=kw["run_id"], progress=not kw["quiet"],
     )

@@ -61,3 +61,14 @@ def reports_dir() -> Path:
 def cache_dir() -> Path:
     """Feature and converted-weight caches (``SKINLESION_CACHE_DIR`` overrides)."""
     return Path(os.environ.get("SKINLESION_CACHE_DIR", data_dir() / "cache")).expanduser()
+
+
+def display_path(path: str | os.PathLike[str]) -> str:
+    """A path for logs and notebooks: relative to the project root where possible, so outputs
+    do not carry one machine's directory layout."""
+    p = Path(path).resolve()
+    root = project_root().resolve()
+    try:
+        return p.relative_to(root).as_posix()
+    except ValueError:
+        return os.path.relpath(p, root) if p.anchor == root.anchor else str(p)

@@ -23,7 +23,6 @@ weights are loaded.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import tempfile
@@ -34,6 +33,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from skinlesion.bundle import sha256_file
 from skinlesion.config import cache_dir
 from skinlesion.torch_legacy import load_legacy_state_dict
 
@@ -297,14 +297,6 @@ def package_weights_file(name: str) -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _save_npz_atomic(path: Path, weights: dict[str, list[np.ndarray]], name: str, sha: str) -> None:
     """Write the converted arrays so a reader never sees a half-written cache file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -344,7 +336,7 @@ def converted_weights(name: str, weights: str | os.PathLike[str] = "imagenet") -
     _check_name(name)
     if weights == "imagenet":
         source = package_weights_file(name)
-        sha = _sha256(source)
+        sha = sha256_file(source)
         cached = cache_dir() / "weights" / f"{name}-v{_CACHE_VERSION}-{sha[:16]}.npz"
         if cached.is_file():
             try:

@@ -854,6 +854,22 @@ def compare_maps(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     return {"spearman": rho, "ssim": ssim}
 
 
+@contextmanager
+def _quiet_tf_retracing():
+    """Silence TensorFlow's "triggered tf.function retracing" warning for expected retraces."""
+    import logging
+
+    import tensorflow as tf
+
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def sanity_check(
     model: keras.Model,
     image: np.ndarray,
@@ -896,9 +912,10 @@ def sanity_check(
         results["original"] = {"spearman": 1.0, "ssim": 1.0, "layers": [], "heatmap": original}
     for label, scope, n in runs:
         randomized = randomize_model(model, scope, n, seed=seed)
-        heatmap = compute_heatmap(
-            randomized, image, method, layer_name=layer_name, target=resolved, **kwargs
-        )
+        with _quiet_tf_retracing():  # every randomised copy is a new model, so a new trace
+            heatmap = compute_heatmap(
+                randomized, image, method, layer_name=layer_name, target=resolved, **kwargs
+            )
         entry: dict[str, Any] = {
             **compare_maps(original, heatmap),
             "layers": randomized_layer_names(model, scope, n),

@@ -557,27 +557,23 @@ def _operating_points(y: np.ndarray, p: np.ndarray, threshold: float) -> tuple[t
     return (1.0 - spec, sens), (sens, ppv)
 
 
-def set_figures(df: pd.DataFrame, name: str, threshold: float, band: tuple[float, float] | None,
-                fig_dir: str | os.PathLike[str], *, n_resamples: int = REPORT_RESAMPLES,
-                seed: int = 0) -> tuple[dict[str, Path], list[str]]:
-    """Draw and save one set's figures; returns ({kind: png path}, notes about skipped figures)."""
+def figures_for_set(df: pd.DataFrame, name: str, threshold: float, band: tuple[float, float] | None, *,
+                    n_resamples: int = REPORT_RESAMPLES, seed: int = 0) -> tuple[dict[str, Any], list[str]]:
+    """One set's figures as matplotlib Figures ({kind: figure}) and notes about skipped ones."""
     from skinlesion.metrics import roc_curve_with_band
 
-    fig_dir = Path(fig_dir)
     ok = scored_rows(df)
     notes: list[str] = []
-    out: dict[str, Path] = {}
+    out: dict[str, Any] = {}
     if ok.empty:
         return out, ["no readable images: no figures"]
     y, p = ok["y_true"].to_numpy(), ok["probability"].to_numpy()
-    stem = set_file_stem(name)
     roc_point, pr_point = _operating_points(y, p, threshold)
-    out["confusion"] = save_figure(plot_confusion(confusion_counts(y, p, threshold), threshold, name),
-                                   fig_dir / f"confusion_{stem}.png")
+    out["confusion"] = plot_confusion(confusion_counts(y, p, threshold), threshold, name)
     if _both_classes(y):
         band_data = roc_curve_with_band(y, p, n_resamples, seed)
-        out["roc"] = save_figure(plot_roc(band_data, roc_point, threshold, name), fig_dir / f"roc_{stem}.png")
-        out["pr"] = save_figure(plot_pr(pr_curve(y, p), pr_point, threshold, name), fig_dir / f"pr_{stem}.png")
+        out["roc"] = plot_roc(band_data, roc_point, threshold, name)
+        out["pr"] = plot_pr(pr_curve(y, p), pr_point, threshold, name)
     else:
         notes.append("only one class present: ROC and PR curves are undefined, so those figures are skipped")
     raw = None
@@ -585,11 +581,18 @@ def set_figures(df: pd.DataFrame, name: str, threshold: float, band: tuple[float
         raw = ok["raw_probability"].to_numpy()
     else:
         notes.append("no raw (uncalibrated) probabilities: the reliability diagram shows the calibrated ones only")
-    rel = reliability_before_after(y, raw, p)
-    out["reliability"] = save_figure(plot_reliability(rel, name), fig_dir / f"reliability_{stem}.png")
-    out["threshold"] = save_figure(plot_threshold_sweep(threshold_sweep(y, p), threshold, band, name),
-                                   fig_dir / f"threshold_{stem}.png")
+    out["reliability"] = plot_reliability(reliability_before_after(y, raw, p), name)
+    out["threshold"] = plot_threshold_sweep(threshold_sweep(y, p), threshold, band, name)
     return out, notes
+
+
+def set_figures(df: pd.DataFrame, name: str, threshold: float, band: tuple[float, float] | None,
+                fig_dir: str | os.PathLike[str], *, n_resamples: int = REPORT_RESAMPLES,
+                seed: int = 0) -> tuple[dict[str, Path], list[str]]:
+    """Draw and save one set's figures; returns ({kind: png path}, notes about skipped figures)."""
+    figs, notes = figures_for_set(df, name, threshold, band, n_resamples=n_resamples, seed=seed)
+    stem = set_file_stem(name)
+    return {kind: save_figure(fig, Path(fig_dir) / f"{kind}_{stem}.png") for kind, fig in figs.items()}, notes
 
 
 def _default_roots(results: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Path]:

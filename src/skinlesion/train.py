@@ -131,7 +131,8 @@ def train(cfg: TrainConfig) -> Path:
         tr = subsample(splits, "train", cfg.max_train_per_class, cfg.seed)
         va = subsample(splits, "val", cfg.max_eval_per_class, cfg.seed)
         te = subsample(splits, "test", cfg.max_eval_per_class, cfg.seed)
-        log.info("data %s: train %d, val %d, test %d (splits %s)", root, len(tr), len(va), len(te), splits_file)
+        log.info("data %s: train %d, val %d, test %d (splits %s)", config.display_path(root), len(tr), len(va), len(te),
+                 config.display_path(splits_file))
 
         strategy = device_strategy()
         with strategy.scope():
@@ -226,7 +227,7 @@ def train(cfg: TrainConfig) -> Path:
             "train.log": lambda p: Path(p).write_text("\n".join(cap.lines) + "\n"),
         }
         path = bundle.write_bundle(meta, files, out_dir=cfg.out_dir, run_id=cfg.run_id)
-        log.info("bundle written: %s", path)
+        log.info("bundle written: %s", config.display_path(path))
         if synthetic:
             log.warning("\n%s", SYNTHETIC_BANNER)
         return path

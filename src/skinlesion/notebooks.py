@@ -1,0 +1,432 @@
+"""What the research notebooks share, and the runner behind ``make notebooks``.
+
+Notebooks read their parameters from ``SKINLESION_NB_*`` environment variables (papermill can
+still inject values after the ``parameters`` cell), so the same notebook runs on the full data
+(``make notebooks``) and on a small sample under nbval in CI (``SKINLESION_NB_SAMPLE``).
+Everything here is computation; figures come from :mod:`skinlesion.plots`.
+
+Usage::
+
+    python -m skinlesion.notebooks run-all            # full data, rewrite committed outputs
+    python -m skinlesion.notebooks run-all --sample 40 --only 02
+    python -m skinlesion.notebooks clean notebooks/*.ipynb
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from skinlesion import CLASS_NAMES, config
+from skinlesion.data import DataError, scan_class_folders
+
+NOTEBOOKS: tuple[str, ...] = (
+    "01_data_exploration.ipynb",
+    "02_transfer_learning.ipynb",
+    "03_evaluation.ipynb",
+    "04_gradcam_explanations.ipynb",
+)
+ENV_PREFIX = "SKINLESION_NB_"
+MAX_NOTEBOOK_BYTES = 3 * 1024 * 1024
+# TensorFlow's C++ start-up lines (written before absl logging is initialised, so
+# TF_CPP_MIN_LOG_LEVEL cannot silence them) are noise in committed outputs.
+TF_NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog|[IWE]\d{4} [\d:.]+\s+\d+ \S+:\d+\])")
+# A tiny synthetic stand-in when no real data is found (CI always has the real data).
+SYNTHETIC_PER_CLASS = {"train": 60, "test": 20}
+
+
+# ---------------------------------------------------------------------------- parameters
+
+
+def env_param(name: str, default: Any) -> Any:
+    """``SKINLESION_NB_<NAME>`` cast to the type of ``default`` (lists: comma-separated)."""
+    raw = os.environ.get(ENV_PREFIX + name.upper())
+    if raw is None or raw == "":
+        return default
+    if isinstance(default, bool):
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    if isinstance(default, (list, tuple)):
+        return [s.strip() for s in raw.split(",") if s.strip()]
+    return raw
+
+
+def sample_or_none(n: int) -> int | None:
+    """The notebooks' SAMPLE parameter: 0 means the full data."""
+    return int(n) if n and int(n) > 0 else None
+
+
+def show_path(path: str | os.PathLike[str]) -> str:
+    """A path as a reader should see it: relative to the project root (see ``config.display_path``)."""
+    return config.display_path(path)
+
+
+def dataset_root(data_dir: str | None = None) -> tuple[Path, bool]:
+    """(dataset root, synthetic?): the real data if found, else a small synthetic stand-in."""
+    from skinlesion.synth import generate_dataset, is_synthetic
+
+    root = config.resolve_data_dir(data_dir or None)
+    if (root / "train").is_dir():
+        return root, is_synthetic(root)
+    shared = config.shared_dataset()
+    if (shared / "train").is_dir():
+        return shared, False
+    synth = config.data_dir() / "synthetic-notebooks"
+    if not is_synthetic(synth):
+        generate_dataset(synth, n_train_per_class=SYNTHETIC_PER_CLASS["train"],
+                         n_test_per_class=SYNTHETIC_PER_CLASS["test"], size=300, seed=0, overwrite=True)
+    return synth, True
+
+
+# ---------------------------------------------------------------------------- 01 exploration
+
+
+def overview(root: str | os.PathLike[str]) -> pd.DataFrame:
+    """Image counts per split and class of a ``{train,test}/{benign,malignant}`` dataset."""
+    root = Path(root)
+    rows = []
+    for split in ("train", "test"):
+        if not (root / split).is_dir():
+            raise DataError(f"{root} has no {split}/ folder; expected {{train,test}}/{{benign,malignant}}/")
+        counts = scan_class_folders(root / split).class_counts
+        rows.append({"split": split, **{c: int(counts.get(c, 0)) for c in CLASS_NAMES}})
+    df = pd.DataFrame(rows).set_index("split")
+    df["total"] = df.sum(axis=1)
+    df["malignant %"] = (100 * df["malignant"] / df["total"]).round(1)
+    return df
+
+
+def file_table(root: str | os.PathLike[str]) -> pd.DataFrame:
+    """One row per image: path (relative to root), split, label name and label index."""
+    root = Path(root)
+    rows = []
+    for split in ("train", "test"):
+        scan = scan_class_folders(root / split)
+        for p, y in zip(scan.paths, scan.labels):
+            rows.append({"path": Path(p).relative_to(root).as_posix(), "split": split,
+                         "label": int(y), "class": CLASS_NAMES[int(y)]})
+    return pd.DataFrame(rows)
+
+
+def stratified_sample(df: pd.DataFrame, n_per_class: int | None, seed: int = 42,
+                      by: Sequence[str] = ("split", "label")) -> pd.DataFrame:
+    """Up to ``n_per_class`` rows per group (all rows when None), reproducibly."""
+    if n_per_class is None:
+        return df.reset_index(drop=True)
+    parts = [g.sample(n=min(len(g), n_per_class), random_state=seed) for _, g in df.groupby(list(by))]
+    return pd.concat(parts).sort_index().reset_index(drop=True)
+
+
+def _image_stats(path: Path) -> dict[str, Any]:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        fmt, mode, (w, h) = im.format, im.mode, im.size
+        rgb = np.asarray(im.convert("RGB"), dtype=np.float32)
+    mean, std = rgb.reshape(-1, 3).mean(0), rgb.reshape(-1, 3).std(0)
+    return {"width": w, "height": h, "format": fmt, "mode": mode,
+            "mean_r": mean[0], "mean_g": mean[1], "mean_b": mean[2],
+            "std_r": std[0], "std_g": std[1], "std_b": std[2], "bytes": path.stat().st_size}
+
+
+def image_statistics(root: str | os.PathLike[str], files: pd.DataFrame, workers: int = 4) -> pd.DataFrame:
+    """Size, format and per-channel colour statistics of each image in ``files`` (threaded decode)."""
+    root = Path(root)
+    with ThreadPoolExecutor(workers) as pool:
+        stats = list(pool.map(_image_stats, [root / p for p in files["path"]]))
+    return pd.concat([files.reset_index(drop=True), pd.DataFrame(stats)], axis=1)
+
+
+def split_summary(splits: pd.DataFrame) -> pd.DataFrame:
+    """Counts per split and class of a splits table (columns split, label)."""
+    t = pd.crosstab(splits["split"], splits["label"].map(dict(enumerate(CLASS_NAMES))))
+    t = t.reindex(["train", "val", "test"]).fillna(0).astype(int)
+    t["total"] = t.sum(axis=1)
+    return t
+
+
+def load_or_run_audit(root: str | os.PathLike[str]) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """(duplicate pairs, de-duplicated test ids, where they came from).
+
+    Reuses ``reports/audit`` when it covers this dataset's test images (the audit hashes every
+    image, a minute or two); otherwise runs it without writing anything.
+    """
+    from skinlesion.audit import audit
+
+    folder = config.reports_dir() / "audit"
+    pairs_f, dedup_f = folder / "duplicates.csv", folder / "dedup_test.csv"
+    root = Path(root)
+    if pairs_f.is_file() and dedup_f.is_file():
+        pairs, dedup = pd.read_csv(pairs_f), pd.read_csv(dedup_f)
+        if len(dedup) and all((root / p).exists() for p in dedup["path"].head(20)):
+            return pairs, dedup, f"{show_path(folder)} (from `skinlesion data audit`)"
+    pairs, test = audit(root, file_table(root), progress=False)
+    return pairs, test[~test["leaked"]].reset_index(drop=True), "computed now"
+
+
+def duplicate_summary(pairs: pd.DataFrame, n_test: int, n_dedup: int) -> pd.DataFrame:
+    """How many test images have an exact or near duplicate in train/val, and label conflicts."""
+    per_kind = pairs.drop_duplicates("test_path").groupby("kind").size() if len(pairs) else pd.Series(dtype=int)
+    conflicts = int((pairs["test_label"] != pairs["train_label"]).sum()) if len(pairs) else 0
+    return pd.DataFrame({"value": {
+        "test images": n_test,
+        "with an exact duplicate in train": int(per_kind.get("exact", 0)),
+        "with a near duplicate in train": int(per_kind.get("near", 0)),
+        "pairs whose labels disagree": conflicts,
+        "de-duplicated test images": n_dedup,
+    }})
+
+
+def ita_for_files(root: str | os.PathLike[str], files: pd.DataFrame) -> pd.DataFrame:
+    """ITA skin-tone estimate and category per image (see :mod:`skinlesion.skintone`)."""
+    from skinlesion.reports import image_ita
+
+    ita = image_ita([Path(root) / p for p in files["path"]])
+    return pd.concat([files.reset_index(drop=True), ita[["ita", "category", "skin_fraction", "note"]]], axis=1)
+
+
+# ---------------------------------------------------------------------------- 02 training
+
+
+def train_backbones(backbones: Sequence[str], out_dir: str | os.PathLike[str], **config_kw: Any
+                    ) -> tuple[dict[str, Path], dict[str, str]]:
+    """Train one stage-1 (optionally fine-tuned) bundle per backbone into ``out_dir``.
+
+    Returns ({backbone: bundle}, {backbone: why it was skipped}). A backbone whose ImageNet
+    weights cannot be obtained is skipped with the reason — never trained from random weights.
+    Each bundle is named ``nb-<backbone>`` and replaced on a rerun.
+    """
+    from skinlesion.backbones import BackboneError
+    from skinlesion.train import TrainConfig, train
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bundles: dict[str, Path] = {}
+    skipped: dict[str, str] = {}
+    for name in backbones:
+        run_id = f"nb-{name}"
+        if (out_dir / run_id).exists():
+            shutil.rmtree(out_dir / run_id)
+        try:
+            bundles[name] = train(TrainConfig(backbone=name, out_dir=str(out_dir), run_id=run_id, **config_kw))
+        except BackboneError as exc:
+            skipped[name] = str(exc)
+    return bundles, skipped
+
+
+def validation_table(bundles: dict[str, Path]) -> pd.DataFrame:
+    """One row per bundle: backbone, stage, weights, size, validation AUC and operating point."""
+    from skinlesion.bundle import read_meta
+
+    rows = []
+    for label, path in bundles.items():
+        meta = read_meta(path)
+        val = (meta.get("metrics") or {}).get("val") or {}
+        cfg = (meta.get("training") or {}).get("config") or {}
+        rows.append({
+            "model": label, "backbone": meta.get("backbone", "ensemble"), "stage": meta.get("stage", meta.get("kind")),
+            "input": meta.get("input_size"), "train images": (meta.get("training") or {}).get("n_train"),
+            "views": ",".join(cfg.get("views", [])) or None,
+            "val AUC": val.get("roc_auc"), "val sensitivity": val.get("sensitivity"),
+            "val specificity": val.get("specificity"), "threshold": (meta.get("decision") or {}).get("threshold"),
+        })
+    return pd.DataFrame(rows).set_index("model").sort_values("val AUC", ascending=False)
+
+
+def reference_bundles(names: Sequence[str]) -> dict[str, Path]:
+    """The bundles under ``models/`` with these names that exist (others are left out)."""
+    return {n: config.models_dir() / n for n in names if (config.models_dir() / n / "bundle.json").is_file()}
+
+
+# ---------------------------------------------------------------------------- 03 evaluation
+
+
+def available_reports(names: Sequence[str]) -> dict[str, Path]:
+    """Report folders (``reports/<name>/metrics.json``, written by ``skinlesion evaluate``)."""
+    out = {}
+    for n in names:
+        folder = config.reports_dir() / n
+        if (folder / "metrics.json").is_file():
+            out[n] = folder
+    return out
+
+
+def metrics_table(results: dict[str, dict[str, Any]], set_name: str = "test",
+                  at: str = "at_threshold",
+                  keys: Sequence[str] = ("roc_auc", "sensitivity", "specificity", "balanced_accuracy", "accuracy")
+                  ) -> pd.DataFrame:
+    """Models x metrics as "0.951 [0.93, 0.97]" strings, from ``metrics.json`` contents."""
+    rows = {}
+    for name, res in results.items():
+        s = (res.get("sets") or {}).get(set_name)
+        if not s:
+            continue
+        row: dict[str, Any] = {"n": s.get("n")}
+        for k in keys:
+            v = (s.get(at) or {}).get(k)
+            if isinstance(v, dict) and v.get("value") is not None:
+                lo, hi = v.get("low"), v.get("high")
+                row[k] = f"{v['value']:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None else f"{v['value']:.3f}"
+            elif isinstance(v, (int, float)):
+                row[k] = f"{v:.3f}"
+        if at == "at_threshold":
+            row["threshold"] = f"{s.get('threshold', float('nan')):.3f}"
+        rows[name] = row
+    return pd.DataFrame(rows).T
+
+
+def most_confident_mistakes(preds: pd.DataFrame, threshold: float, k: int = 8) -> pd.DataFrame:
+    """The ``k`` wrong predictions the model was most sure of (by distance from the threshold)."""
+    ok = preds[preds["error"].fillna("") == ""].copy()
+    ok["predicted"] = (ok["probability"] >= threshold).astype(int)
+    wrong = ok[ok["predicted"] != ok["y_true"]].copy()
+    wrong["confidence"] = (wrong["probability"] - threshold).abs()
+    return wrong.sort_values("confidence", ascending=False).head(k)
+
+
+# ---------------------------------------------------------------------------- 04 explanations
+
+
+def ensure_bundle(name: str, *, sample_per_class: int | None, data_dir: str | os.PathLike[str],
+                  seed: int = 42) -> tuple[Path, str]:
+    """(bundle, note): ``models/<name>`` if it exists, else a quick stage-1 EfficientNet-Lite0
+    trained now on ``sample_per_class`` images per class (what CI does; it says so)."""
+    path = config.models_dir() / name
+    if (path / "bundle.json").is_file():
+        return path, f"using the trained bundle {show_path(path)}"
+    bundles, skipped = train_backbones(
+        ["efficientnet_lite0"], config.models_dir() / "notebooks", data_dir=str(data_dir), seed=seed,
+        max_train_per_class=sample_per_class or 200, max_eval_per_class=sample_per_class or 200,
+        views=("id", "fh"), progress=False)
+    if not bundles:
+        raise DataError(f"no bundle {name!r} and a quick one could not be trained: {skipped}")
+    path = bundles["efficientnet_lite0"]
+    return path, (f"models/{name} not found (run the commands in 02 or `make run`); trained a quick "
+                  f"stage-1 EfficientNet-Lite0 on a sample instead: {show_path(path)}")
+
+
+def pick_examples(preds: pd.DataFrame, threshold: float, per_group: int = 1) -> pd.DataFrame:
+    """The most confident correct and wrong predictions for each true class.
+
+    Columns of ``preds``: path, y_true, probability (error optional). Adds ``group`` such as
+    "malignant, correct". A group with no member (e.g. no wrong benign call) is simply absent.
+    """
+    ok = preds[preds.get("error", pd.Series("", index=preds.index)).fillna("") == ""].copy()
+    ok["predicted"] = (ok["probability"] >= threshold).astype(int)
+    ok["correct"] = ok["predicted"] == ok["y_true"]
+    ok["margin"] = (ok["probability"] - threshold).abs()
+    parts = []
+    for y in (1, 0):
+        for correct in (True, False):
+            g = ok[(ok["y_true"] == y) & (ok["correct"] == correct)].sort_values("margin", ascending=False)
+            g = g.head(per_group).assign(group=f"{CLASS_NAMES[y]}, {'correct' if correct else 'wrong'}")
+            parts.append(g)
+    return pd.concat(parts).reset_index(drop=True)
+
+
+def sanity_table(result: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """:func:`skinlesion.explain.sanity_check` output as a table (one row per randomisation)."""
+    rows = {k: {"randomised layers": len(v.get("layers", [])), "spearman": v["spearman"], "ssim": v["ssim"]}
+            for k, v in result.items() if k != "original"}
+    return pd.DataFrame(rows).T.astype({"randomised layers": int})
+
+
+# ---------------------------------------------------------------------------- runner
+
+
+def notebooks_dir() -> Path:
+    return config.project_root() / "notebooks"
+
+
+def clean_notebook(path: str | os.PathLike[str]) -> int:
+    """Strip run-specific metadata (papermill timings, execution counts, widget state) in place;
+    return the file size in bytes."""
+    import nbformat
+
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata.pop("papermill", None)
+    nb.metadata.pop("widgets", None)
+    nb.metadata["kernelspec"] = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+    li = nb.metadata.get("language_info")
+    if li:
+        nb.metadata["language_info"] = {k: li[k] for k in ("name", "file_extension", "mimetype") if k in li}
+    for cell in nb.cells:
+        cell.metadata.pop("papermill", None)
+        cell.metadata.pop("execution", None)
+        if cell.cell_type == "code":
+            cell.execution_count = None
+            outputs = []
+            for out in cell.get("outputs", []):
+                if "execution_count" in out:
+                    out["execution_count"] = None
+                if out.get("output_type") == "stream" and out.get("name") == "stderr":
+                    out["text"] = "".join(line for line in out["text"].splitlines(keepends=True)
+                                          if not TF_NOISE.match(line))
+                    if not out["text"].strip():
+                        continue
+                outputs.append(out)
+            cell.outputs = outputs
+    nbformat.write(nb, path)
+    return path.stat().st_size
+
+
+def run_notebook(path: Path, *, sample: int | None = None, timeout: int = 7200) -> float:
+    """Execute one notebook in place (cwd = its folder), clean it, return seconds taken."""
+    import papermill
+
+    env_backup = os.environ.get(ENV_PREFIX + "SAMPLE")
+    os.environ[ENV_PREFIX + "SAMPLE"] = str(sample or 0)
+    t0 = time.perf_counter()
+    try:
+        papermill.execute_notebook(str(path), str(path), cwd=str(path.parent), kernel_name="python3",
+                                   progress_bar=False, log_output=False, execution_timeout=timeout)
+    finally:
+        if env_backup is None:
+            os.environ.pop(ENV_PREFIX + "SAMPLE", None)
+        else:
+            os.environ[ENV_PREFIX + "SAMPLE"] = env_backup
+    size = clean_notebook(path)
+    if size > MAX_NOTEBOOK_BYTES:
+        raise RuntimeError(f"{path.name} is {size / 2**20:.1f} MiB after execution (limit 3 MiB): "
+                           "lower the figure size or dpi")
+    return time.perf_counter() - t0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m skinlesion.notebooks", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run-all", help="execute the notebooks in place and clean their metadata")
+    r.add_argument("--sample", type=int, default=0, help="images per class (0 = the full data)")
+    r.add_argument("--only", nargs="*", default=None, help="notebook name prefixes, e.g. 01 03")
+    c = sub.add_parser("clean", help="strip run metadata from notebooks")
+    c.add_argument("paths", nargs="+")
+    args = ap.parse_args(argv)
+    if args.cmd == "clean":
+        for p in args.paths:
+            print(f"{p}: {clean_notebook(p) / 1024:.0f} KiB")
+        return 0
+    names = [n for n in NOTEBOOKS if not args.only or any(n.startswith(o) for o in args.only)]
+    for name in names:
+        path = notebooks_dir() / name
+        print(f"running {name} ({'full data' if not args.sample else f'{args.sample} per class'}) ...", flush=True)
+        secs = run_notebook(path, sample=args.sample)
+        print(f"  done in {secs:.0f} s, {path.stat().st_size / 1024:.0f} KiB", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
