@@ -63,7 +63,7 @@ def test_committed_outputs_are_real_clean_and_small():
         nbk = nbformat.read(path, as_version=4)
         assert "papermill" not in nbk.metadata and "widgets" not in nbk.metadata
         code = [c for c in nbk.cells if c.cell_type == "code"]
-        assert all(c.execution_count is None for c in code), path.name
+        assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), path.name
         assert sum(bool(c.outputs) for c in code) >= len(code) - 1, f"{path.name} has no committed outputs"
         text = json.dumps([c.outputs for c in code])
         assert "SYNTHETIC" not in text, f"{path.name} outputs come from synthetic data"
@@ -102,9 +102,9 @@ def test_clean_notebook_strips_run_metadata_and_tf_noise(tmp_path):
     nb.clean_notebook(path)
     out = nbformat.read(path, as_version=4)
     c = out.cells[0]
-    assert c.execution_count is None and "papermill" not in c.metadata and "papermill" not in out.metadata
+    assert c.execution_count == 1 and "papermill" not in c.metadata and "papermill" not in out.metadata
     assert [o.get("text") for o in c.outputs if o.output_type == "stream"] == ["[skinlesion] kept\n"]
-    assert c.outputs[-1]["execution_count"] is None
+    assert c.outputs[-1]["execution_count"] == 1
 
 
 def test_overview_and_file_table_on_synthetic(training_data_dir):

@@ -352,8 +352,8 @@ def notebooks_dir() -> Path:
 
 
 def clean_notebook(path: str | os.PathLike[str]) -> int:
-    """Strip run-specific metadata (papermill timings, execution counts, widget state) in place;
-    return the file size in bytes."""
+    """Strip run-specific metadata (papermill timings, widget state, TensorFlow start-up noise)
+    and number the cells 1..N, in place; return the file size in bytes."""
     import nbformat
 
     path = Path(path)
@@ -364,15 +364,19 @@ def clean_notebook(path: str | os.PathLike[str]) -> int:
     li = nb.metadata.get("language_info")
     if li:
         nb.metadata["language_info"] = {k: li[k] for k in ("name", "file_extension", "mimetype") if k in li}
+    count = 0
     for cell in nb.cells:
         cell.metadata.pop("papermill", None)
         cell.metadata.pop("execution", None)
         if cell.cell_type == "code":
-            cell.execution_count = None
+            # Sequential counts, as from one clean top-to-bottom run (nbval rejects a cell that
+            # has outputs but no count).
+            count += 1
+            cell.execution_count = count
             outputs = []
             for out in cell.get("outputs", []):
                 if "execution_count" in out:
-                    out["execution_count"] = None
+                    out["execution_count"] = count
                 if out.get("output_type") == "stream" and out.get("name") == "stderr":
                     out["text"] = "".join(line for line in out["text"].splitlines(keepends=True)
                                           if not TF_NOISE.match(line))

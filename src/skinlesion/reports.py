@@ -660,9 +660,9 @@ def report_markdown(results: Mapping[str, Any], preds: Mapping[str, pd.DataFrame
     out += ["## Model", ""]
     training = f"{s['n_train']} train / {s['n_val']} validation / {s['n_test']} test images"
     if s["data_dir"]:
-        training += f" from `{s['data_dir']}`"
+        training += f" from `{config.display_path(s['data_dir'])}`"
     rows = [
-        ["Bundle", f"`{Path(bundle_path)}`"],
+        ["Bundle", f"`{config.display_path(bundle_path)}`"],
         ["Kind", s["kind"] + (f" of {len(s['members'])} members" if s["members"] else "")],
         ["Backbone", f"{s['backbone']} (weights {s['weights'] or 'n/a'}; {s['stage'] or 'n/a'})"],
         ["Input size", f"{s['input_size']} x {s['input_size']} px"],
@@ -1056,7 +1056,7 @@ def model_card(bundle_path: str | os.PathLike[str], report_dir: str | os.PathLik
                 "applies to this run's numbers.", ""]
     out += [TRAINING_DATA_TEXT, ""]
     out += [f"This run: {s['n_train']} training, {s['n_val']} validation (held out from Kaggle `train/`) and "
-            f"{s['n_test']} test images (Kaggle `test/`), from `{s['data_dir']}`.", ""]
+            f"{s['n_test']} test images (Kaggle `test/`), from `{config.display_path(s['data_dir'])}`.", ""]
 
     out += ["## Evaluation", ""]
     if results:
