@@ -1004,7 +1004,7 @@ def _audit_summary() -> str | None:
         near = dup.loc[dup["kind"] == "near", "test_path"].nunique()
     except (KeyError, ValueError, OSError):
         return None
-    return (f"The duplicate audit (`{f}`) found {exact} test images with an exact copy and {near} with a near "
+    return (f"The duplicate audit (`{config.display_path(f)}`) found {exact} test images with an exact copy and {near} with a near "
             "copy in the training data.")
 
 
