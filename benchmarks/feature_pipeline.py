@@ -17,9 +17,9 @@ import numpy as np
 
 def main() -> None:
     from skinlesion import config
-    from skinlesion.backbones import build_feature_extractor
-    from skinlesion.data import IMAGE_SUFFIXES
-    from skinlesion.features import extract_features, iter_image_batches
+    from skinlesion.models.backbones import build_feature_extractor
+    from skinlesion.data.datasets import IMAGE_SUFFIXES
+    from skinlesion.models.features import extract_features, iter_image_batches
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default=os.environ.get("SKINLESION_DATA_DIR") or str(config.shared_dataset()))

@@ -69,7 +69,7 @@ def load_images(n: int, data_dir: str | None) -> tuple[list[bytes], str]:
             return [p.read_bytes() for p in picked], f"{len(picked)} real images from {root}"
     from PIL import Image
 
-    from skinlesion.synth import synth_image
+    from skinlesion.data.synth import synth_image
 
     rng = np.random.default_rng(0)
     out = []
@@ -154,7 +154,7 @@ def report(runs: list[Run]) -> str:
 
 
 def main() -> None:
-    from skinlesion.bundle import latest_bundle
+    from skinlesion.bundle.format import latest_bundle
     from webapp.serve import gunicorn_server
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -59,7 +59,7 @@ def training_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     found = real_data_dir()
     if found is not None:
         return found
-    from skinlesion.synth import generate_dataset
+    from skinlesion.data.synth import generate_dataset
 
     return generate_dataset(tmp_path_factory.mktemp("synth-data") / "ds",
                             n_train_per_class=40, n_test_per_class=10, size=96, seed=0)
@@ -72,7 +72,7 @@ def tiny_bundle(training_data_dir: Path, tmp_path_factory: pytest.TempPathFactor
 
     Treat it as read-only: copy it (``shutil.copytree``) before changing anything.
     """
-    from skinlesion.train import TrainConfig, train
+    from skinlesion.training.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("tiny-bundle")
     return train(TrainConfig(data_dir=str(training_data_dir), out_dir=str(out), **TINY_BUNDLE_CONFIG))
@@ -89,7 +89,7 @@ def dermoscopic_jpeg() -> bytes:
     import numpy as np
     from PIL import Image
 
-    from skinlesion.synth import synth_image
+    from skinlesion.data.synth import synth_image
 
     buf = io.BytesIO()
     Image.fromarray(synth_image(1, np.random.default_rng(0), 224)).save(buf, "JPEG", quality=92)

@@ -2,7 +2,7 @@
 
 Everything is built in memory from Pillow, zlib and the format specifications; nothing is
 downloaded or written to disk. Each case is a :class:`Case` ``(name, data, status)``: a file
-name a browser might send, the bytes, and the status ``skinlesion.intake`` must give (200 for
+name a browser might send, the bytes, and the status ``skinlesion.data.intake`` must give (200 for
 accepted). Names carry misleading extensions on purpose: intake sniffs bytes, not names.
 
 ``HOSTILE_CASES`` must be refused, ``VALID_CASES`` must be accepted. ``huge_bytes(n)`` makes

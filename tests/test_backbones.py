@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from skinlesion import backbones
-from skinlesion.backbones import BackboneError
+from skinlesion.models import backbones
+from skinlesion.models.backbones import BackboneError
 
 
 def test_unknown_backbone():
@@ -17,7 +17,7 @@ def test_unknown_backbone():
 def test_preprocess_layer_matches_keras_applications(mode, app):
     import importlib
 
-    from skinlesion.layers import ImagePreprocess
+    from skinlesion.models.layers import ImagePreprocess
 
     x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
     ref = importlib.import_module(f"keras.applications.{app}").preprocess_input(x.copy())

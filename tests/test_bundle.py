@@ -6,8 +6,8 @@ import json
 import pandas as pd
 import pytest
 
-from skinlesion import bundle
-from skinlesion.bundle import BundleError
+from skinlesion.bundle import format as bundle
+from skinlesion.bundle.format import BundleError
 
 
 def _write(tmp_path, run_id="r1", **meta):

@@ -1,4 +1,4 @@
-"""Tests for skinlesion.calibration: ECE/Brier/reliability, temperature and Platt scaling,
+"""Tests for skinlesion.metrics.calibration: ECE/Brier/reliability, temperature and Platt scaling,
 threshold selection, the refer band and DecisionPolicy."""
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from scipy import special
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss
 
-from skinlesion import calibration as C
-from skinlesion import metrics as M
+from skinlesion.metrics import calibration as C
+from skinlesion.metrics import classification as M
 
 
 def _calibrated_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

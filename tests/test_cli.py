@@ -39,7 +39,7 @@ def test_info_refuses_tampered_bundle(runner, tiny_bundle, tmp_path):
 def test_predict_files_and_folders_with_bad_files(runner, tiny_bundle, tmp_path):
     from hostile import real_dermoscopic_jpeg
 
-    from skinlesion.synth import synth_image
+    from skinlesion.data.synth import synth_image
     from PIL import Image
     import numpy as np
 
@@ -85,7 +85,7 @@ def test_user_errors_are_one_clear_line(runner, args, message):
 
 
 def test_data_download_offline(runner, tmp_path, monkeypatch):
-    from skinlesion import data
+    from skinlesion.data import datasets as data
 
     monkeypatch.setattr(data, "_online", lambda *a, **k: False)
     r = runner.invoke(main, ["data", "download", "--dest", str(tmp_path / "d")])

@@ -1,4 +1,4 @@
-"""The Voila dashboard's logic (skinlesion.dashboard), its notebook and its Voila config, without a browser.
+"""The Voila dashboard's logic (skinlesion.serving.dashboard), its notebook and its Voila config, without a browser.
 
 Uploads are simulated the way ipywidgets 8 delivers them (``FileUpload.value`` = tuple of dicts
 with a memoryview ``content``), so the real ``observe`` callback runs.
@@ -19,7 +19,7 @@ from hostile import text_renamed_jpg
 from PIL import Image
 
 from skinlesion import DISCLAIMER
-from skinlesion.dashboard import (
+from skinlesion.serving.dashboard import (
     UploadResult,
     build_dashboard,
     handle_upload,
@@ -29,9 +29,9 @@ from skinlesion.dashboard import (
     upload_bytes,
     upload_value,
 )
-from skinlesion.explain import METHODS
-from skinlesion.inference import Predictor
-from skinlesion.intake import MAX_BYTES
+from skinlesion.explain.maps import METHODS
+from skinlesion.serving.inference import Predictor
+from skinlesion.data.intake import MAX_BYTES
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "dashboards" / "lesion_uploader.ipynb"

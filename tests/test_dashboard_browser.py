@@ -28,7 +28,7 @@ import pytest
 from hostile import text_renamed_jpg
 from PIL import Image
 
-from skinlesion.inference import Predictor
+from skinlesion.serving.inference import Predictor
 
 pytestmark = pytest.mark.browser
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from skinlesion.data import DataError, build_splits, load_or_create_splits, scan_class_folders
+from skinlesion.data.datasets import DataError, build_splits, load_or_create_splits, scan_class_folders
 
 
 def _img(path, value=128, size=40):
@@ -102,7 +102,7 @@ def test_too_few_images_for_validation(tmp_path):
 
 
 def test_download_offline_fails_fast_with_instructions(tmp_path, monkeypatch):
-    from skinlesion import data
+    from skinlesion.data import datasets as data
 
     monkeypatch.setattr(data, "_online", lambda *a, **k: False)
     with pytest.raises(DataError, match="Download it by hand"):

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from skinlesion import efficientnet_lite as el
-from skinlesion.torch_legacy import MAGIC_NUMBER, PROTOCOL_VERSION, LegacyTorchFormatError, load_legacy_state_dict
+from skinlesion.models import efficientnet_lite as el
+from skinlesion.models.torch_legacy import MAGIC_NUMBER, PROTOCOL_VERSION, LegacyTorchFormatError, load_legacy_state_dict
 
 CAT_CLASSES = {281, 282, 283, 284, 285, 287}  # tabby, tiger cat, Persian, Siamese, Egyptian cat, lynx
 CUP_CLASSES = {504, 967, 968}  # coffee mug, espresso, cup

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from skinlesion.bundle import BundleError
-from skinlesion.synth import generate_dataset
-from skinlesion.train import TrainConfig, train
+from skinlesion.bundle.format import BundleError
+from skinlesion.data.synth import generate_dataset
+from skinlesion.training.train import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +23,8 @@ def two_bundles(tmp_path_factory):
 
 
 def test_ensemble_bundle_loads_in_predictor(two_bundles):
-    from skinlesion.ensemble import make_ensemble
-    from skinlesion.inference import Predictor
+    from skinlesion.training.ensemble import make_ensemble
+    from skinlesion.serving.inference import Predictor
 
     root, out, a, b = two_bundles
     ens = make_ensemble([a, b], run_id="ens")
@@ -41,7 +41,7 @@ def test_ensemble_bundle_loads_in_predictor(two_bundles):
 
 
 def test_ensemble_refuses_different_splits(two_bundles, tmp_path):
-    from skinlesion.ensemble import make_ensemble
+    from skinlesion.training.ensemble import make_ensemble
 
     root, out, a, _ = two_bundles
     c = train(TrainConfig(backbone="efficientnet_lite0", data_dir=str(root), input_size=64, head_epochs=3, out_dir=str(tmp_path),
@@ -55,7 +55,7 @@ def test_ensemble_refuses_different_splits(two_bundles, tmp_path):
 def test_evaluate_official_external_and_single_class(two_bundles, tmp_path):
     import shutil
 
-    from skinlesion.evaluate import evaluate_bundle, format_results, save_results
+    from skinlesion.evaluation.evaluate import evaluate_bundle, format_results, save_results
 
     root, _, a, _ = two_bundles
     ext = tmp_path / "ext"
@@ -77,7 +77,7 @@ def test_evaluate_official_external_and_single_class(two_bundles, tmp_path):
 
 
 def test_tta_changes_little_and_stays_valid(two_bundles):
-    from skinlesion.inference import Predictor
+    from skinlesion.serving.inference import Predictor
 
     root, _, a, _ = two_bundles
     pred = Predictor.from_bundle(a)

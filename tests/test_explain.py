@@ -1,4 +1,4 @@
-"""Tests for skinlesion.explain on a tiny hand-wired CNN that detects a bright square."""
+"""Tests for skinlesion.explain.maps on a tiny hand-wired CNN that detects a bright square."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +9,7 @@ keras = pytest.importorskip("keras")
 from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from skinlesion import explain  # noqa: E402
+from skinlesion.explain import maps as explain  # noqa: E402
 
 SIZE = 32
 LAYER = "last_conv_act"
@@ -265,7 +265,7 @@ def test_compiled_matches_tf_keras_vis(model, method, target, quadrant):
 
 @pytest.fixture(scope="module")
 def lite0() -> keras.Model:
-    from skinlesion.backbones import build_classifier
+    from skinlesion.models.backbones import build_classifier
 
     full, _ = build_classifier("efficientnet_lite0", weights=None, input_size=96)
     return full

@@ -1,4 +1,4 @@
-"""Tests for skinlesion.intake: every way in gives the same pixels or the same refusal."""
+"""Tests for skinlesion.data.intake: every way in gives the same pixels or the same refusal."""
 from __future__ import annotations
 
 import io
@@ -38,8 +38,8 @@ from hostile import (
     rgba_png,
     valid_jpeg,
 )
-from skinlesion import intake
-from skinlesion.intake import (
+from skinlesion.data import intake
+from skinlesion.data.intake import (
     ACCEPTED_FORMATS,
     MAX_BYTES,
     ImageRejected,
@@ -280,7 +280,7 @@ def test_bombs_are_refused_before_allocating_pixel_memory() -> None:
         import json, resource, sys, time, tracemalloc
         sys.path.insert(0, sys.argv[1])
         import hostile
-        from skinlesion.intake import ImageRejected, read_image
+        from skinlesion.data.intake import ImageRejected, read_image
         bombs = [c for c in hostile.HOSTILE_CASES if c.status == 413]
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         tracemalloc.start()

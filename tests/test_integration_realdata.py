@@ -25,8 +25,8 @@ def _real_root():
 
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory):
-    from skinlesion.evaluate import evaluate_bundle
-    from skinlesion.train import TrainConfig, train
+    from skinlesion.evaluation.evaluate import evaluate_bundle
+    from skinlesion.training.train import TrainConfig, train
 
     root = _real_root()
     out = tmp_path_factory.mktemp("real_models")
@@ -62,7 +62,7 @@ def test_real_dermoscopic_images_mostly_in_distribution(real_run):
 def test_everyday_photos_flagged_out_of_distribution(real_run):
     import skimage.data
 
-    from skinlesion.inference import Predictor
+    from skinlesion.serving.inference import Predictor
 
     path, _, _ = real_run
     predictor = Predictor.from_bundle(path)

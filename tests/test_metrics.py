@@ -1,4 +1,4 @@
-"""Tests for skinlesion.metrics: hand-computed cases, agreement with scikit-learn, single-class
+"""Tests for skinlesion.metrics.classification: hand-computed cases, agreement with scikit-learn, single-class
 behaviour, the vectorised bootstrap, DeLong's test and the ROC band."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from scipy import special, stats
 from sklearn import metrics as skm
 
-from skinlesion import metrics as M
+from skinlesion.metrics import classification as M
 
 # Hand-worked example (threshold 0.5): predictions [0,0,1,1,1,1,0] -> tn=2, fp=2, fn=1, tp=2.
 Y_HAND = np.array([0, 0, 0, 0, 1, 1, 1])

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from skinlesion.ood import OODDetector, fit_ood
+from skinlesion.models.ood import OODDetector, fit_ood
 
 
 def test_far_points_flagged_and_roundtrip(tmp_path):

@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from skinlesion import reports
-from skinlesion.bundle import sha256_file
-from skinlesion.evaluate import save_results, score_predictions
+from skinlesion.evaluation import reports
+from skinlesion.bundle.format import sha256_file
+from skinlesion.evaluation.evaluate import save_results, score_predictions
 
 THRESHOLD = 0.4
 BAND = (0.2, 0.6)

@@ -1,4 +1,4 @@
-"""Tests for ITA skin-tone estimation and the skin-tone subgroup table (skinlesion.skintone)."""
+"""Tests for ITA skin-tone estimation and the skin-tone subgroup table (skinlesion.evaluation.skintone)."""
 from __future__ import annotations
 
 import importlib.util
@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from skimage.color import rgb2lab
 
-from skinlesion.skintone import (
+from skinlesion.evaluation.skintone import (
     ITA_CATEGORIES,
     UNKNOWN_CATEGORY,
     estimate_ita,
@@ -20,7 +20,7 @@ from skinlesion.skintone import (
     skin_mask,
     subgroup_table,
 )
-from skinlesion.synth import image_rng, synth_image
+from skinlesion.data.synth import image_rng, synth_image
 
 SKIN_COLOURS = {  # RGB of flat patches, from pale to very dark skin
     "pale": (243, 214, 196),
@@ -162,7 +162,7 @@ def test_input_types() -> None:
 # --- subgroup table --------------------------------------------------------------------------
 
 needs_metrics = pytest.mark.skipif(
-    importlib.util.find_spec("skinlesion.metrics") is None, reason="skinlesion.metrics not available yet"
+    importlib.util.find_spec("skinlesion.metrics.classification") is None, reason="skinlesion.metrics.classification not available yet"
 )
 
 

@@ -1,4 +1,4 @@
-"""Tests for the synthetic dataset generator (skinlesion.synth)."""
+"""Tests for the synthetic dataset generator (skinlesion.data.synth)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from skinlesion import CLASS_NAMES
-from skinlesion import synth
-from skinlesion.synth import (
+from skinlesion.data import synth
+from skinlesion.data.synth import (
     SYNTHETIC_MARKER,
     SynthError,
     generate_dataset,

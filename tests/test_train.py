@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skinlesion.data import DataError
-from skinlesion.synth import generate_dataset
-from skinlesion.train import TrainConfig, train
+from skinlesion.data.datasets import DataError
+from skinlesion.data.synth import generate_dataset
+from skinlesion.training.train import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +46,8 @@ def test_bundle_contents(trained):
 
 
 def test_saved_model_reproduces_validation_predictions(trained):
-    from skinlesion.bundle import load
-    from skinlesion.intake import load_for_model
+    from skinlesion.bundle.format import load
+    from skinlesion.data.intake import load_for_model
 
     b = load(trained)
     val = pd.read_csv(trained / "val_predictions.csv")
@@ -58,7 +58,7 @@ def test_saved_model_reproduces_validation_predictions(trained):
 
 
 def test_predictor_on_bundle(trained):
-    from skinlesion.inference import Predictor
+    from skinlesion.serving.inference import Predictor
 
     pred = Predictor.from_bundle(trained)
     root = pred.meta["training"]["data_dir"]
@@ -101,7 +101,7 @@ def test_empty_data_dir_refused(tmp_path):
 
 
 def test_unknown_backbone_refused(tmp_path, synth_root):
-    from skinlesion.backbones import BackboneError
+    from skinlesion.models.backbones import BackboneError
 
     with pytest.raises(BackboneError, match="unknown backbone"):
         train(_cfg(synth_root, tmp_path, backbone="alexnet"))

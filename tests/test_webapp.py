@@ -19,10 +19,10 @@ from PIL import Image
 
 from hostile import HOSTILE_CASES, Case, huge_bytes
 from skinlesion import DISCLAIMER
-from skinlesion.bundle import BundleError
-from skinlesion.calibration import DECISIONS
-from skinlesion.inference import OOD_MESSAGE
-from skinlesion.intake import MAX_BYTES
+from skinlesion.bundle.format import BundleError
+from skinlesion.metrics.calibration import DECISIONS
+from skinlesion.serving.inference import OOD_MESSAGE
+from skinlesion.data.intake import MAX_BYTES
 from webapp import MAX_CONTENT_LENGTH, SECURITY_HEADERS, create_app
 from webapp.model import ModelHolder, ModelUnavailable
 from webapp.serve import gunicorn_server

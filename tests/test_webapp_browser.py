@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from hostile import text_renamed_jpg
-from skinlesion.calibration import DECISIONS
+from skinlesion.metrics.calibration import DECISIONS
 from webapp.serve import REPO_ROOT, gunicorn_server
 
 ARTIFACTS = REPO_ROOT / "test-artifacts"

@@ -14,8 +14,8 @@ from typing import IO, Any, Mapping
 from flask import Flask, Request, request
 
 from skinlesion import DISCLAIMER
-from skinlesion.explain import METHODS
-from skinlesion.intake import MAX_BYTES
+from skinlesion.explain.maps import METHODS
+from skinlesion.data.intake import MAX_BYTES
 
 from webapp.analysis import method_label, percent
 from webapp.errors import register_error_handlers

@@ -1,7 +1,7 @@
 """Request-independent pieces shared by the HTML views and the JSON API.
 
 Uploads stay in memory from the socket to the response: they are decoded by
-:mod:`skinlesion.intake`, shown back as ``data:`` URIs, and never written to disk.
+:mod:`skinlesion.data.intake`, shown back as ``data:`` URIs, and never written to disk.
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from skinlesion.inference import Prediction
-from skinlesion.intake import MAX_BYTES, read_image
+from skinlesion.serving.inference import Prediction
+from skinlesion.data.intake import MAX_BYTES, read_image
 
 from webapp.model import ModelHolder
 

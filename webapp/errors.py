@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Flask, current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from skinlesion.intake import MAX_BYTES, ImageRejected
+from skinlesion.data.intake import MAX_BYTES, ImageRejected
 
 from webapp.analysis import UserError
 from webapp.model import ModelUnavailable

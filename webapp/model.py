@@ -7,8 +7,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from skinlesion.bundle import BundleError, latest_bundle
-from skinlesion.inference import Predictor
+from skinlesion.bundle.format import BundleError, latest_bundle
+from skinlesion.serving.inference import Predictor
 
 
 class ModelUnavailable(RuntimeError):

@@ -5,7 +5,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from skinlesion.calibration import BENIGN_APPEARING, SUSPICIOUS, UNCERTAIN_REFER
+from skinlesion.metrics.calibration import BENIGN_APPEARING, SUSPICIOUS, UNCERTAIN_REFER
 
 # (key in the metrics dicts of bundle.json, label shown, True if it is a fraction shown as %)
 METRICS: tuple[tuple[str, str, bool], ...] = (

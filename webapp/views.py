@@ -5,8 +5,8 @@ import base64
 
 from flask import Blueprint, current_app, redirect, render_template, request, url_for
 
-from skinlesion.inference import OOD_MESSAGE
-from skinlesion.intake import MAX_BYTES
+from skinlesion.serving.inference import OOD_MESSAGE
+from skinlesion.data.intake import MAX_BYTES
 
 from webapp import modelcard
 from webapp.analysis import analyse, check_method, data_uri, uploaded_bytes

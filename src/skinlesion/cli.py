@@ -13,10 +13,10 @@ from skinlesion import DISCLAIMER, config
 
 # Errors a user can fix: printed as one clear line with a non-zero exit, never a traceback.
 def _user_errors():
-    from skinlesion.backbones import BackboneError
-    from skinlesion.bundle import BundleError
-    from skinlesion.data import DataError
-    from skinlesion.intake import ImageRejected
+    from skinlesion.models.backbones import BackboneError
+    from skinlesion.bundle.format import BundleError
+    from skinlesion.data.datasets import DataError
+    from skinlesion.data.intake import ImageRejected
 
     return (BackboneError, BundleError, DataError, ImageRejected, FileNotFoundError)
 
@@ -49,7 +49,7 @@ def data() -> None:
 @friendly
 def data_download(dest: Path | None) -> None:
     """Download the Kaggle dataset with kagglehub."""
-    from skinlesion.data import download
+    from skinlesion.data.datasets import download
 
     click.echo(f"dataset ready at {download(dest)}")
 
@@ -64,7 +64,7 @@ def data_download(dest: Path | None) -> None:
 @friendly
 def data_synth(out, n_train, n_test, size, seed, overwrite) -> None:
     """Generate a deterministic SYNTHETIC dataset in the Kaggle layout."""
-    from skinlesion.synth import generate_dataset
+    from skinlesion.data.synth import generate_dataset
 
     out = out or config.data_dir() / "synthetic"
     path = generate_dataset(out, n_train_per_class=n_train, n_test_per_class=n_test, size=size, seed=seed, overwrite=overwrite)
@@ -78,8 +78,8 @@ def data_synth(out, n_train, n_test, size, seed, overwrite) -> None:
 @friendly
 def data_audit(data_dir, out, max_distance) -> None:
     """Find exact and near duplicates between test and train; write the de-duplicated test ids."""
-    from skinlesion.audit import PHASH_MAX_DISTANCE, audit, write_audit
-    from skinlesion.data import build_splits, resolve_training_data
+    from skinlesion.data.audit import PHASH_MAX_DISTANCE, audit, write_audit
+    from skinlesion.data.datasets import build_splits, resolve_training_data
 
     root = resolve_training_data(data_dir)
     splits = build_splits(root)
@@ -117,7 +117,7 @@ def _train_options(fn):
 
 
 def _config(**kw):
-    from skinlesion.train import TrainConfig
+    from skinlesion.training.train import TrainConfig
 
     weights = kw["weights"]
     return TrainConfig(
@@ -135,8 +135,8 @@ def _config(**kw):
 @friendly
 def train(**kw) -> None:
     """Train a classifier (stage 1 on cached features; --fine-tune N for stage 2)."""
-    from skinlesion.features import VIEWS
-    from skinlesion.train import train as run_train
+    from skinlesion.models.features import VIEWS
+    from skinlesion.training.train import train as run_train
 
     cfg = _config(**kw)
     bad = [v for v in cfg.views if v not in VIEWS]
@@ -159,8 +159,8 @@ def train(**kw) -> None:
 @friendly
 def evaluate(bundle, data_dir, external, no_test, tta, resamples, out, no_skin_tone, quiet) -> None:
     """Score a bundle on the test split, the de-duplicated test and --external folders; write report.md."""
-    from skinlesion.evaluate import evaluate_bundle, format_results, save_results
-    from skinlesion.reports import write_report
+    from skinlesion.evaluation.evaluate import evaluate_bundle, format_results, save_results
+    from skinlesion.evaluation.reports import write_report
 
     results, preds = evaluate_bundle(bundle, data_dir=data_dir, external=tuple(str(e) for e in external), tta=tta,
                                      n_resamples=resamples, include_test=not no_test, progress=not quiet)
@@ -185,8 +185,8 @@ def evaluate(bundle, data_dir, external, no_test, tta, resamples, out, no_skin_t
 @friendly
 def predict(paths, model_path, fmt, output, tta) -> None:
     """Predict image files or folders (recursively); unreadable files get an error row."""
-    from skinlesion.data import IMAGE_SUFFIXES
-    from skinlesion.inference import Predictor
+    from skinlesion.data.datasets import IMAGE_SUFFIXES
+    from skinlesion.serving.inference import Predictor
 
     files: list[Path] = []
     for p in paths:
@@ -213,7 +213,7 @@ def predict(paths, model_path, fmt, output, tta) -> None:
 @friendly
 def ensemble(bundles, out_dir, run_id) -> None:
     """Average the calibrated probabilities of several bundles (same split) into an ensemble bundle."""
-    from skinlesion.ensemble import make_ensemble
+    from skinlesion.training.ensemble import make_ensemble
 
     click.echo(str(make_ensemble(list(bundles), out_dir=out_dir, run_id=run_id)))
 
@@ -226,7 +226,7 @@ def ensemble(bundles, out_dir, run_id) -> None:
 @friendly
 def compare_cmd(runs, set_name, out, resamples) -> None:
     """Compare evaluated runs (report folders or bundles) on the same images, with paired AUC tests."""
-    from skinlesion.reports import compare, write_comparison
+    from skinlesion.evaluation.reports import compare, write_comparison
 
     markdown, data = compare(list(runs), set_name, n_resamples=resamples)
     path = write_comparison(markdown, data, out)
@@ -241,8 +241,8 @@ def compare_cmd(runs, set_name, out, resamples) -> None:
 @friendly
 def model_card_cmd(bundle, report_dir, out) -> None:
     """Write a model card (intended use, data, evaluation with CIs, subgroups, limitations)."""
-    from skinlesion.bundle import read_meta
-    from skinlesion.reports import default_report_dir, model_card
+    from skinlesion.bundle.format import read_meta
+    from skinlesion.evaluation.reports import default_report_dir, model_card
 
     text = model_card(bundle, report_dir)
     if out is None:
@@ -261,7 +261,7 @@ def model_card_cmd(bundle, report_dir, out) -> None:
 @friendly
 def info(bundle) -> None:
     """Verify a bundle and print its metadata."""
-    from skinlesion.bundle import read_meta
+    from skinlesion.bundle.format import read_meta
 
     meta = read_meta(bundle)
     if meta.get("synthetic"):
@@ -276,11 +276,11 @@ def info(bundle) -> None:
 @friendly
 def run(data_dir, backbone, quiet) -> None:
     """The main job: find data (or download, or synthesise), train, evaluate, report."""
-    from skinlesion.data import DataError, download
-    from skinlesion.evaluate import evaluate_bundle, format_results, save_results
-    from skinlesion.reports import write_report
-    from skinlesion.synth import generate_dataset, is_synthetic
-    from skinlesion.train import SYNTHETIC_BANNER, TrainConfig, train as run_train
+    from skinlesion.data.datasets import DataError, download
+    from skinlesion.evaluation.evaluate import evaluate_bundle, format_results, save_results
+    from skinlesion.evaluation.reports import write_report
+    from skinlesion.data.synth import generate_dataset, is_synthetic
+    from skinlesion.training.train import SYNTHETIC_BANNER, TrainConfig, train as run_train
 
     t0 = time.perf_counter()
     root = config.resolve_data_dir(data_dir)

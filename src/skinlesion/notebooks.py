@@ -3,7 +3,7 @@
 Notebooks read their parameters from ``SKINLESION_NB_*`` environment variables (papermill can
 still inject values after the ``parameters`` cell), so the same notebook runs on the full data
 (``make notebooks``) and on a small sample under nbval in CI (``SKINLESION_NB_SAMPLE``).
-Everything here is computation; figures come from :mod:`skinlesion.plots`.
+Everything here is computation; figures come from :mod:`skinlesion.evaluation.plots`.
 
 Usage::
 
@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from skinlesion import CLASS_NAMES, config
-from skinlesion.data import DataError, scan_class_folders
+from skinlesion.data.datasets import DataError, scan_class_folders
 
 NOTEBOOKS: tuple[str, ...] = (
     "01_data_exploration.ipynb",
@@ -76,7 +76,7 @@ def show_path(path: str | os.PathLike[str]) -> str:
 
 def dataset_root(data_dir: str | None = None) -> tuple[Path, bool]:
     """(dataset root, synthetic?): the real data if found, else a small synthetic stand-in."""
-    from skinlesion.synth import generate_dataset, is_synthetic
+    from skinlesion.data.synth import generate_dataset, is_synthetic
 
     root = config.resolve_data_dir(data_dir or None)
     if (root / "train").is_dir():
@@ -164,7 +164,7 @@ def load_or_run_audit(root: str | os.PathLike[str]) -> tuple[pd.DataFrame, pd.Da
     Reuses ``reports/audit`` when it covers this dataset's test images (the audit hashes every
     image, a minute or two); otherwise runs it without writing anything.
     """
-    from skinlesion.audit import audit
+    from skinlesion.data.audit import audit
 
     folder = config.reports_dir() / "audit"
     pairs_f, dedup_f = folder / "duplicates.csv", folder / "dedup_test.csv"
@@ -191,8 +191,8 @@ def duplicate_summary(pairs: pd.DataFrame, n_test: int, n_dedup: int) -> pd.Data
 
 
 def ita_for_files(root: str | os.PathLike[str], files: pd.DataFrame) -> pd.DataFrame:
-    """ITA skin-tone estimate and category per image (see :mod:`skinlesion.skintone`)."""
-    from skinlesion.reports import image_ita
+    """ITA skin-tone estimate and category per image (see :mod:`skinlesion.evaluation.skintone`)."""
+    from skinlesion.evaluation.reports import image_ita
 
     ita = image_ita([Path(root) / p for p in files["path"]])
     return pd.concat([files.reset_index(drop=True), ita[["ita", "category", "skin_fraction", "note"]]], axis=1)
@@ -209,8 +209,8 @@ def train_backbones(backbones: Sequence[str], out_dir: str | os.PathLike[str], *
     weights cannot be obtained is skipped with the reason — never trained from random weights.
     Each bundle is named ``nb-<backbone>`` and replaced on a rerun.
     """
-    from skinlesion.backbones import BackboneError
-    from skinlesion.train import TrainConfig, train
+    from skinlesion.models.backbones import BackboneError
+    from skinlesion.training.train import TrainConfig, train
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -229,7 +229,7 @@ def train_backbones(backbones: Sequence[str], out_dir: str | os.PathLike[str], *
 
 def validation_table(bundles: dict[str, Path]) -> pd.DataFrame:
     """One row per bundle: backbone, stage, weights, size, validation AUC and operating point."""
-    from skinlesion.bundle import read_meta
+    from skinlesion.bundle.format import read_meta
 
     rows = []
     for label, path in bundles.items():
@@ -338,7 +338,7 @@ def pick_examples(preds: pd.DataFrame, threshold: float, per_group: int = 1) -> 
 
 
 def sanity_table(result: dict[str, dict[str, Any]]) -> pd.DataFrame:
-    """:func:`skinlesion.explain.sanity_check` output as a table (one row per randomisation)."""
+    """:func:`skinlesion.explain.maps.sanity_check` output as a table (one row per randomisation)."""
     rows = {k: {"randomised layers": len(v.get("layers", [])), "spearman": v["spearman"], "ssim": v["ssim"]}
             for k, v in result.items() if k != "original"}
     return pd.DataFrame(rows).T.astype({"randomised layers": int})

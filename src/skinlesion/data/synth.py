@@ -251,7 +251,7 @@ def _marker_text(n_train: int, n_test: int, size: int, seed: int, fmt: str) -> s
     return (
         "SYNTHETIC DATA - NOT REAL DERMOSCOPY IMAGES\n"
         "\n"
-        "Every image under this folder was drawn by skinlesion.synth (procedural shapes and noise).\n"
+        "Every image under this folder was drawn by skinlesion.data.synth (procedural shapes and noise).\n"
         "It exists so the pipeline, tests and demos run without the real dataset. Models trained or\n"
         "evaluated on it say nothing about real skin lesions; label every result SYNTHETIC.\n"
         "\n"
@@ -348,7 +348,7 @@ def generate_dataset(
     if non_empty and not _is_previous_synthetic(root):
         if not overwrite:
             raise SynthError(
-                f"{root} is not empty and is not a synthetic dataset made by skinlesion.synth; "
+                f"{root} is not empty and is not a synthetic dataset made by skinlesion.data.synth; "
                 "refusing to write there so real data is never clobbered. Choose an empty or new "
                 "folder, or pass overwrite=True (--overwrite) to DELETE its contents and replace them."
             )

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from skinlesion import DISCLAIMER, config
-from skinlesion.data import DataError
+from skinlesion.data.datasets import DataError
 
 FIGURE_DPI = 110
 # 95 % CIs in reports; each bootstrap here is vectorised, so 1000 resamples take well under a second.
@@ -131,7 +131,7 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def _jsonable(obj: Any) -> Any:
     """Strict-JSON copy (NaN -> None, numpy -> Python) for the files this module writes itself."""
-    from skinlesion.metrics import as_jsonable
+    from skinlesion.metrics.classification import as_jsonable
 
     return as_jsonable({"x": obj})["x"]
 
@@ -141,7 +141,7 @@ def scored_rows(df: pd.DataFrame) -> pd.DataFrame:
     missing = {"path", "probability", "y_true"} - set(df.columns)
     if missing:
         raise ReportError(f"predictions table lacks the column(s) {sorted(missing)}; it must come from "
-                          "skinlesion.evaluate (evaluate_bundle or predictions_<set>.csv)")
+                          "skinlesion.evaluation.evaluate (evaluate_bundle or predictions_<set>.csv)")
     err = df["error"].fillna("").astype(str) if "error" in df.columns else pd.Series("", index=df.index)
     ok = df[(err == "") & df["probability"].notna()].copy()
     ok["y_true"] = ok["y_true"].astype(int)
@@ -241,7 +241,7 @@ def default_report_dir(meta: Mapping[str, Any]) -> Path:
 # ============================================================================================
 def confusion_counts(y_true: np.ndarray, y_prob: np.ndarray, threshold: float) -> np.ndarray:
     """2x2 counts ``[[tn, fp], [fn, tp]]`` (malignant = ``y_prob >= threshold``)."""
-    from skinlesion.metrics import confusion_matrix
+    from skinlesion.metrics.classification import confusion_matrix
 
     cm = confusion_matrix(y_true, y_prob, threshold)
     return np.array([[cm["tn"], cm["fp"]], [cm["fn"], cm["tp"]]], dtype=np.int64)
@@ -281,7 +281,7 @@ def pr_curve(y_true: np.ndarray, y_prob: np.ndarray) -> dict[str, Any]:
 def reliability_before_after(y_true: np.ndarray, raw: np.ndarray | None, calibrated: np.ndarray,
                              n_bins: int = RELIABILITY_BINS) -> dict[str, Any]:
     """Reliability curves and ECE of the raw and the calibrated probabilities (raw may be None)."""
-    from skinlesion.calibration import expected_calibration_error, reliability_curve
+    from skinlesion.metrics.calibration import expected_calibration_error, reliability_curve
 
     out: dict[str, Any] = {"after": reliability_curve(y_true, calibrated, n_bins),
                            "ece_after": expected_calibration_error(y_true, calibrated, n_bins)}
@@ -315,14 +315,14 @@ class SkinToneTable:
 
     def to_dict(self) -> dict[str, Any]:
         n_unknown = int((self.per_image["category"] == "unknown").sum()) if len(self.per_image) else 0
-        return {"method": "ITA (Del Bino categories) of the skin around the lesion, skinlesion.skintone",
+        return {"method": "ITA (Del Bino categories) of the skin around the lesion, skinlesion.evaluation.skintone",
                 "min_n": self.min_n, "n_images": int(len(self.per_image)), "n_unknown": n_unknown,
                 "rows": self.rows, "notes": self.notes}
 
 
 def _ita_one(file: Path, size: int) -> dict[str, Any]:
-    from skinlesion import skintone
-    from skinlesion.intake import ImageRejected, load_for_model
+    from skinlesion.evaluation import skintone
+    from skinlesion.data.intake import ImageRejected, load_for_model
 
     try:
         est = skintone.estimate_ita_details(load_for_model(file, size))
@@ -344,7 +344,7 @@ def image_ita(files: Sequence[str | os.PathLike[str]], *, size: int = 224, worke
     ``size``). ITA takes ~40 ms an image, so threads (scipy/skimage release the GIL) keep
     1000 images well under a minute.
     """
-    from skinlesion.skintone import ita_category
+    from skinlesion.evaluation.skintone import ita_category
 
     files = [Path(f) for f in files]
     stats = []
@@ -393,7 +393,7 @@ def skin_tone_table(
     measured now). Categories with fewer than ``min_n`` images or a single class get point values
     only and a note saying they are too small to judge.
     """
-    from skinlesion.skintone import ITA_CATEGORIES, subgroup_table
+    from skinlesion.evaluation.skintone import ITA_CATEGORIES, subgroup_table
 
     ok = scored_rows(preds_df)
     root = Path(root)
@@ -560,7 +560,7 @@ def _operating_points(y: np.ndarray, p: np.ndarray, threshold: float) -> tuple[t
 def figures_for_set(df: pd.DataFrame, name: str, threshold: float, band: tuple[float, float] | None, *,
                     n_resamples: int = REPORT_RESAMPLES, seed: int = 0) -> tuple[dict[str, Any], list[str]]:
     """One set's figures as matplotlib Figures ({kind: figure}) and notes about skipped ones."""
-    from skinlesion.metrics import roc_curve_with_band
+    from skinlesion.metrics.classification import roc_curve_with_band
 
     ok = scored_rows(df)
     notes: list[str] = []
@@ -691,7 +691,7 @@ def report_markdown(results: Mapping[str, Any], preds: Mapping[str, pd.DataFrame
         if df is not None:
             ok = scored_rows(df)
             if "raw_probability" in ok.columns and len(ok) and ok["raw_probability"].notna().all():
-                from skinlesion.calibration import expected_calibration_error
+                from skinlesion.metrics.calibration import expected_calibration_error
 
                 ece_raw = (f"; before calibration ECE "
                            f"{expected_calibration_error(ok['y_true'], ok['raw_probability']):.3f}")
@@ -737,7 +737,7 @@ def write_report(
     the bundle's training data folder. Sets whose images cannot be found get a note instead of a
     skin-tone table.
     """
-    from skinlesion.bundle import read_meta
+    from skinlesion.bundle.format import read_meta
 
     bundle_path = Path(bundle_path)
     meta = read_meta(bundle_path)
@@ -854,7 +854,7 @@ def compare_runs(
     scored exactly the same images (matched by path, with the same labels); otherwise a
     :class:`ReportError` says which differ. The pairwise test uses the images every run could read.
     """
-    from skinlesion.metrics import paired_auc_test
+    from skinlesion.metrics.classification import paired_auc_test
 
     if len(runs) < 2:
         raise ReportError("compare needs at least two evaluated runs (report folders or bundles)")
@@ -1011,7 +1011,7 @@ def _audit_summary() -> str | None:
 def model_card(bundle_path: str | os.PathLike[str], report_dir: str | os.PathLike[str] | None = None) -> str:
     """Model card (markdown) of a bundle, with the evaluation from ``report_dir`` (default
     ``reports/<run-id>`` when it exists)."""
-    from skinlesion.bundle import read_meta
+    from skinlesion.bundle.format import read_meta
 
     bundle_path = Path(bundle_path)
     meta = read_meta(bundle_path)

@@ -10,7 +10,7 @@
   :func:`fit_decision_policy` on calibrated probabilities, :func:`build_decision_policy` on raw
   ones).
 
-Conventions as in :mod:`skinlesion.metrics`: ``y_true`` is 0 benign / 1 malignant, ``y_prob`` is
+Conventions as in :mod:`skinlesion.metrics.classification`: ``y_true`` is 0 benign / 1 malignant, ``y_prob`` is
 P(malignant), and ``y_prob >= threshold`` means "malignant". numpy/scipy/scikit-learn only.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss
 
-from skinlesion.metrics import summarize, validate_binary_inputs, validate_probabilities
+from skinlesion.metrics.classification import summarize, validate_binary_inputs, validate_probabilities
 
 FloatArray = NDArray[np.float64]
 
@@ -93,7 +93,7 @@ def reliability_curve(
     if counts.shape != prob_true.shape:
         raise RuntimeError(
             "reliability_curve: bin counts do not match sklearn's calibration_curve bins; "
-            "scikit-learn's binning rule has changed, update skinlesion.calibration._bin_edges."
+            "scikit-learn's binning rule has changed, update skinlesion.metrics.calibration._bin_edges."
         )
     return {
         "prob_pred": np.asarray(prob_pred, dtype=np.float64),
@@ -384,7 +384,7 @@ def fit_decision_policy(
     ``temperature`` is only recorded (it must be the one that produced ``y_prob``); use
     :func:`build_decision_policy` to fit it too. Chooses the highest threshold with validation
     sensitivity >= ``target_sensitivity``, sets the refer band with :func:`uncertainty_band`,
-    and records validation metrics at the threshold (:func:`skinlesion.metrics.summarize`),
+    and records validation metrics at the threshold (:func:`skinlesion.metrics.classification.summarize`),
     ECE and Brier score, and the fraction of validation cases given each decision.
     """
     labels, probs = validate_binary_inputs(y_true, y_prob)

@@ -13,8 +13,8 @@ from typing import Callable
 
 import keras
 
-from skinlesion.bundle import sha256_file
-from skinlesion.layers import ImagePreprocess
+from skinlesion.bundle.format import sha256_file
+from skinlesion.models.layers import ImagePreprocess
 
 
 class BackboneError(ValueError):
@@ -61,7 +61,7 @@ def weights_tag(name: str, weights: str | os.PathLike[str] | None) -> str | None
         return None
     if str(weights) == "imagenet":
         if get_spec(name).family == "lite":
-            from skinlesion.efficientnet_lite import package_weights_file
+            from skinlesion.models.efficientnet_lite import package_weights_file
 
             return "imagenet-" + sha256_file(package_weights_file(name))[:12]
         return "imagenet"
@@ -95,7 +95,7 @@ def build_feature_extractor(
     inputs = keras.Input(shape=(size, size, 3), name="image")
     x = ImagePreprocess(spec.preprocess, name="preprocess")(inputs)
     if spec.family == "lite":
-        from skinlesion.efficientnet_lite import build_efficientnet_lite, load_efficientnet_lite_weights
+        from skinlesion.models.efficientnet_lite import build_efficientnet_lite, load_efficientnet_lite_weights
 
         _, feats = build_efficientnet_lite(name, x, include_top=False, weights=None)
         feats = keras.layers.Identity(name=FEATURE_LAYER)(feats)

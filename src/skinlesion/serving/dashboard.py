@@ -2,8 +2,8 @@
 
 ``dashboards/lesion_uploader.ipynb`` only calls :func:`build_dashboard`; everything it shows is
 computed here so it can be tested without a browser. The result text is
-:attr:`skinlesion.inference.Prediction.summary`, the same words the web app and the CLI print,
-and images pass through :mod:`skinlesion.intake` (inside :class:`~skinlesion.inference.Predictor`)
+:attr:`skinlesion.serving.inference.Prediction.summary`, the same words the web app and the CLI print,
+and images pass through :mod:`skinlesion.data.intake` (inside :class:`~skinlesion.serving.inference.Predictor`)
 exactly as they do there.
 
 Pure helpers (no widgets): :func:`list_bundles`, :func:`handle_upload`, :func:`render_result_html`,
@@ -24,10 +24,10 @@ from typing import Any
 import ipywidgets as widgets
 
 from skinlesion import DISCLAIMER, config
-from skinlesion.bundle import BUNDLE_FILE
-from skinlesion.explain import METHODS
-from skinlesion.inference import Prediction, Predictor
-from skinlesion.intake import ImageRejected, read_image
+from skinlesion.bundle.format import BUNDLE_FILE
+from skinlesion.explain.maps import METHODS
+from skinlesion.serving.inference import Prediction, Predictor
+from skinlesion.data.intake import ImageRejected, read_image
 
 __all__ = [
     "BundleChoice",
@@ -121,7 +121,7 @@ def list_bundles(
         for meta_file in root.glob(f"*/{BUNDLE_FILE}"):
             if not meta_file.parent.name.startswith("."):
                 found.append(_describe_bundle(meta_file.parent))
-    # Same ordering key as skinlesion.bundle.latest_bundle, so "newest" means the same thing.
+    # Same ordering key as skinlesion.bundle.format.latest_bundle, so "newest" means the same thing.
     found.sort(key=lambda c: (c.created, c.path), reverse=True)
     if not model:
         return found
@@ -281,7 +281,7 @@ def sample_image() -> tuple[str, bytes]:
     """(name, JPEG bytes) of a test image for headless checks of the dashboard.
 
     A real dermoscopic image from the shared dataset when it is present, otherwise a
-    deterministic synthetic one (from :mod:`skinlesion.synth`) so the check still runs.
+    deterministic synthetic one (from :mod:`skinlesion.data.synth`) so the check still runs.
     """
     folder = config.shared_dataset() / "test" / "malignant"
     first = next(iter(sorted(folder.glob("*.jpg"))), None) if folder.is_dir() else None
@@ -290,7 +290,7 @@ def sample_image() -> tuple[str, bytes]:
     import numpy as np
     from PIL import Image
 
-    from skinlesion.synth import synth_image
+    from skinlesion.data.synth import synth_image
 
     pixels = synth_image(1, np.random.default_rng(0), size=224)
     buf = io.BytesIO()

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from skinlesion import CLASS_NAMES, config
-from skinlesion.data import DataError, load_or_create_splits, resolve_training_data
+from skinlesion.data.datasets import DataError, load_or_create_splits, resolve_training_data
 
 log = logging.getLogger("skinlesion")
 
@@ -109,11 +109,13 @@ def train(cfg: TrainConfig) -> Path:
     """Run a full training job and return the bundle folder."""
     import keras
 
-    from skinlesion import backbones, bundle
-    from skinlesion.features import extract_features
-    from skinlesion.ood import fit_ood
+    from skinlesion.models import backbones
+
+    from skinlesion.bundle import format as bundle
+    from skinlesion.models.features import extract_features
+    from skinlesion.models.ood import fit_ood
     from skinlesion.seeds import set_seeds
-    from skinlesion.synth import is_synthetic
+    from skinlesion.data.synth import is_synthetic
 
     cap = _setup_logging()
     t0 = time.perf_counter()
@@ -269,7 +271,7 @@ def _train_head(head, Xtr: np.ndarray, ytr: np.ndarray, Xva: np.ndarray, yva: np
 def _load_arrays(root: Path, rel_paths, size: int, progress: bool) -> np.ndarray:
     from tqdm.auto import tqdm
 
-    from skinlesion.features import iter_image_batches
+    from skinlesion.models.features import iter_image_batches
 
     out = np.zeros((len(rel_paths), size, size, 3), np.uint8)
     bar = tqdm(total=len(rel_paths), desc="decode", unit="img", disable=not progress)
@@ -297,7 +299,7 @@ def _fine_tune(full, root: Path, tr: pd.DataFrame, va: pd.DataFrame, cfg: TrainC
     import keras
     import tensorflow as tf
 
-    from skinlesion.backbones import freeze_for_fine_tuning
+    from skinlesion.models.backbones import freeze_for_fine_tuning
 
     size = int(full.input_shape[1])
     Xtr = _load_arrays(root, tr["path"].tolist(), size, cfg.progress)
@@ -342,7 +344,8 @@ def _fine_tune(full, root: Path, tr: pd.DataFrame, va: pd.DataFrame, cfg: TrainC
 
 def _decision_policy(y_val: np.ndarray, p_val: np.ndarray, target_sensitivity: float) -> tuple[dict, dict]:
     """Temperature scaling and the frozen decision threshold, both fitted on validation."""
-    from skinlesion import calibration, metrics
+    from skinlesion.metrics import calibration
+    from skinlesion.metrics import classification as metrics
 
     T = calibration.fit_temperature(y_val, p_val)
     p_cal = calibration.apply_temperature(p_val, T)

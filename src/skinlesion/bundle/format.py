@@ -94,7 +94,7 @@ class Bundle:
 def load_keras_model(path: Path):
     import keras
 
-    import skinlesion.layers  # noqa: F401  registers ImagePreprocess for deserialisation
+    import skinlesion.models.layers  # noqa: F401  registers ImagePreprocess for deserialisation
 
     return keras.saving.load_model(path, compile=False, safe_mode=True)
 

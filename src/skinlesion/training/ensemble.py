@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from skinlesion.bundle import BundleError, load, sha256_file, write_bundle
+from skinlesion.bundle.format import BundleError, load, sha256_file, write_bundle
 
 
 def ensemble_validation_probabilities(bundle_paths: list[Path]) -> pd.DataFrame:
     """Validation table (path, label, prob) with the mean of the members' calibrated probabilities."""
-    from skinlesion.calibration import apply_temperature
+    from skinlesion.metrics.calibration import apply_temperature
 
     frames = []
     for i, p in enumerate(bundle_paths):
@@ -44,7 +44,8 @@ def make_ensemble(
     target_sensitivity: float = 0.95,
 ) -> Path:
     """Write an ensemble bundle that the Predictor loads like any other bundle."""
-    from skinlesion import calibration, metrics
+    from skinlesion.metrics import calibration
+    from skinlesion.metrics import classification as metrics
 
     paths = [Path(p).resolve() for p in bundle_paths]
     if len(paths) < 2:

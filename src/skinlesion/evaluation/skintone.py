@@ -282,14 +282,14 @@ def subgroup_table(
     """Per-category counts and metrics with bootstrap CIs, one dict per category.
 
     Each row has ``category, n, n_pos, n_neg, note`` and, for every name in ``metrics`` (see
-    ``skinlesion.metrics.METRIC_NAMES``), ``<name>, <name>_low, <name>_high``. CIs come from
-    ``skinlesion.metrics.summarize_with_ci`` only for groups with ``n >= min_n`` and both
+    ``skinlesion.metrics.classification.METRIC_NAMES``), ``<name>, <name>_low, <name>_high``. CIs come from
+    ``skinlesion.metrics.classification.summarize_with_ci`` only for groups with ``n >= min_n`` and both
     classes; smaller or one-class groups get whatever point values are defined (others NaN),
     NaN CIs and a ``note`` saying why. With ITA categories every category gets a row, so an
     absent skin tone shows as n=0 rather than silently disappearing.
     """
     # Imported here so this module (and ITA estimation) works without the metrics module.
-    from skinlesion.metrics import summarize, summarize_with_ci
+    from skinlesion.metrics.classification import summarize, summarize_with_ci
 
     labels = np.asarray(y_true).ravel()
     probs = np.asarray(y_prob, dtype=np.float64).ravel()

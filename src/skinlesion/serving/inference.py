@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from skinlesion import DISCLAIMER, config
-from skinlesion.bundle import Bundle, BundleError, latest_bundle, load
-from skinlesion.intake import load_for_model
+from skinlesion.bundle.format import Bundle, BundleError, latest_bundle, load
+from skinlesion.data.intake import load_for_model
 
 OOD_MESSAGE = (
     "This does not look like a dermoscopic image of a skin lesion, so the model's answer is "
@@ -72,7 +72,7 @@ class Predictor:
     """Load a bundle once; predict, explain and batch-predict images."""
 
     def __init__(self, bundle: Bundle):
-        from skinlesion.calibration import DecisionPolicy
+        from skinlesion.metrics.calibration import DecisionPolicy
 
         self.bundle = bundle
         self.meta = bundle.meta
@@ -109,7 +109,7 @@ class Predictor:
     def _member(b: Bundle) -> _Member:
         import keras
 
-        from skinlesion.ood import OODDetector
+        from skinlesion.models.ood import OODDetector
 
         model = b.model
         feat_name = b.meta.get("feature_layer", "features")
@@ -129,8 +129,8 @@ class Predictor:
                          else load_for_model(x, size) for x in images])
 
     def _probabilities(self, batch_by_size: dict[int, np.ndarray], tta: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
-        from skinlesion.calibration import apply_temperature
-        from skinlesion.features import VIEWS, apply_view
+        from skinlesion.metrics.calibration import apply_temperature
+        from skinlesion.models.features import VIEWS, apply_view
 
         views = list(VIEWS) if tta else ["id"]
         probs, raws, dists, thresholds = [], [], [], []
@@ -191,7 +191,7 @@ class Predictor:
         import pandas as pd
         from tqdm.auto import tqdm
 
-        from skinlesion.intake import ImageRejected
+        from skinlesion.data.intake import ImageRejected
 
         sizes = {m.bundle.input_size for m in self.members}
         rows: list[dict] = []
@@ -224,7 +224,7 @@ class Predictor:
     # -- explanation ----------------------------------------------------------------------
     def explain(self, image, method: str = "gradcam", *, target: str = "malignant") -> tuple[np.ndarray, bytes]:
         """(heatmap in [0, 1] at the model's input size, PNG overlay bytes) for one image."""
-        from skinlesion.explain import compute_heatmap, overlay_png_bytes
+        from skinlesion.explain.maps import compute_heatmap, overlay_png_bytes
 
         member = self.members[0]
         arr = load_for_model(image, member.bundle.input_size) if not (

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from skinlesion import config
-from skinlesion.data import DataError, scan_class_folders
+from skinlesion.data.datasets import DataError, scan_class_folders
 
 
 @dataclass
@@ -33,7 +33,7 @@ def evaluation_sets(
     include_test: bool = True,
 ) -> list[EvalSet]:
     """The bundle's own test split (and its de-duplicated subset) plus any external folders."""
-    from skinlesion.audit import load_dedup_test
+    from skinlesion.data.audit import load_dedup_test
 
     sets: list[EvalSet] = []
     if include_test:
@@ -68,7 +68,7 @@ def predict_set(predictor, s: EvalSet, *, tta: bool = False, progress: bool = Tr
 
 def score_predictions(df: pd.DataFrame, threshold: float, *, n_resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
     """Metrics at the frozen threshold and at 0.5 (the seed's convention), with bootstrap CIs."""
-    from skinlesion import metrics
+    from skinlesion.metrics import classification as metrics
 
     ok = df[df["error"].fillna("") == ""]
     y, p = ok["y_true"].to_numpy().astype(int), ok["probability"].to_numpy()
@@ -79,7 +79,7 @@ def score_predictions(df: pd.DataFrame, threshold: float, *, n_resamples: int = 
     out["at_threshold"] = metrics.summarize_with_ci(y, p, threshold=threshold, n_resamples=n_resamples, seed=seed)
     out["at_0.5"] = metrics.summarize_with_ci(y, p, threshold=0.5, n_resamples=n_resamples, seed=seed)
     out["threshold"] = threshold
-    from skinlesion.calibration import brier_score, expected_calibration_error
+    from skinlesion.metrics.calibration import brier_score, expected_calibration_error
 
     out["ece"] = float(expected_calibration_error(y, p))
     out["brier"] = float(brier_score(y, p))
@@ -100,7 +100,7 @@ def evaluate_bundle(
     progress: bool = True,
 ) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
     """Score a bundle on every evaluation set: (metrics per set, predictions per set)."""
-    from skinlesion.inference import Predictor
+    from skinlesion.serving.inference import Predictor
 
     predictor = Predictor.from_bundle(bundle_path)
     sets = evaluation_sets(predictor.meta, predictor.bundle.path, data_dir=data_dir, external=external,
