@@ -1,0 +1,5 @@
+import sys
+
+from skinlesion.cli import main
+
+sys.exit(main())

@@ -1,0 +1,125 @@
+"""Commands that score models: evaluate, compare, model-card and the main job ``run``."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from skinlesion import DISCLAIMER, config
+from skinlesion.cli.base import friendly, main
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Where the bundle's test images are (default: as trained).")
+@click.option("--external", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path), help="Extra folder-per-class evaluation set (repeatable).")
+@click.option("--no-test", is_flag=True, help="Only evaluate the --external sets.")
+@click.option("--tta", is_flag=True, help="Test-time augmentation over the 8 dihedral views.")
+@click.option("--resamples", default=2000, show_default=True, help="Bootstrap resamples for the CIs.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Report folder (default reports/<run-id>).")
+@click.option("--no-skin-tone", is_flag=True, help="Skip the ITA skin-tone subgroup table (about 40 ms an image).")
+@click.option("--quiet", is_flag=True)
+@friendly
+def evaluate(bundle, data_dir, external, no_test, tta, resamples, out, no_skin_tone, quiet) -> None:
+    """Score a bundle on the test split, the de-duplicated test and --external folders; write report.md."""
+    from skinlesion.evaluation.evaluate import evaluate_bundle, format_results, save_results
+    from skinlesion.evaluation.reports import write_report
+
+    results, preds = evaluate_bundle(bundle, data_dir=data_dir, external=tuple(str(e) for e in external), tta=tta,
+                                     n_resamples=resamples, include_test=not no_test, progress=not quiet)
+    path = save_results(results, preds, out)
+    # Same roots as evaluation_sets uses, so the skin-tone table reads the images that were scored.
+    roots = {f"external:{Path(e).name}": Path(e) for e in external}
+    if data_dir:
+        roots.update(test=Path(data_dir), test_dedup=Path(data_dir))
+    report = write_report(results, preds, bundle, path, skin_tone=not no_skin_tone, roots=roots,
+                          n_resamples=min(resamples, 1000))
+    click.echo(format_results(results))
+    click.echo(f"report: {report}")
+    click.echo(f"model card: skinlesion model-card {bundle} --report {path}")
+
+
+@main.command("compare")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--set", "set_name", default="test", show_default=True, help="Evaluation set to compare (test, test_dedup, external:NAME).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Folder for compare.md and compare.json (default reports/compare).")
+@click.option("--resamples", default=2000, show_default=True, help="Bootstrap resamples for the AUC-difference CIs.")
+@friendly
+def compare_cmd(runs, set_name, out, resamples) -> None:
+    """Compare evaluated runs (report folders or bundles) on the same images, with paired AUC tests."""
+    from skinlesion.evaluation.reports import compare, write_comparison
+
+    markdown, data = compare(list(runs), set_name, n_resamples=resamples)
+    path = write_comparison(markdown, data, out)
+    click.echo(markdown)
+    click.echo(f"written: {path / 'compare.md'}, {path / 'compare.json'}")
+
+
+@main.command("model-card")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--report", "report_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None, help="Evaluation report folder (default reports/<run-id> if it exists).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="File to write, '-' to print (default MODEL_CARD.md in the report folder, else print).")
+@friendly
+def model_card_cmd(bundle, report_dir, out) -> None:
+    """Write a model card (intended use, data, evaluation with CIs, subgroups, limitations)."""
+    from skinlesion.bundle.format import read_meta
+    from skinlesion.evaluation.reports import default_report_dir, model_card
+
+    text = model_card(bundle, report_dir)
+    if out is None:
+        folder = report_dir or default_report_dir(read_meta(bundle))
+        out = folder / "MODEL_CARD.md" if (folder / "metrics.json").is_file() else Path("-")
+    if str(out) == "-":
+        click.echo(text)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    click.echo(f"model card: {out}")
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--backbone", default="efficientnet_lite0", show_default=True)
+@click.option("--quiet", is_flag=True)
+@friendly
+def run(data_dir, backbone, quiet) -> None:
+    """The main job: find data (or download, or synthesise), train, evaluate, report."""
+    from skinlesion.data.datasets import DataError, download
+    from skinlesion.evaluation.evaluate import evaluate_bundle, format_results, save_results
+    from skinlesion.evaluation.reports import write_report
+    from skinlesion.data.synth import generate_dataset, is_synthetic
+    from skinlesion.training.train import SYNTHETIC_BANNER, TrainConfig, train as run_train
+
+    t0 = time.perf_counter()
+    root = config.resolve_data_dir(data_dir)
+    if not root.exists():
+        click.echo(f"no dataset at {root}; trying the Kaggle download ...")
+        try:
+            root = download()
+        except DataError as exc:
+            click.echo(f"download failed: {exc}", err=True)
+            root = config.data_dir() / "synthetic"
+            if not (root.exists() and is_synthetic(root)):
+                generate_dataset(root, n_train_per_class=300, n_test_per_class=100, size=128, seed=0)
+            click.echo(SYNTHETIC_BANNER, err=True)
+    click.echo(f"data: {root}")
+    cfg = TrainConfig(backbone=backbone, data_dir=str(root), views=("id", "fh"), progress=not quiet)
+    bundle_path = run_train(cfg)
+    results, preds = evaluate_bundle(bundle_path, progress=not quiet)
+    report = write_report(results, preds, bundle_path, save_results(results, preds), n_resamples=1000)
+    click.echo("")
+    click.echo(format_results(results))
+    click.echo(f"\nbundle: {bundle_path}\nreport: {report}\nwall time: {time.perf_counter() - t0:.0f} s")
+    click.echo(
+        "next:\n"
+        f"  skinlesion predict path/to/image.jpg --model {bundle_path}\n"
+        "  make webapp      # Flask app on http://127.0.0.1:8000\n"
+        "  make dashboard   # Voila dashboard\n"
+        f"  skinlesion info {bundle_path}"
+    )
+    if results.get("synthetic"):
+        click.echo(SYNTHETIC_BANNER, err=True)
+    click.echo(DISCLAIMER)
+
+

@@ -1,0 +1,120 @@
+"""Commands that make or use models: train, predict, ensemble, info."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from skinlesion import DISCLAIMER
+from skinlesion.cli.base import friendly, main
+
+
+def _train_options(fn):
+    opts = [
+        click.option("--backbone", default="efficientnet_lite0", show_default=True),
+        click.option("--weights", default="imagenet", show_default=True, help="imagenet, none, or a local weights file."),
+        click.option("--input-size", type=int, default=None, help="Square input size (default: the backbone's native size)."),
+        click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Dataset root (else SKINLESION_DATA_DIR, else data/raw/...)."),
+        click.option("--seed", default=42, show_default=True),
+        click.option("--views", default="id", show_default=True, help="Comma-separated dihedral views of training images for the head (id,r90,r180,r270,fh,fh_r90,...)."),
+        click.option("--head-units", default=256, show_default=True, help="Hidden units of the head (0 = linear)."),
+        click.option("--fine-tune", default=0, show_default=True, help="Unfreeze the top N backbone layers (stage 2)."),
+        click.option("--fine-tune-epochs", default=6, show_default=True),
+        click.option("--fine-tune-lr", default=2e-5, show_default=True, help="Learning rate of stage 2."),
+        click.option("--max-train-per-class", type=int, default=None, help="Subsample for quick runs."),
+        click.option("--max-eval-per-class", type=int, default=None, help="Subsample val/test for quick runs."),
+        click.option("--out-dir", type=click.Path(path_type=Path), default=None, help="Where bundles go (default models/)."),
+        click.option("--run-id", default=None),
+        click.option("--quiet", is_flag=True, help="No progress bars."),
+    ]
+    for o in reversed(opts):
+        fn = o(fn)
+    return fn
+
+
+def _config(**kw):
+    from skinlesion.training.train import TrainConfig
+
+    weights = kw["weights"]
+    return TrainConfig(
+        backbone=kw["backbone"], weights=None if str(weights).lower() in {"none", "random"} else weights,
+        input_size=kw["input_size"], data_dir=str(kw["data_dir"]) if kw["data_dir"] else None, seed=kw["seed"],
+        views=tuple(v.strip() for v in kw["views"].split(",") if v.strip()), head_units=kw["head_units"],
+        fine_tune=kw["fine_tune"], fine_tune_epochs=kw["fine_tune_epochs"], fine_tune_lr=kw["fine_tune_lr"],
+        max_train_per_class=kw["max_train_per_class"], max_eval_per_class=kw["max_eval_per_class"],
+        out_dir=str(kw["out_dir"]) if kw["out_dir"] else None, run_id=kw["run_id"], progress=not kw["quiet"],
+    )
+
+
+@main.command()
+@_train_options
+@friendly
+def train(**kw) -> None:
+    """Train a classifier (stage 1 on cached features; --fine-tune N for stage 2)."""
+    from skinlesion.models.features import VIEWS
+    from skinlesion.training.train import train as run_train
+
+    cfg = _config(**kw)
+    bad = [v for v in cfg.views if v not in VIEWS]
+    if bad:
+        raise click.BadParameter(f"unknown view(s) {bad}; choose from {list(VIEWS)}", param_hint="--views")
+    path = run_train(cfg)
+    click.echo(str(path))
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None, help="Bundle (default SKINLESION_MODEL or the newest in models/).")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.option("--output", type=click.Path(path_type=Path), default=None, help="Write here instead of stdout.")
+@click.option("--tta", is_flag=True)
+@friendly
+def predict(paths, model_path, fmt, output, tta) -> None:
+    """Predict image files or folders (recursively); unreadable files get an error row."""
+    from skinlesion.data.datasets import IMAGE_SUFFIXES
+    from skinlesion.serving.inference import Predictor
+
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            files.append(p)
+    if not files:
+        raise click.ClickException("no image files found in the given paths")
+    predictor = Predictor.from_bundle(model_path)
+    df = predictor.predict_batch(files, tta=tta)
+    text = df.to_json(orient="records", indent=2) if fmt == "json" else df.to_csv(index=False)
+    if output:
+        output.write_text(text)
+    else:
+        click.echo(text)
+    click.echo(DISCLAIMER, err=True)
+
+
+@main.command()
+@click.argument("bundles", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out-dir", type=click.Path(path_type=Path), default=None, help="Where the ensemble bundle goes (default: beside the first member).")
+@click.option("--run-id", default=None)
+@friendly
+def ensemble(bundles, out_dir, run_id) -> None:
+    """Average the calibrated probabilities of several bundles (same split) into an ensemble bundle."""
+    from skinlesion.training.ensemble import make_ensemble
+
+    click.echo(str(make_ensemble(list(bundles), out_dir=out_dir, run_id=run_id)))
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@friendly
+def info(bundle) -> None:
+    """Verify a bundle and print its metadata."""
+    from skinlesion.bundle.format import read_meta
+
+    meta = read_meta(bundle)
+    if meta.get("synthetic"):
+        click.echo("SYNTHETIC MODEL: trained on generated images.", err=True)
+    click.echo(json.dumps(meta, indent=2))
+
+
