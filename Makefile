@@ -10,7 +10,7 @@ export SKINLESION_DATA_DIR ?= $(if $(wildcard $(SHARED_DATA)/train),$(SHARED_DAT
 PORT ?= 8000
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test test-fast webapp dashboard notebooks benchmark audit clean
+.PHONY: help venv run lint test test-fast webapp dashboard notebooks benchmark audit clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -26,11 +26,16 @@ venv: $(STAMP) ## Create .venv and install the package with its test tools
 run: $(STAMP) ## Main job: real data (or download, or synthetic) -> train efficientnet_lite0 -> evaluate
 	$(VENV)/bin/skinlesion run
 
-test: $(STAMP) ## Run the whole test suite (unit, real-data integration, notebooks on a sample, browser)
+lint: $(STAMP) ## Static checks: ruff (style and bugs), mypy (types), import-linter (layering)
+	$(VENV)/bin/ruff check src webapp tests tools benchmarks
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+test: $(STAMP) lint ## Lint, then the whole test suite (unit, real-data integration, notebooks on a sample, browser)
 	SKINLESION_NB_SAMPLE=$${SKINLESION_NB_SAMPLE:-40} $(PY) -m pytest tests notebooks dashboards \
 		--nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
 
-test-fast: $(STAMP) ## Unit tests only (no real data, notebooks or browser)
+test-fast: $(STAMP) ## Unit tests only: no training, real data, notebooks or browser (under 2 minutes)
 	$(PY) -m pytest tests -m "not realdata and not browser and not slow"
 
 webapp: $(STAMP) ## Serve the Flask web app with gunicorn on 127.0.0.1:$(PORT)
@@ -40,7 +45,7 @@ dashboard: $(STAMP) ## Start the Voila dashboard
 	$(VENV)/bin/voila dashboards/lesion_uploader.ipynb --Voila.config_file_paths=dashboards --port=8866 --no-browser
 
 notebooks: $(STAMP) ## Re-execute every notebook on the full data and rewrite the outputs
-	$(PY) -m skinlesion.notebooks run-all
+	$(PY) tools/notebooks.py run-all
 
 benchmark: $(STAMP) ## Print speed figures (feature pipeline, Grad-CAM latency, web app under load)
 	$(PY) benchmarks/feature_pipeline.py

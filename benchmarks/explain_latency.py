@@ -2,7 +2,7 @@
 
 Prints p50/p95 (ms) for: predict only (``predict_on_batch``, what the Predictor runs, and an
 eager ``model(x)`` call for comparison), the compiled Grad-CAM and Grad-CAM++ of
-``skinlesion.explain.maps.predict_and_explain`` (probability and map from one forward pass), and
+``skinlesion.explain.gradcam.predict_and_explain`` (probability and map from one forward pass), and
 the tf-keras-vis reference Grad-CAM (fewer runs: it is slow). Ratios are to predict_on_batch
 measured in the same run. The predict-only and compiled timings are interleaved round by round
 so that load from other jobs on a shared machine hits them alike; the load average is printed
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.runs < 1 or args.reference_runs < 1:
         parser.error("--runs and --reference-runs must be >= 1")
 
-    from skinlesion.explain import maps as explain
+    from skinlesion.explain import gradcam as explain
     from skinlesion.models.backbones import build_classifier, get_spec
 
     spec = get_spec("efficientnet_lite0")

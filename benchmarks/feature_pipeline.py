@@ -17,8 +17,8 @@ import numpy as np
 
 def main() -> None:
     from skinlesion import config
-    from skinlesion.models.backbones import build_feature_extractor
     from skinlesion.data.datasets import IMAGE_SUFFIXES
+    from skinlesion.models.backbones import build_feature_extractor
     from skinlesion.models.features import extract_features, iter_image_batches
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -155,7 +155,7 @@ def report(runs: list[Run]) -> str:
 
 def main() -> None:
     from skinlesion.bundle.format import latest_bundle
-    from webapp.serve import gunicorn_server
+    from tools.webapp_server import gunicorn_server
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="bundle folder (default: SKINLESION_MODEL, else the newest under models/)")

@@ -37,11 +37,12 @@ def test_info_refuses_tampered_bundle(runner, tiny_bundle, tmp_path):
 
 
 def test_predict_files_and_folders_with_bad_files(runner, tiny_bundle, tmp_path):
-    from hostile import real_dermoscopic_jpeg
+    import numpy as np
+    from PIL import Image
 
     from skinlesion.data.synth import synth_image
-    from PIL import Image
-    import numpy as np
+
+    from hostile import real_dermoscopic_jpeg
 
     data = real_dermoscopic_jpeg()
     good = tmp_path / "imgs" / "lesion.jpg"

@@ -15,23 +15,23 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from hostile import text_renamed_jpg
 from PIL import Image
 
 from skinlesion import DISCLAIMER
+from skinlesion.data.intake import MAX_BYTES
+from skinlesion.explain.common import METHODS
 from skinlesion.serving.dashboard import (
     UploadResult,
     build_dashboard,
     handle_upload,
     list_bundles,
     render_result_html,
-    sample_image,
     upload_bytes,
-    upload_value,
 )
-from skinlesion.explain.maps import METHODS
 from skinlesion.serving.inference import Predictor
-from skinlesion.data.intake import MAX_BYTES
+
+from dashboard_helpers import sample_image, upload_value
+from hostile import text_renamed_jpg
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "dashboards" / "lesion_uploader.ipynb"

@@ -6,14 +6,13 @@ drives Debian's ``chromium`` (never a downloaded browser) and uploads files thro
 file chooser that the FileUpload widget's hidden ``<input type=file>`` opens. Screenshots go
 to ``test-artifacts/``.
 
-Needs the ``chromium`` binary (``apt-get install chromium``): skipped without it locally,
-failed without it in CI (``CI=true``).
+Needs the ``chromium`` fixture (conftest.py): skipped without the browser locally, failed
+without it in CI (``CI=true``).
 """
 from __future__ import annotations
 
 import io
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,10 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hostile import text_renamed_jpg
 from PIL import Image
 
 from skinlesion.serving.inference import Predictor
+
+from hostile import text_renamed_jpg
 
 pytestmark = pytest.mark.browser
 
@@ -37,25 +37,6 @@ ARTIFACTS = ROOT / "test-artifacts"
 SERVER_START_S = 90
 # The first upload also imports TensorFlow and loads the model inside the Voila kernel.
 RESULT_TIMEOUT_MS = 120_000
-
-
-def _unavailable(message: str) -> None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message + " In CI (CI=true) the browser tests must run, not skip.")
-    pytest.skip(message)
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    """Path of Debian's chromium, checked before Voila is started for nothing."""
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not path:
-        _unavailable("Debian's chromium is not installed (apt-get install -y chromium); the browser tests need it.")
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        _unavailable("The playwright Python package is not installed (pip install -e '.[test]').")
-    return path
 
 
 def _free_port() -> int:
@@ -109,22 +90,16 @@ def voila_url(chromium, tiny_bundle, tmp_path_factory):
 def dash_page(chromium, voila_url):
     """One Chromium page on the dashboard (not pytest-playwright's ``page``: that one launches a
     downloaded browser)."""
-    from playwright.sync_api import sync_playwright
-
     ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=chromium,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        try:
-            pg = browser.new_page(viewport={"width": 1280, "height": 1400})
-            pg.goto(voila_url, timeout=RESULT_TIMEOUT_MS)
-            # Widgets render once the kernel has run the notebook and the page has connected to it.
-            pg.locator(".skinlesion-dashboard .widget-upload").wait_for(state="visible", timeout=RESULT_TIMEOUT_MS)
-            yield pg
-        finally:
-            browser.close()
+    context = chromium.new_context(viewport={"width": 1280, "height": 1400})
+    try:
+        pg = context.new_page()
+        pg.goto(voila_url, timeout=RESULT_TIMEOUT_MS)
+        # Widgets render once the kernel has run the notebook and the page has connected to it.
+        pg.locator(".skinlesion-dashboard .widget-upload").wait_for(state="visible", timeout=RESULT_TIMEOUT_MS)
+        yield pg
+    finally:
+        context.close()
 
 
 def _upload(page, name: str, data: bytes | None = None, path: Path | None = None, mime: str = "image/jpeg") -> None:

@@ -18,7 +18,12 @@ import pytest
 from PIL import Image
 
 from skinlesion.models import efficientnet_lite as el
-from skinlesion.models.torch_legacy import MAGIC_NUMBER, PROTOCOL_VERSION, LegacyTorchFormatError, load_legacy_state_dict
+from skinlesion.models.torch_legacy import (
+    MAGIC_NUMBER,
+    PROTOCOL_VERSION,
+    LegacyTorchFormatError,
+    load_legacy_state_dict,
+)
 
 CAT_CLASSES = {281, 282, 283, 284, 285, 287}  # tabby, tiger cat, Persian, Siamese, Egyptian cat, lynx
 CUP_CLASSES = {504, 967, 968}  # coffee mug, espresso, cup
@@ -36,7 +41,7 @@ class _Tensor:
     def __init__(self, storage: _Storage, offset: int, size: tuple[int, ...], stride: tuple[int, ...]) -> None:
         self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
 
-    def __reduce__(self):  # noqa: ANN204 - pickle protocol
+    def __reduce__(self):
         rebuild = sys.modules["torch._utils"]._rebuild_tensor_v2
         return rebuild, (self.storage, self.offset, self.size, self.stride, False, OrderedDict())
 
@@ -93,7 +98,7 @@ class _Hostile:
     def __init__(self, marker: Path) -> None:
         self.marker = marker
 
-    def __reduce__(self):  # noqa: ANN204 - pickle protocol
+    def __reduce__(self):
         return os.mkdir, (str(self.marker),)
 
 

@@ -1,4 +1,4 @@
-"""Ensembles and evaluation on tiny synthetic bundles trained on one shared split."""
+"""Ensembles and evaluation on the session's two synthetic bundles (one shared split, conftest.py)."""
 from __future__ import annotations
 
 import json
@@ -7,24 +7,20 @@ import numpy as np
 import pytest
 
 from skinlesion.bundle.format import BundleError
-from skinlesion.data.synth import generate_dataset
-from skinlesion.training.train import TrainConfig, train
+from skinlesion.training.train import train
+
+from conftest import synth_train_config
 
 
 @pytest.fixture(scope="module")
-def two_bundles(tmp_path_factory):
-    root = generate_dataset(tmp_path_factory.mktemp("syn") / "ds", n_train_per_class=20, n_test_per_class=8, size=64, seed=1)
-    out = tmp_path_factory.mktemp("models")
-    common = dict(backbone="efficientnet_lite0", data_dir=str(root), input_size=64, head_epochs=10, patience=4,
-                  out_dir=str(out), progress=False, splits_file=str(out / "splits.csv"))
-    a = train(TrainConfig(head_units=0, run_id="a", **common))
-    b = train(TrainConfig(head_units=16, run_id="b", **common))
-    return root, out, a, b
+def two_bundles(synth_root, synth_bundles):
+    a, b = synth_bundles
+    return synth_root, a.parent, a, b
 
 
 def test_ensemble_bundle_loads_in_predictor(two_bundles):
-    from skinlesion.training.ensemble import make_ensemble
     from skinlesion.serving.inference import Predictor
+    from skinlesion.training.ensemble import make_ensemble
 
     root, out, a, b = two_bundles
     ens = make_ensemble([a, b], run_id="ens")
@@ -44,8 +40,8 @@ def test_ensemble_refuses_different_splits(two_bundles, tmp_path):
     from skinlesion.training.ensemble import make_ensemble
 
     root, out, a, _ = two_bundles
-    c = train(TrainConfig(backbone="efficientnet_lite0", data_dir=str(root), input_size=64, head_epochs=3, out_dir=str(tmp_path),
-                          progress=False, splits_file=str(tmp_path / "other.csv"), val_fraction=0.3))
+    c = train(synth_train_config(root, tmp_path, head_epochs=3, splits_file=str(tmp_path / "other.csv"),
+                                 val_fraction=0.3))
     with pytest.raises(BundleError, match="different"):
         make_ensemble([a, c], out_dir=tmp_path)
     with pytest.raises(BundleError, match="at least two"):
@@ -64,7 +60,7 @@ def test_evaluate_official_external_and_single_class(two_bundles, tmp_path):
     results, preds = evaluate_bundle(a, external=(str(ext),), n_resamples=200, progress=False)
     assert set(results["sets"]) == {"test", "external:ext"}
     t = results["sets"]["test"]
-    assert t["n"] == 16 and 0.0 <= t["at_threshold"]["roc_auc"]["value"] <= 1.0
+    assert t["n"] == len(list((root / "test").rglob("*.jpg"))) and 0.0 <= t["at_threshold"]["roc_auc"]["value"] <= 1.0
     e = results["sets"]["external:ext"]
     assert e["n_unreadable"] == 1
     assert np.isnan(e["at_threshold"]["roc_auc"]["value"])

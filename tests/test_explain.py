@@ -1,4 +1,4 @@
-"""Tests for skinlesion.explain.maps on a tiny hand-wired CNN that detects a bright square."""
+"""Tests for skinlesion.explain on a tiny hand-wired CNN that detects a bright square."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +9,7 @@ keras = pytest.importorskip("keras")
 from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from skinlesion.explain import maps as explain  # noqa: E402
+from skinlesion.explain import common, gradcam, overlay, sanity, tfkv  # noqa: E402
 
 SIZE = 32
 LAYER = "last_conv_act"
@@ -68,12 +68,12 @@ def test_tiny_model_predicts_malignant_only_with_the_square(model):
 
 
 def test_find_last_conv_layer(model):
-    assert explain.find_last_conv_layer(model) == LAYER
+    assert common.find_last_conv_layer(model) == LAYER
 
 
 @pytest.mark.parametrize("quadrant", [(0, 0), (1, 1)])
 def test_gradcam_localises_the_square(model, quadrant):
-    heatmap = explain.compute_heatmap(model, _image(quadrant), "gradcam", layer_name=LAYER)
+    heatmap = gradcam.compute_heatmap(model, _image(quadrant), "gradcam", layer_name=LAYER)
     peak = np.unravel_index(np.argmax(heatmap), heatmap.shape)
     assert tuple(int(i) // (SIZE // 2) for i in peak) == quadrant
     assert _quadrant_mass(heatmap, quadrant) > 0.8
@@ -81,18 +81,18 @@ def test_gradcam_localises_the_square(model, quadrant):
 
 def test_default_layer_and_predicted_target(model):
     image = _image()
-    default = explain.compute_heatmap(model, image)  # gradcam, last conv, predicted class
-    malignant = explain.compute_heatmap(model, image, target="malignant", layer_name=LAYER)
+    default = gradcam.compute_heatmap(model, image)  # gradcam, last conv, predicted class
+    malignant = gradcam.compute_heatmap(model, image, target="malignant", layer_name=LAYER)
     np.testing.assert_allclose(default, malignant, atol=1e-6)
     # With a threshold above P(malignant) the predicted class is benign, a different map.
-    benign = explain.compute_heatmap(model, image, target="predicted", threshold=0.99)
+    benign = gradcam.compute_heatmap(model, image, target="predicted", threshold=0.99)
     assert not np.allclose(benign, malignant, atol=1e-3)
 
 
-@pytest.mark.parametrize("method", explain.METHODS)
+@pytest.mark.parametrize("method", common.METHODS)
 def test_every_method_returns_a_normalised_map(model, method):
     kwargs = {"seed": 0, "smooth_samples": 5} if method == "smoothgrad" else {}
-    heatmap = explain.compute_heatmap(model, _image(), method, layer_name=LAYER, **kwargs)
+    heatmap = gradcam.compute_heatmap(model, _image(), method, layer_name=LAYER, **kwargs)
     assert heatmap.shape == (SIZE, SIZE)
     assert heatmap.dtype == np.float32
     assert heatmap.min() >= 0.0 and heatmap.max() == pytest.approx(1.0)
@@ -103,7 +103,7 @@ def test_every_method_returns_a_normalised_map(model, method):
 def test_two_logit_head_reproduces_the_sigmoid(model):
     images = np.stack([_image(), _image(None)]).astype(np.float32)
     p = keras.ops.convert_to_numpy(model(images))[:, 0]
-    logits = keras.ops.convert_to_numpy(explain._two_logit_model(model)(images))
+    logits = keras.ops.convert_to_numpy(tfkv.two_logit_model(model)(images))
     softmax = keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1))
     np.testing.assert_allclose(softmax, np.stack([1 - p, p], axis=1), atol=1e-6)
 
@@ -111,7 +111,7 @@ def test_two_logit_head_reproduces_the_sigmoid(model):
 def test_scorecam_weights_use_the_sigmoid_probability(model):
     # Plain tf-keras-vis softmaxes the single sigmoid unit to 1.0, which makes the "benign"
     # score 1 - 1 = 0 for every channel and the map all zeros; the two-logit head fixes that.
-    heatmap = explain.compute_heatmap(
+    heatmap = gradcam.compute_heatmap(
         model, _image(), "scorecam", layer_name=LAYER, target="benign"
     )
     assert np.ptp(heatmap) > 0.5
@@ -121,31 +121,31 @@ def test_smoothgrad_seed_is_reproducible_and_leaves_global_rng_alone(model):
     np.random.seed(123)
     expected_next = np.random.random()
     np.random.seed(123)
-    a = explain.compute_heatmap(model, _image(), "smoothgrad", smooth_samples=3, seed=7)
+    a = gradcam.compute_heatmap(model, _image(), "smoothgrad", smooth_samples=3, seed=7)
     assert np.random.random() == expected_next
-    b = explain.compute_heatmap(model, _image(), "smoothgrad", smooth_samples=3, seed=7)
+    b = gradcam.compute_heatmap(model, _image(), "smoothgrad", smooth_samples=3, seed=7)
     np.testing.assert_array_equal(a, b)
 
 
 def test_black_image_gives_an_all_zero_map(model):
     black = np.zeros((SIZE, SIZE, 3), np.uint8)
-    heatmap = explain.compute_heatmap(model, black, target="malignant")
+    heatmap = gradcam.compute_heatmap(model, black, target="malignant")
     assert heatmap.shape == (SIZE, SIZE) and not heatmap.any()
 
 
 def test_unknown_method_raises(model):
     with pytest.raises(ValueError, match="Unknown method"):
-        explain.compute_heatmap(model, _image(), "lime")
+        gradcam.compute_heatmap(model, _image(), "lime")
 
 
 def test_unknown_layer_lists_candidates(model):
     with pytest.raises(ValueError, match="no layer named 'nope'.*last_conv_act"):
-        explain.compute_heatmap(model, _image(), layer_name="nope")
+        gradcam.compute_heatmap(model, _image(), layer_name="nope")
 
 
 def test_non_spatial_layer_raises(model):
     with pytest.raises(ValueError, match="4-D"):
-        explain.compute_heatmap(model, _image(), layer_name="gap")
+        gradcam.compute_heatmap(model, _image(), layer_name="gap")
 
 
 @pytest.mark.parametrize(
@@ -158,26 +158,26 @@ def test_non_spatial_layer_raises(model):
 )
 def test_wrong_image_shape_raises_with_expected_size(model, bad_image):
     with pytest.raises(ValueError, match="32x32x3"):
-        explain.compute_heatmap(model, bad_image)
+        gradcam.compute_heatmap(model, bad_image)
 
 
 def test_bad_options_raise(model):
     with pytest.raises(ValueError, match="Unknown target"):
-        explain.compute_heatmap(model, _image(), target="melanoma")
+        gradcam.compute_heatmap(model, _image(), target="melanoma")
     with pytest.raises(TypeError, match="max_N"):
-        explain.compute_heatmap(model, _image(), "gradcam", max_N=4)
+        gradcam.compute_heatmap(model, _image(), "gradcam", max_N=4)
 
 
 def test_normalize_map_keeps_a_zero_map_zero():
     with np.errstate(all="raise"):
-        out = explain.normalize_map(np.zeros((4, 4)))
+        out = common.normalize_map(np.zeros((4, 4)))
     assert out.dtype == np.float32 and not out.any()
-    np.testing.assert_allclose(explain.normalize_map(np.array([[1e-12, 3e-12]])), [[0.0, 1.0]])
+    np.testing.assert_allclose(common.normalize_map(np.array([[1e-12, 3e-12]])), [[0.0, 1.0]])
 
 
 def test_randomize_model_copies_and_redraws_top_layers(model):
     before = [w.copy() for w in model.get_weights()]
-    head = explain.randomize_model(model, "head", seed=0)
+    head = sanity.randomize_model(model, "head", seed=0)
     for original, kept in zip(before, model.get_weights()):
         np.testing.assert_array_equal(original, kept)  # input model untouched
     assert head is not model
@@ -187,20 +187,20 @@ def test_randomize_model_copies_and_redraws_top_layers(model):
     old_kernel = model.get_layer("malignant_probability").get_weights()[0]
     assert not np.allclose(head.get_layer("malignant_probability").get_weights()[0], old_kernel)
 
-    cascade = explain.randomize_model(model, "cascade", n_layers=2, seed=0)
+    cascade = sanity.randomize_model(model, "cascade", n_layers=2, seed=0)
     def kernel(m, name):
         return m.get_layer(name).get_weights()[0]
 
     assert not np.allclose(kernel(cascade, "conv2"), kernel(model, "conv2"))
     np.testing.assert_array_equal(kernel(cascade, "conv1"), kernel(model, "conv1"))
     all_layers = ["conv1", "conv2", "malignant_probability"]
-    assert explain.randomized_layer_names(model, "all") == all_layers
+    assert sanity.randomized_layer_names(model, "all") == all_layers
     with pytest.raises(ValueError, match="only 3 weighted layers"):
-        explain.randomize_model(model, "cascade", n_layers=10)
+        sanity.randomize_model(model, "cascade", n_layers=10)
 
 
 def test_sanity_check_randomised_maps_differ(model):
-    result = explain.sanity_check(model, _image(), "gradcam", LAYER, seed=0)
+    result = sanity.sanity_check(model, _image(), "gradcam", LAYER, seed=0)
     assert set(result) == {"head", "cascade_2", "cascade_3"}
     assert result["cascade_3"]["layers"] == ["conv1", "conv2", "malignant_probability"]
     for entry in result.values():
@@ -211,28 +211,28 @@ def test_sanity_check_randomised_maps_differ(model):
 
 def test_overlay_and_png(model):
     image = _image()
-    heatmap = explain.compute_heatmap(model, image, layer_name=LAYER)
-    picture = explain.overlay(image, heatmap)
+    heatmap = gradcam.compute_heatmap(model, image, layer_name=LAYER)
+    picture = overlay.overlay(image, heatmap)
     assert isinstance(picture, Image.Image)
     assert picture.mode == "RGB" and picture.size == (SIZE, SIZE)
     # A smaller map is upsampled to the image; a float 0..1 image is accepted for display.
-    small = explain.overlay(
+    small = overlay.overlay(
         image.astype(np.float32) / 255.0, heatmap[::4, ::4], alpha=0.3, cmap="inferno"
     )
     assert small.size == (SIZE, SIZE)
-    png = explain.overlay_png_bytes(image, heatmap, alpha=0.5)
+    png = overlay.overlay_png_bytes(image, heatmap, alpha=0.5)
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
     with pytest.raises(ValueError, match="colormap"):
-        explain.overlay(image, heatmap, cmap="no-such-map")
+        overlay.overlay(image, heatmap, cmap="no-such-map")
     with pytest.raises(ValueError, match="2-D"):
-        explain.overlay(image, heatmap[None])
+        overlay.overlay(image, heatmap[None])
 
 
 def test_plot_explanations_returns_a_figure(model):
     image = _image()
     methods = ("gradcam", "gradcam++")
-    heatmaps = {m: explain.compute_heatmap(model, image, m, layer_name=LAYER) for m in methods}
-    figure = explain.plot_explanations(image, heatmaps, title="tiny")
+    heatmaps = {m: gradcam.compute_heatmap(model, image, m, layer_name=LAYER) for m in methods}
+    figure = overlay.plot_explanations(image, heatmaps, title="tiny")
     assert isinstance(figure, Figure)
     assert len(figure.axes) == 3
     assert [ax.get_title() for ax in figure.axes] == ["original", "gradcam", "gradcam++"]
@@ -250,13 +250,13 @@ def _assert_maps_match(fast: np.ndarray, ref: np.ndarray, atol: float = 1e-4) ->
         assert np.corrcoef(fast.ravel(), ref.ravel())[0, 1] > 0.99
 
 
-@pytest.mark.parametrize("method", explain.COMPILED_METHODS)
+@pytest.mark.parametrize("method", gradcam.COMPILED_METHODS)
 @pytest.mark.parametrize("target", ["malignant", "benign"])
 @pytest.mark.parametrize("quadrant", [(0, 0), (1, 0)])
 def test_compiled_matches_tf_keras_vis(model, method, target, quadrant):
     image = _image(quadrant)
-    fast = explain.compute_heatmap(model, image, method, layer_name=LAYER, target=target)
-    ref = explain.compute_heatmap(
+    fast = gradcam.compute_heatmap(model, image, method, layer_name=LAYER, target=target)
+    ref = gradcam.compute_heatmap(
         model, image, method, layer_name=LAYER, target=target, reference=True
     )
     assert ref.any()  # a blank reference would make the comparison vacuous
@@ -277,11 +277,11 @@ def test_compiled_matches_tf_keras_vis_on_efficientnet_lite0(lite0):
     # full model's own graph).
     image = np.random.default_rng(1).uniform(0, 255, (96, 96, 3)).astype(np.uint8)
     non_blank = 0
-    for method in explain.COMPILED_METHODS:
+    for method in gradcam.COMPILED_METHODS:
         for target in ("malignant", "benign"):
             kw = {"layer_name": "lite_top_activation", "target": target}
-            fast = explain.compute_heatmap(lite0, image, method, **kw)
-            ref = explain.compute_heatmap(lite0, image, method, reference=True, **kw)
+            fast = gradcam.compute_heatmap(lite0, image, method, **kw)
+            ref = gradcam.compute_heatmap(lite0, image, method, reference=True, **kw)
             _assert_maps_match(fast, ref)
             non_blank += bool(ref.any())
     assert non_blank >= 2
@@ -292,40 +292,40 @@ def test_second_call_is_served_from_the_cache(lite0):
     layer = "lite_top_activation"
     for i in range(3):  # other images, both methods and all targets: one trace
         image = rng.uniform(0, 255, (96, 96, 3)).astype(np.uint8)
-        explain.predict_and_explain(
-            lite0, image, explain.COMPILED_METHODS[i % 2], layer, explain.TARGETS[i]
+        gradcam.predict_and_explain(
+            lite0, image, gradcam.COMPILED_METHODS[i % 2], layer, common.TARGETS[i]
         )
-    compiled = explain._compiled_cam(lite0, layer)
-    assert compiled is explain._compiled_cam(lite0, layer)
+    compiled = gradcam._compiled_cam(lite0, layer)
+    assert compiled is gradcam._compiled_cam(lite0, layer)
     assert compiled.function.experimental_get_tracing_count() == 1
 
 
 def test_predict_and_explain_returns_the_model_probability(model):
     image = _image()
-    p, heatmap = explain.predict_and_explain(model, image, "gradcam", LAYER, "predicted")
+    p, heatmap = gradcam.predict_and_explain(model, image, "gradcam", LAYER, "predicted")
     expected = float(model(image[None].astype(np.float32))[0, 0])
     assert p == pytest.approx(expected, abs=1e-6)
     assert p > 0.5  # so "predicted" explained the malignant class
-    malignant = explain.compute_heatmap(model, image, layer_name=LAYER, target="malignant")
+    malignant = gradcam.compute_heatmap(model, image, layer_name=LAYER, target="malignant")
     np.testing.assert_array_equal(heatmap, malignant)
     # With a threshold above p the predicted class is benign.
-    _, benign = explain.predict_and_explain(model, image, "gradcam", LAYER, threshold=0.99)
+    _, benign = gradcam.predict_and_explain(model, image, "gradcam", LAYER, threshold=0.99)
     assert not np.allclose(benign, malignant, atol=1e-3)
 
 
 def test_predict_and_explain_other_methods_and_bad_options(model):
     image = _image()
-    p, heatmap = explain.predict_and_explain(model, image, "scorecam", LAYER, max_N=2)
+    p, heatmap = gradcam.predict_and_explain(model, image, "scorecam", LAYER, max_N=2)
     assert p == pytest.approx(float(model(image[None].astype(np.float32))[0, 0]), abs=1e-6)
     assert heatmap.shape == (SIZE, SIZE) and heatmap.max() == pytest.approx(1.0)
     with pytest.raises(TypeError, match="max_N"):
-        explain.predict_and_explain(model, image, "gradcam", LAYER, max_N=2)
+        gradcam.predict_and_explain(model, image, "gradcam", LAYER, max_N=2)
     with pytest.raises(ValueError, match="Unknown method"):
-        explain.predict_and_explain(model, image, "lime", LAYER)
+        gradcam.predict_and_explain(model, image, "lime", LAYER)
     with pytest.raises(ValueError, match="Unknown target"):
-        explain.predict_and_explain(model, image, "gradcam", LAYER, "melanoma")
+        gradcam.predict_and_explain(model, image, "gradcam", LAYER, "melanoma")
     with pytest.raises(ValueError, match="32x32x3"):
-        explain.predict_and_explain(model, image[:16], "gradcam", LAYER)
+        gradcam.predict_and_explain(model, image[:16], "gradcam", LAYER)
 
 
 def test_cache_follows_weight_changes_and_frees_the_model():
@@ -334,13 +334,13 @@ def test_cache_follows_weight_changes_and_frees_the_model():
 
     local = _tiny_model()
     image = _image()
-    explain.warm_up(local, LAYER)
-    compiled = explain._compiled_cam(local, LAYER)
+    gradcam.compute_heatmap(local, image, "gradcam", layer_name=LAYER)  # traces the cached graph
+    compiled = gradcam._compiled_cam(local, LAYER)
     # Swap the head's sign: the cached graph reads the live variables, so the map follows.
     kernel, bias = local.get_layer("malignant_probability").get_weights()
     local.get_layer("malignant_probability").set_weights([-kernel, -bias])
-    fast = explain.compute_heatmap(local, image, "gradcam++", layer_name=LAYER, target="benign")
-    ref = explain.compute_heatmap(
+    fast = gradcam.compute_heatmap(local, image, "gradcam++", layer_name=LAYER, target="benign")
+    ref = gradcam.compute_heatmap(
         local, image, "gradcam++", layer_name=LAYER, target="benign", reference=True
     )
     _assert_maps_match(fast, ref, atol=1e-5)
@@ -359,7 +359,7 @@ def test_gradcam_plus_plus_survives_a_saturated_logit():
     local = _tiny_model()
     kernel, bias = local.get_layer("malignant_probability").get_weights()
     local.get_layer("malignant_probability").set_weights([150.0 * kernel, 150.0 * bias])
-    p, heatmap = explain.predict_and_explain(local, _image(), "gradcam++", LAYER, "malignant")
+    p, heatmap = gradcam.predict_and_explain(local, _image(), "gradcam++", LAYER, "malignant")
     assert p == 1.0
     assert _quadrant_mass(heatmap, (0, 0)) > 0.8
 
@@ -370,8 +370,8 @@ def test_compiled_path_on_a_saved_and_loaded_model(model, tmp_path):
     model.save(path)
     loaded = keras.saving.load_model(path)
     image = _image((1, 1))
-    p, fast = explain.predict_and_explain(loaded, image, "gradcam", LAYER, "malignant")
-    ref = explain.compute_heatmap(
+    p, fast = gradcam.predict_and_explain(loaded, image, "gradcam", LAYER, "malignant")
+    ref = gradcam.compute_heatmap(
         model, image, layer_name=LAYER, target="malignant", reference=True
     )
     _assert_maps_match(fast, ref, atol=1e-5)

@@ -14,6 +14,19 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from skinlesion.data import intake
+from skinlesion.data.intake import (
+    ACCEPTED_FORMATS,
+    MAX_BYTES,
+    ImageRejected,
+    image_fingerprint,
+    load_for_model,
+    read_image,
+    sniff_format,
+    square_crop,
+    to_model_array,
+)
+
 from hostile import (
     EXIF_MARKER_SIDE,
     EXIF_STORED_SIZE,
@@ -37,18 +50,6 @@ from hostile import (
     real_dermoscopic_jpeg,
     rgba_png,
     valid_jpeg,
-)
-from skinlesion.data import intake
-from skinlesion.data.intake import (
-    ACCEPTED_FORMATS,
-    MAX_BYTES,
-    ImageRejected,
-    image_fingerprint,
-    load_for_model,
-    read_image,
-    sniff_format,
-    square_crop,
-    to_model_array,
 )
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -207,7 +208,7 @@ def test_cmyk_jpeg_colours_survive() -> None:
 
 
 @pytest.mark.parametrize("make", [multipage_tiff, animated_webp, animated_png, mpo_jpeg])
-def test_multi_frame_files_use_the_first_frame(make) -> None:  # noqa: ANN001
+def test_multi_frame_files_use_the_first_frame(make) -> None:
     got = np.asarray(read_image(make().data)).astype(int)
     assert np.abs(got - np.asarray(pattern_rgb()).astype(int)).mean() < 6  # not the blue frame
 
@@ -317,7 +318,7 @@ def test_global_pillow_and_warning_state_is_untouched() -> None:
     for case in HOSTILE_CASES:
         with pytest.raises(ImageRejected):
             read_image(case.data)
-    assert Image.MAX_IMAGE_PIXELS == pixels_limit
+    assert pixels_limit == Image.MAX_IMAGE_PIXELS
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
     assert list(warnings.filters) == filters
 
@@ -382,9 +383,8 @@ def test_pil_images_are_accepted_without_being_changed() -> None:
     original = Image.new("L", (40, 40), 9)
     out = read_image(original)
     assert out.mode == "RGB" and out is not original and original.mode == "L"
-    with Image.open(io.BytesIO(animated_gif().data)) as gif:
-        with pytest.raises(ImageRejected) as info:
-            read_image(gif)
+    with Image.open(io.BytesIO(animated_gif().data)) as gif, pytest.raises(ImageRejected) as info:
+        read_image(gif)
     assert info.value.status == 415 and "GIF" in info.value.message
 
 
@@ -426,7 +426,7 @@ def test_image_rejected_survives_pickling() -> None:
 
 
 def test_public_constants() -> None:
-    assert ACCEPTED_FORMATS == frozenset({"JPEG", "PNG", "BMP", "TIFF", "WEBP"})
+    assert frozenset({"JPEG", "PNG", "BMP", "TIFF", "WEBP"}) == ACCEPTED_FORMATS
     assert intake.MAX_BYTES == 25 * 1024 * 1024
     assert intake.MAX_PIXELS == 50_000_000
     assert intake.MIN_SIDE == 32

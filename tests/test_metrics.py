@@ -11,7 +11,9 @@ import pytest
 from scipy import special, stats
 from sklearn import metrics as skm
 
+from skinlesion.io import clean_json
 from skinlesion.metrics import classification as M
+from skinlesion.metrics import stats as S
 
 # Hand-worked example (threshold 0.5): predictions [0,0,1,1,1,1,0] -> tn=2, fp=2, fn=1, tp=2.
 Y_HAND = np.array([0, 0, 0, 0, 1, 1, 1])
@@ -107,7 +109,7 @@ def test_summarize_keys_and_values() -> None:
     assert s["sensitivity"] == M.sensitivity(y, p, 0.4)
     assert s["roc_auc"] == M.roc_auc(y, p)
     assert s["notes"] == []
-    json.dumps(M.as_jsonable(s), allow_nan=False)
+    json.dumps(clean_json(s), allow_nan=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,10 +126,10 @@ def test_single_class_gives_nan_and_notes(label: int) -> None:
     assert math.isnan(s["roc_auc"]) and math.isnan(s["balanced_accuracy"])
     assert math.isnan(s["sensitivity"] if label == 0 else s["specificity"])
     assert any("only one class present" in n and "ROC AUC" in n for n in s["notes"])
-    cis = M.summarize_with_ci(y, p, n_resamples=50)
+    cis = S.summarize_with_ci(y, p, n_resamples=50)
     assert math.isnan(cis["roc_auc"]["value"]) and math.isnan(cis["roc_auc"]["low"])
     assert cis["accuracy"]["low"] <= cis["accuracy"]["value"] <= cis["accuracy"]["high"]
-    json.dumps(M.as_jsonable(s), allow_nan=False)
+    json.dumps(clean_json(s), allow_nan=False)
 
 
 def test_undefined_ppv_is_explained() -> None:
@@ -159,9 +161,9 @@ def test_keras_column_output_is_accepted() -> None:
 
 def test_bad_arguments_raise() -> None:
     with pytest.raises(ValueError, match="Unknown metric"):
-        M.bootstrap_ci(Y_HAND, P_HAND, "auroc")
+        S.bootstrap_ci(Y_HAND, P_HAND, "auroc")
     with pytest.raises(ValueError, match="confidence"):
-        M.bootstrap_ci(Y_HAND, P_HAND, "roc_auc", confidence=95)
+        S.bootstrap_ci(Y_HAND, P_HAND, "roc_auc", confidence=95)
     with pytest.raises(ValueError, match="target_spec"):
         M.sensitivity_at_specificity(Y_HAND, P_HAND, 80)
 
@@ -173,8 +175,8 @@ def test_vectorised_metrics_match_scalar_row_by_row() -> None:
     rng = np.random.default_rng(5)
     y, p = _simulate(120, rng, decimals=1)  # heavy ties
     for stratified in (True, False):
-        idx = M.bootstrap_indices(y, 15, seed=1, stratified=stratified)
-        batch = M._Batch(y[idx], p[idx])
+        idx = S.bootstrap_indices(y, 15, seed=1, stratified=stratified)
+        batch = S._Batch(y[idx], p[idx])
         for name in M.METRIC_NAMES:
             got = batch.metric(name, 0.5, 0.8, 0.9)
             want = [M._scalar_metric(name, y[r], p[r], 0.5, 0.8, 0.9) for r in idx]
@@ -183,16 +185,16 @@ def test_vectorised_metrics_match_scalar_row_by_row() -> None:
 
 def test_stratified_indices_keep_class_counts() -> None:
     y, _ = _simulate(100, np.random.default_rng(6))
-    idx = M.bootstrap_indices(y, 300, seed=0, stratified=True)
+    idx = S.bootstrap_indices(y, 300, seed=0, stratified=True)
     assert idx.shape == (300, 100)
     assert np.all(y[idx].sum(axis=1) == y.sum())
 
 
 def test_bootstrap_is_seeded() -> None:
     y, p = _simulate(150, np.random.default_rng(7))
-    a = M.bootstrap_ci(y, p, ["roc_auc", "f1"], n_resamples=200, seed=3)
-    b = M.bootstrap_ci(y, p, ["roc_auc", "f1"], n_resamples=200, seed=3)
-    c = M.bootstrap_ci(y, p, ["roc_auc", "f1"], n_resamples=200, seed=4)
+    a = S.bootstrap_ci(y, p, ["roc_auc", "f1"], n_resamples=200, seed=3)
+    b = S.bootstrap_ci(y, p, ["roc_auc", "f1"], n_resamples=200, seed=3)
+    c = S.bootstrap_ci(y, p, ["roc_auc", "f1"], n_resamples=200, seed=4)
     assert a == b and a != c
     point, low, high = a["roc_auc"]
     assert point == M.roc_auc(y, p) and low < point < high
@@ -204,7 +206,7 @@ def test_callable_metric_matches_named_metric() -> None:
     def sk_auc(yy: np.ndarray, pp: np.ndarray) -> float:
         return float(skm.roc_auc_score(yy, pp))
 
-    res = M.bootstrap_ci(y, p, ["roc_auc", sk_auc, "recall"], n_resamples=100, seed=0)
+    res = S.bootstrap_ci(y, p, ["roc_auc", sk_auc, "recall"], n_resamples=100, seed=0)
     assert set(res) == {"roc_auc", "sk_auc", "recall"}
     assert res["sk_auc"] == pytest.approx(res["roc_auc"], rel=1e-12)
     assert res["recall"][0] == M.sensitivity(y, p)
@@ -213,7 +215,7 @@ def test_callable_metric_matches_named_metric() -> None:
 def test_non_stratified_small_sample_drops_undefined_resamples() -> None:
     y = np.array([0, 0, 0, 0, 0, 0, 0, 1])
     p = np.linspace(0.1, 0.9, 8)
-    point, low, high = M.bootstrap_ci(y, p, "roc_auc", 300, stratified=False)["roc_auc"]
+    point, low, high = S.bootstrap_ci(y, p, "roc_auc", 300, stratified=False)["roc_auc"]
     assert point == 1.0 and low == high == 1.0
 
 
@@ -225,7 +227,7 @@ def test_bootstrap_ci_coverage_binormal() -> None:
     covered = 0
     for i in range(50):
         y, p = _simulate(200, rng, shift=shift)
-        _, low, high = M.bootstrap_ci(y, p, "roc_auc", n_resamples=400, seed=i)["roc_auc"]
+        _, low, high = S.bootstrap_ci(y, p, "roc_auc", n_resamples=400, seed=i)["roc_auc"]
         covered += low <= true_auc <= high
     assert covered >= 43, f"95% CI covered the true AUC in only {covered}/50 datasets"
 
@@ -233,7 +235,7 @@ def test_bootstrap_ci_coverage_binormal() -> None:
 def test_bootstrap_is_fast() -> None:
     y, p = _simulate(1000, np.random.default_rng(9), decimals=3)
     start = time.perf_counter()
-    res = M.bootstrap_ci(y, p, ["roc_auc", "accuracy", "sensitivity", "specificity", "ppv", "f1"], 2000)
+    res = S.bootstrap_ci(y, p, ["roc_auc", "accuracy", "sensitivity", "specificity", "ppv", "f1"], 2000)
     elapsed = time.perf_counter() - start
     assert elapsed < 4.0, f"2000 resamples of n=1000 took {elapsed:.2f} s; the bootstrap is not vectorised"
     assert all(lo <= v <= hi for v, lo, hi in res.values())
@@ -241,7 +243,7 @@ def test_bootstrap_is_fast() -> None:
 
 def test_summarize_with_ci_structure() -> None:
     y, p = _simulate(150, np.random.default_rng(10))
-    res = M.summarize_with_ci(y, p, threshold=0.5, n_resamples=200, seed=0)
+    res = S.summarize_with_ci(y, p, threshold=0.5, n_resamples=200, seed=0)
     assert set(res) == set(M.METRIC_NAMES)
     for name, d in res.items():
         assert set(d) == {"value", "low", "high"}
@@ -265,14 +267,14 @@ def test_fast_delong_matches_pairwise_definition() -> None:
     rng = np.random.default_rng(11)
     y, p = _simulate(150, rng, decimals=2)
     q = np.clip(p + rng.normal(0, 0.1, size=p.size), 0, 1).round(2)
-    aucs, cov = M._delong_covariance(y, np.vstack([p, q]))
+    aucs, cov = S._delong_covariance(y, np.vstack([p, q]))
     np.testing.assert_allclose(cov, _slow_delong_cov(y, np.vstack([p, q])), rtol=1e-10)
     np.testing.assert_allclose(aucs, [skm.roc_auc_score(y, p), skm.roc_auc_score(y, q)])
 
 
 def test_delong_identical_predictions() -> None:
     y, p = _simulate(200, np.random.default_rng(12))
-    res = M.paired_auc_test(y, p, p, n_resamples=200)
+    res = S.paired_auc_test(y, p, p, n_resamples=200)
     assert res["p_value"] == 1.0 and res["diff"] == 0.0
     assert res["ci_low"] == res["ci_high"] == 0.0
     assert res["auc_a"] == res["auc_b"] == pytest.approx(M.roc_auc(y, p))
@@ -281,9 +283,9 @@ def test_delong_identical_predictions() -> None:
 
 def test_delong_variance_agrees_with_bootstrap() -> None:
     y, p = _simulate(500, np.random.default_rng(13), shift=1.2)
-    auc, var = M.delong_roc_variance(y, p)
-    idx = M.bootstrap_indices(y, 2000, seed=0)
-    boot = M._batch_auc(y[idx], p[idx])
+    auc, var = S.delong_roc_variance(y, p)
+    idx = S.bootstrap_indices(y, 2000, seed=0)
+    boot = S._batch_auc(y[idx], p[idx])
     assert auc == pytest.approx(M.roc_auc(y, p))
     assert var == pytest.approx(boot.var(ddof=1), rel=0.2)
 
@@ -294,7 +296,7 @@ def test_paired_test_detects_a_better_model() -> None:
     latent = rng.normal(size=400) + 1.5 * y
     good = special.expit(latent)
     bad = special.expit(latent + rng.normal(0, 1.5, size=400))
-    res = M.paired_auc_test(y, good, bad, n_resamples=500, seed=1)
+    res = S.paired_auc_test(y, good, bad, n_resamples=500, seed=1)
     assert res["diff"] == pytest.approx(res["auc_a"] - res["auc_b"])
     assert res["diff"] > 0 and res["p_value"] < 0.01
     assert 0 < res["ci_low"] < res["diff"] < res["ci_high"]
@@ -303,7 +305,7 @@ def test_paired_test_detects_a_better_model() -> None:
 
 def test_paired_test_needs_two_per_class() -> None:
     with pytest.raises(ValueError, match="at least 2"):
-        M.paired_auc_test([0, 0, 1], [0.1, 0.2, 0.3], [0.3, 0.2, 0.1])
+        S.paired_auc_test([0, 0, 1], [0.1, 0.2, 0.3], [0.3, 0.2, 0.1])
 
 
 # --------------------------------------------------------------------------------------------
@@ -311,7 +313,7 @@ def test_paired_test_needs_two_per_class() -> None:
 # --------------------------------------------------------------------------------------------
 def test_roc_curve_with_band() -> None:
     y, p = _simulate(300, np.random.default_rng(15))
-    res = M.roc_curve_with_band(y, p, n_resamples=300, seed=0, n_grid=51)
+    res = S.roc_curve_with_band(y, p, n_resamples=300, seed=0, n_grid=51)
     grid = res["fpr_grid"]
     assert grid.shape == res["tpr"].shape == res["tpr_low"].shape == res["tpr_high"].shape == (51,)
     fpr, tpr, _ = skm.roc_curve(y, p)
@@ -327,10 +329,10 @@ def test_roc_band_with_ties_matches_roc_curve_vertices() -> None:
     y, p = _simulate(200, np.random.default_rng(16), decimals=1)
     fpr, tpr, _ = skm.roc_curve(y, p, drop_intermediate=False)
     grid = np.linspace(0, 1, 201)
-    got = M._batch_tpr_at_fpr(M._batch_roc_steps(y[None, :], p[None, :]), grid)[0]
+    got = S._batch_tpr_at_fpr(S._batch_roc_steps(y[None, :], p[None, :]), grid)[0]
     np.testing.assert_allclose(got, np.interp(grid, fpr, tpr), atol=1e-12)
 
 
 def test_roc_band_needs_both_classes() -> None:
     with pytest.raises(ValueError, match="both"):
-        M.roc_curve_with_band([1, 1, 1], [0.2, 0.5, 0.9], n_resamples=10)
+        S.roc_curve_with_band([1, 1, 1], [0.2, 0.5, 0.9], n_resamples=10)

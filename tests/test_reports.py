@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from skinlesion.evaluation import reports
-from skinlesion.bundle.format import sha256_file
+from skinlesion.evaluation import common, compare, figures, model_card, report, skintone
 from skinlesion.evaluation.evaluate import save_results, score_predictions
+from skinlesion.io import sha256_file
 
 THRESHOLD = 0.4
 BAND = (0.2, 0.6)
@@ -105,13 +105,13 @@ def evaluated(dataset, tmp_path_factory):
     bundle = _bundle(base / "models" / "a", "a", root)
     results, preds = _evaluation(paths, labels, seed=1, name="a", unreadable=1)
     out = save_results(results, preds, base / "reports" / "a")
-    report = reports.write_report(results, preds, bundle, out, n_resamples=100)
-    return bundle, out, report
+    report_md = report.write_report(results, preds, bundle, out, n_resamples=100)
+    return bundle, out, report_md
 
 
 def test_report_files_written_and_parse(evaluated):
-    _, out, report = evaluated
-    text = report.read_text()
+    _, out, report_md = evaluated
+    text = report_md.read_text()
     assert "Not a medical device" in text and "SYNTHETIC" not in text
     assert "| Metric | at frozen threshold 0.400 | at 0.5 (seed-comparable) |" in text
     assert "Sensitivity (recall)" in text and "temperature scaling on validation, T = 1.300" in text
@@ -138,8 +138,8 @@ def test_ita_is_reused_from_the_report_folder(evaluated, dataset, monkeypatch):
     bundle, out, _ = evaluated
     root, paths, labels = dataset
     results, preds = _evaluation(paths, labels, seed=1, name="a", unreadable=1)
-    monkeypatch.setattr(reports, "_ita_one", lambda *a: pytest.fail("ITA recomputed despite ita.csv"))
-    reports.write_report(results, preds, bundle, out, n_resamples=50)
+    monkeypatch.setattr(skintone, "_ita_one", lambda *a: pytest.fail("ITA recomputed despite ita.csv"))
+    report.write_report(results, preds, bundle, out, n_resamples=50)
 
 
 def test_single_class_set_and_uncalibrated_bundle_without_history(dataset, tmp_path):
@@ -149,13 +149,13 @@ def test_single_class_set_and_uncalibrated_bundle_without_history(dataset, tmp_p
     results, preds = _evaluation(benign, np.zeros(len(benign), int), seed=2, name="one")
     results["synthetic"] = True
     out = save_results(results, preds, tmp_path / "rep")
-    text = reports.write_report(results, preds, bundle, out, skin_tone=False, n_resamples=50).read_text()
+    text = report.write_report(results, preds, bundle, out, skin_tone=False, n_resamples=50).read_text()
     assert "SYNTHETIC" in text and "not calibrated" in text and "No `history.csv`" in text
     assert "only one class present" in text and "figures are skipped" in text
     assert "roc_test.png" not in text and (out / "figures" / "confusion_test.png").is_file()
     assert "ROC AUC (threshold-free) | n/a | n/a" in text
     assert "Specificity | " in text and "Specificity | n/a" not in text  # other metrics still reported
-    card = reports.model_card(bundle, out)
+    card = model_card.model_card(bundle, out)
     assert "not calibrated" in card and "SYNTHETIC" in card
 
 
@@ -164,7 +164,7 @@ def test_compare_two_runs_and_refuse_different_images(dataset, evaluated, tmp_pa
     _, out_a, _ = evaluated
     results, preds = _evaluation(paths, labels, seed=5, name="b")
     out_b = save_results(results, preds, tmp_path / "b")
-    markdown, data = reports.compare([out_a, out_b], "test", n_resamples=200)
+    markdown, data = compare.compare([out_a, out_b], "test", n_resamples=200)
     assert [r["name"] for r in data["runs"]] == ["a", "b"]
     pair = data["pairs"][0]
     assert 0.0 <= pair["p_value"] <= 1.0 and pair["ci_low"] <= pair["diff"] <= pair["ci_high"]
@@ -174,15 +174,15 @@ def test_compare_two_runs_and_refuse_different_images(dataset, evaluated, tmp_pa
 
     results_c, preds_c = _evaluation(paths[:-2], labels[:-2], seed=6, name="c")
     out_c = save_results(results_c, preds_c, tmp_path / "c")
-    with pytest.raises(reports.ReportError, match="different images"):
-        reports.compare([out_a, out_c])
-    with pytest.raises(reports.ReportError, match="no evaluation set 'external:x'"):
-        reports.compare([out_a, out_b], "external:x")
+    with pytest.raises(common.ReportError, match="different images"):
+        compare.compare([out_a, out_c])
+    with pytest.raises(common.ReportError, match="no evaluation set 'external:x'"):
+        compare.compare([out_a, out_b], "external:x")
 
 
 def test_model_card_sections(evaluated):
     bundle, out, _ = evaluated
-    card = reports.model_card(bundle, out)
+    card = model_card.model_card(bundle, out)
     assert "NOT A MEDICAL DEVICE" in card and "not a medical device" in card.lower()
     for heading in ("## Model details", "## Intended use", "### Out-of-scope uses", "## Training data",
                     "## Evaluation", "## Calibration", "## Skin-tone subgroups", "## Decision policy",
@@ -217,8 +217,8 @@ def test_cli_compare_and_model_card(evaluated, dataset, tmp_path, monkeypatch):
 def test_threshold_sweep_matches_confusion_counts():
     y = np.array([0, 0, 1, 1, 1, 0])
     p = np.array([0.1, 0.45, 0.5, 0.9, 0.3, 0.7])
-    sweep = reports.threshold_sweep(y, p, n_points=11)
+    sweep = figures.threshold_sweep(y, p, n_points=11)
     row = sweep[np.isclose(sweep["threshold"], 0.5)].iloc[0]
-    (tn, fp), (fn, tp) = reports.confusion_counts(y, p, 0.5)
+    (tn, fp), (fn, tp) = figures.confusion_counts(y, p, 0.5)
     assert math.isclose(row["sensitivity"], tp / (tp + fn)) and math.isclose(row["specificity"], tn / (tn + fp))
-    assert np.isnan(reports.threshold_sweep(np.zeros(3, int), p[:3])["sensitivity"]).all()
+    assert np.isnan(figures.threshold_sweep(np.zeros(3, int), p[:3])["sensitivity"]).all()

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 from skimage.color import rgb2lab
 
+from skinlesion.data.synth import image_rng, synth_image
 from skinlesion.evaluation.skintone import (
     ITA_CATEGORIES,
     UNKNOWN_CATEGORY,
@@ -20,7 +21,6 @@ from skinlesion.evaluation.skintone import (
     skin_mask,
     subgroup_table,
 )
-from skinlesion.data.synth import image_rng, synth_image
 
 SKIN_COLOURS = {  # RGB of flat patches, from pale to very dark skin
     "pale": (243, 214, 196),

@@ -1,4 +1,7 @@
-"""Training end to end on tiny synthetic data, and the bad-input cases of training."""
+"""Training end to end on tiny synthetic data, and the bad-input cases of training.
+
+The trained bundle is the session's shared ``synth_bundles`` "a" (conftest.py).
+"""
 from __future__ import annotations
 
 import json
@@ -9,26 +12,18 @@ import pandas as pd
 import pytest
 
 from skinlesion.data.datasets import DataError
-from skinlesion.data.synth import generate_dataset
-from skinlesion.training.train import TrainConfig, train
+from skinlesion.training.train import train
 
-
-@pytest.fixture(scope="module")
-def synth_root(tmp_path_factory):
-    return generate_dataset(tmp_path_factory.mktemp("synth") / "ds", n_train_per_class=24, n_test_per_class=6, size=64, seed=0)
+from conftest import synth_train_config
 
 
 def _cfg(root, out, **kw):
-    base = dict(backbone="efficientnet_lite0", data_dir=str(root), input_size=64, head_units=8, head_epochs=15,
-                patience=5, out_dir=str(out), progress=False, splits_file=str(out / "splits.csv"))
-    base.update(kw)
-    return TrainConfig(**base)
+    return synth_train_config(root, out, **kw)
 
 
 @pytest.fixture(scope="module")
-def trained(synth_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("models")
-    return train(_cfg(synth_root, out, run_id="synthetic-run", views=("id", "fh")))
+def trained(synth_bundles):
+    return synth_bundles[0]
 
 
 def test_bundle_contents(trained):
@@ -51,7 +46,7 @@ def test_saved_model_reproduces_validation_predictions(trained):
 
     b = load(trained)
     val = pd.read_csv(trained / "val_predictions.csv")
-    root = b.meta["training"]["data_dir"]
+    root = b.meta.training.data_dir
     x = np.stack([load_for_model(f"{root}/{p}", 64) for p in val["path"][:8]])
     p = b.model.predict(x, verbose=0).ravel()
     np.testing.assert_allclose(p, val["prob"][:8], atol=1e-4)
@@ -61,13 +56,14 @@ def test_predictor_on_bundle(trained):
     from skinlesion.serving.inference import Predictor
 
     pred = Predictor.from_bundle(trained)
-    root = pred.meta["training"]["data_dir"]
+    root = pred.meta.training.data_dir
     r = pred.predict(f"{root}/test/malignant/" + sorted(__import__("os").listdir(f"{root}/test/malignant"))[0])
     assert 0.0 <= r.probability <= 1.0
     assert r.decision in {"suspicious", "benign-appearing", "uncertain — refer"}
     assert "SYNTHETIC" in r.summary and "not a medical device" in r.summary
 
 
+@pytest.mark.slow
 def test_fine_tune_smoke(synth_root, tmp_path):
     path = train(_cfg(synth_root, tmp_path, fine_tune=10, fine_tune_epochs=1, batch_size=16))
     meta = json.loads((path / "bundle.json").read_text())
@@ -75,6 +71,7 @@ def test_fine_tune_smoke(synth_root, tmp_path):
     assert "fine_tune" in set(pd.read_csv(path / "history.csv")["stage"])
 
 
+@pytest.mark.slow
 def test_unreadable_images_are_skipped_not_fatal(synth_root, tmp_path):
     root = tmp_path / "ds"
     shutil.copytree(synth_root, root)

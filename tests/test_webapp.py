@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import builtins
+import dataclasses
 import io
 import json
 import os
@@ -17,15 +18,16 @@ import pytest
 from markupsafe import escape
 from PIL import Image
 
-from hostile import HOSTILE_CASES, Case, huge_bytes
 from skinlesion import DISCLAIMER
 from skinlesion.bundle.format import BundleError
+from skinlesion.data.intake import MAX_BYTES
 from skinlesion.metrics.calibration import DECISIONS
 from skinlesion.serving.inference import OOD_MESSAGE
-from skinlesion.data.intake import MAX_BYTES
+from tools.webapp_server import gunicorn_server
 from webapp import MAX_CONTENT_LENGTH, SECURITY_HEADERS, create_app
 from webapp.model import ModelHolder, ModelUnavailable
-from webapp.serve import gunicorn_server
+
+from hostile import HOSTILE_CASES, Case, huge_bytes
 
 NOTICE = "Research tool, not a medical device"
 API_EXPLAIN_METHODS = ("gradcam", "gradcam++", "scorecam")
@@ -122,13 +124,21 @@ def test_index_has_accessible_upload_form(client, app):
     assert client.get("/static/upload.js").status_code == 200
 
 
-def test_model_card_shows_bundle_metadata(client, tiny_bundle):
+def test_model_card_shows_the_cli_model_card_sections(client, tiny_bundle):
+    from skinlesion.evaluation.model_card import model_card
+
     meta = json.loads((tiny_bundle / "bundle.json").read_text())
     html = client.get("/model").get_data(as_text=True)
-    for text in ("Overview", "Training data", "Validation metrics", "Threshold policy", "Calibration",
-                 "Limitations", meta["run_id"], meta["backbone"], "ROC AUC", "Temperature"):
+    cli = model_card(tiny_bundle)
+    headings = re.findall(r"^## (.+)$", cli, re.M)
+    assert len(headings) >= 10
+    for heading in headings:  # the same sections, in the same order, as `skinlesion model-card`
+        assert f"<h2>{escape(heading)}</h2>" in html, heading
+    assert re.findall(r"<h2>(.+?)</h2>", html) == [str(escape(h)) for h in headings]
+    for text in (meta["run_id"], meta["backbone"], "ROC AUC", "temperature scaling on validation",
+                 f"threshold {meta['decision']['threshold']:.3f}", "Duplicates across splits"):
         assert text in html, text
-    assert f"{100 * meta['decision']['threshold']:.1f}%" in html
+    assert "<code>" in html and "**" not in html  # inline markdown rendered, not shown raw
 
 
 def test_api_model_is_bundle_json(client, tiny_bundle):
@@ -240,7 +250,7 @@ def test_missing_file_field_is_400(client):
 
 
 def test_ood_and_synthetic_warnings(client, dermoscopic_jpeg, predictor, monkeypatch):
-    monkeypatch.setitem(predictor.meta, "synthetic", True)
+    monkeypatch.setattr(predictor, "meta", dataclasses.replace(predictor.meta, synthetic=True))
     ood = predictor.members[0].ood
     assert ood is not None, "the tiny bundle should carry an OOD detector"
     monkeypatch.setattr(ood, "threshold", ood.threshold * 1e-9)  # now everything is "far away"

@@ -1,44 +1,24 @@
 """The web app in a real headless Chromium, served by gunicorn as in production.
 
-Uses the system Chromium (Debian package ``chromium``), not a Playwright browser download.
-Without it these tests are skipped locally and FAIL in CI (``CI=true``). Screenshots go to
+Uses the system Chromium (the ``chromium`` fixture of conftest.py), not a Playwright browser
+download: without it these tests are skipped locally and FAIL in CI (``CI=true``). Screenshots go to
 ``test-artifacts/`` (git-ignored).
 """
 from __future__ import annotations
 
 import base64
-import os
-import shutil
 from pathlib import Path
 
 import pytest
 
-from hostile import text_renamed_jpg
 from skinlesion.metrics.calibration import DECISIONS
-from webapp.serve import REPO_ROOT, gunicorn_server
+from tools.webapp_server import REPO_ROOT, gunicorn_server
+
+from hostile import text_renamed_jpg
 
 ARTIFACTS = REPO_ROOT / "test-artifacts"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-IN_CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
-NO_CHROMIUM = ("Chromium is not installed, so the browser tests cannot run. Install it with "
-               "`apt-get install -y chromium` (Debian/Ubuntu) and run the tests again.")
 
-# Skipped locally without Chromium (decided before any fixture trains a model); in CI the
-# `chromium` fixture fails instead, so a missing browser can never pass silently.
-pytestmark = [pytest.mark.browser, pytest.mark.skipif(CHROMIUM is None and not IN_CI, reason=NO_CHROMIUM)]
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    if CHROMIUM is None:
-        pytest.fail(NO_CHROMIUM, pytrace=False)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")

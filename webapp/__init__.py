@@ -9,17 +9,19 @@ from __future__ import annotations
 import io
 import math
 import os
-from typing import IO, Any, Mapping
+from collections.abc import Mapping
+from typing import IO, Any
 
 from flask import Flask, Request, request
 
 from skinlesion import DISCLAIMER
-from skinlesion.explain.maps import METHODS
 from skinlesion.data.intake import MAX_BYTES
-
-from webapp.analysis import method_label, percent
+from skinlesion.explain.common import METHODS
+from skinlesion.serving.presentation import method_label
+from webapp.analysis import percent
 from webapp.errors import register_error_handlers
 from webapp.model import ModelHolder
+from webapp.modelcard import inline_markdown
 
 # Multipart framing and the small form fields ride on top of the image itself.
 MAX_CONTENT_LENGTH = MAX_BYTES + 2**20
@@ -76,6 +78,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.context_processor(lambda: {"disclaimer": DISCLAIMER})
     app.add_template_filter(percent, "pct")
     app.add_template_filter(method_label)
+    app.add_template_filter(inline_markdown, "md")
     return app
 
 

@@ -7,18 +7,16 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
-import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
+from skinlesion.data.intake import MAX_BYTES
 from skinlesion.serving.inference import Prediction
-from skinlesion.data.intake import MAX_BYTES, read_image
-
+from skinlesion.serving.presentation import preview_jpeg
 from webapp.model import ModelHolder
 
 PREVIEW_MAX_SIDE = 640
-METHOD_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM", "smoothgrad": "SmoothGrad"}
 
 
 class UserError(Exception):
@@ -71,30 +69,12 @@ def uploaded_bytes(files: Mapping[str, Any], form: Mapping[str, str], *, allow_i
     raise UserError(400, "No image was sent. Send the file in the multipart/form-data field 'image'.")
 
 
-def preview_jpeg(data: bytes, max_side: int = PREVIEW_MAX_SIDE) -> bytes:
-    """A display copy of an accepted upload: upright, RGB, at most ``max_side`` px, as JPEG.
-
-    Re-encoding (rather than echoing the bytes) lets browsers show TIFF and BMP uploads, keeps
-    pages small for phone photos, and never sends back anything appended to the image.
-    """
-    img = read_image(data)
-    img.thumbnail((max_side, max_side))
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=90)
-    return buf.getvalue()
-
-
 def analyse(holder: ModelHolder, data: bytes, method: str | None, *, preview: bool = False) -> Analysis:
     """Predict (and, with ``method``, explain) one upload; intake errors propagate as ImageRejected."""
     with holder.inference() as predictor:
         prediction = predictor.predict(data)
         overlay = predictor.explain(data, method)[1] if method else None
-    return Analysis(prediction, method, overlay, preview_jpeg(data) if preview else None)
-
-
-def method_label(method: str | None) -> str:
-    """Human name of an explanation method ("gradcam++" -> "Grad-CAM++")."""
-    return METHOD_LABELS.get(method or "", method or "none")
+    return Analysis(prediction, method, overlay, preview_jpeg(data, PREVIEW_MAX_SIDE) if preview else None)
 
 
 def percent(value: float, digits: int = 1) -> str:
@@ -105,14 +85,3 @@ def percent(value: float, digits: int = 1) -> str:
 def data_uri(mime: str, data: bytes) -> str:
     """``data:`` URI for embedding bytes in a page (images are never stored server-side)."""
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-
-
-def json_safe(obj: Any) -> Any:
-    """``obj`` with NaN and infinities replaced by None, so responses are strict JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, Mapping):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return obj

@@ -5,14 +5,11 @@ import base64
 
 from flask import Blueprint, current_app, jsonify, request
 
-from webapp.analysis import analyse, check_method, json_safe, uploaded_bytes
-from webapp.model import ModelHolder
+from skinlesion.io import clean_json
+from webapp.analysis import analyse, check_method, uploaded_bytes
+from webapp.model import holder
 
 bp = Blueprint("api", __name__)
-
-
-def holder() -> ModelHolder:
-    return current_app.extensions["skinlesion_model"]
 
 
 @bp.post("/api/v1/predict")
@@ -27,13 +24,13 @@ def predict():
     if result.overlay_png is not None:
         body["explain_method"] = method
         body["overlay_png_base64"] = base64.b64encode(result.overlay_png).decode("ascii")
-    return jsonify(json_safe(body))
+    return jsonify(clean_json(body))
 
 
 @bp.get("/api/v1/model")
 def model():
-    """The served bundle's metadata (bundle.json)."""
-    return jsonify(json_safe(holder().get().meta))
+    """The served bundle's metadata (bundle.json as written)."""
+    return jsonify(clean_json(holder().get().meta.raw))
 
 
 @bp.get("/healthz")

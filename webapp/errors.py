@@ -5,7 +5,6 @@ from flask import Flask, current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from skinlesion.data.intake import MAX_BYTES, ImageRejected
-
 from webapp.analysis import UserError
 from webapp.model import ModelUnavailable
 

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+
+from flask import current_app
 
 from skinlesion.bundle.format import BundleError, latest_bundle
 from skinlesion.serving.inference import Predictor
@@ -89,3 +91,8 @@ class ModelHolder:
         predictor = self.get()
         with self._infer_lock:
             yield predictor
+
+
+def holder() -> ModelHolder:
+    """The :class:`ModelHolder` of the running app (``create_app`` puts it in the app's extensions)."""
+    return current_app.extensions["skinlesion_model"]

@@ -5,18 +5,13 @@ import base64
 
 from flask import Blueprint, current_app, redirect, render_template, request, url_for
 
-from skinlesion.serving.inference import OOD_MESSAGE
 from skinlesion.data.intake import MAX_BYTES
-
+from skinlesion.serving.inference import OOD_MESSAGE
 from webapp import modelcard
 from webapp.analysis import analyse, check_method, data_uri, uploaded_bytes
-from webapp.model import ModelHolder
+from webapp.model import holder
 
 bp = Blueprint("views", __name__)
-
-
-def holder() -> ModelHolder:
-    return current_app.extensions["skinlesion_model"]
 
 
 @bp.get("/")
@@ -65,5 +60,6 @@ def predict():
 
 @bp.get("/model")
 def model_card():
-    """The served bundle's metadata in words and tables."""
-    return render_template("model_card.html", card=modelcard.card(holder().get().meta))
+    """The served bundle's model card: the same sections as ``skinlesion model-card``."""
+    predictor = holder().get()
+    return render_template("model_card.html", card=modelcard.card(predictor.meta, predictor.bundle.path))

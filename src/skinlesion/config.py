@@ -33,9 +33,49 @@ def default_raw_dataset() -> Path:
     return data_dir() / "raw" / "melanoma_cancer_dataset"
 
 
+def shared_data_dir() -> Path:
+    """The read-only data folder beside the checkout (``SKINLESION_SHARED_DATA`` overrides)."""
+    env = os.environ.get("SKINLESION_SHARED_DATA")
+    return Path(env).expanduser() if env else project_root().parent / "shared" / "data"
+
+
 def shared_dataset() -> Path:
-    """The read-only copy of the real dataset beside the checkout (development and CI)."""
-    return project_root().parent / "shared" / "data" / "melanoma_cancer_dataset"
+    """The read-only copy of the Kaggle dataset beside the checkout (development and CI)."""
+    return shared_data_dir() / "melanoma_cancer_dataset"
+
+
+# Each data source's root: its own environment variable, else data/raw/<folder>, else the
+# shared copy beside the checkout. The Kaggle set keeps SKINLESION_DATA_DIR for compatibility.
+SOURCE_ENV = {
+    "kaggle": "SKINLESION_DATA_DIR",
+    "ham10000": "SKINLESION_HAM10000_DIR",
+    "isic2017": "SKINLESION_ISIC2017_DIR",
+    "pad_ufes_20": "SKINLESION_PAD_UFES_20_DIR",
+}
+SOURCE_FOLDER = {
+    "kaggle": "melanoma_cancer_dataset",
+    "ham10000": "ham10000",
+    "isic2017": "isic2017",
+    "pad_ufes_20": "pad_ufes_20",
+}
+
+
+def source_root(name: str) -> Path:
+    """Where the data source ``name`` lives (it may not exist: callers check and explain)."""
+    if name not in SOURCE_FOLDER:
+        raise KeyError(f"unknown data source {name!r}; known: {', '.join(SOURCE_FOLDER)}")
+    env = os.environ.get(SOURCE_ENV[name])
+    if env:
+        return Path(env).expanduser()
+    local = data_dir() / "raw" / SOURCE_FOLDER[name]
+    if local.exists():
+        return local
+    return shared_data_dir() / SOURCE_FOLDER[name]
+
+
+def model_env() -> str | None:
+    """``SKINLESION_MODEL``: the bundle the web app, dashboard and CLI serve (None when unset)."""
+    return os.environ.get("SKINLESION_MODEL") or None
 
 
 def resolve_data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:

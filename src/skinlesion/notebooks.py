@@ -1,23 +1,15 @@
-"""What the research notebooks share, and the runner behind ``make notebooks``.
+"""What the research notebooks share, and the runner behind ``make notebooks`` (``tools/notebooks.py``).
 
 Notebooks read their parameters from ``SKINLESION_NB_*`` environment variables (papermill can
 still inject values after the ``parameters`` cell), so the same notebook runs on the full data
 (``make notebooks``) and on a small sample under nbval in CI (``SKINLESION_NB_SAMPLE``).
 Everything here is computation; figures come from :mod:`skinlesion.evaluation.plots`.
-
-Usage::
-
-    python -m skinlesion.notebooks run-all            # full data, rewrite committed outputs
-    python -m skinlesion.notebooks run-all --sample 40 --only 02
-    python -m skinlesion.notebooks clean notebooks/*.ipynb
 """
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shutil
-import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -192,7 +184,7 @@ def duplicate_summary(pairs: pd.DataFrame, n_test: int, n_dedup: int) -> pd.Data
 
 def ita_for_files(root: str | os.PathLike[str], files: pd.DataFrame) -> pd.DataFrame:
     """ITA skin-tone estimate and category per image (see :mod:`skinlesion.evaluation.skintone`)."""
-    from skinlesion.evaluation.reports import image_ita
+    from skinlesion.evaluation.skintone import image_ita
 
     ita = image_ita([Path(root) / p for p in files["path"]])
     return pd.concat([files.reset_index(drop=True), ita[["ita", "category", "skin_fraction", "note"]]], axis=1)
@@ -229,19 +221,19 @@ def train_backbones(backbones: Sequence[str], out_dir: str | os.PathLike[str], *
 
 def validation_table(bundles: dict[str, Path]) -> pd.DataFrame:
     """One row per bundle: backbone, stage, weights, size, validation AUC and operating point."""
-    from skinlesion.bundle.format import read_meta
+    from skinlesion.bundle.format import load_meta
 
     rows = []
     for label, path in bundles.items():
-        meta = read_meta(path)
-        val = (meta.get("metrics") or {}).get("val") or {}
-        cfg = (meta.get("training") or {}).get("config") or {}
+        meta = load_meta(path)
+        val = meta.val_metrics
         rows.append({
-            "model": label, "backbone": meta.get("backbone", "ensemble"), "stage": meta.get("stage", meta.get("kind")),
-            "input": meta.get("input_size"), "train images": (meta.get("training") or {}).get("n_train"),
-            "views": ",".join(cfg.get("views", [])) or None,
+            "model": label, "backbone": meta.backbone or "ensemble", "stage": meta.stage or meta.kind,
+            "input": meta.input_size, "train images": meta.training.n_train,
+            "views": ",".join(meta.training.views) or None,
             "val AUC": val.get("roc_auc"), "val sensitivity": val.get("sensitivity"),
-            "val specificity": val.get("specificity"), "threshold": (meta.get("decision") or {}).get("threshold"),
+            "val specificity": val.get("specificity"),
+            "threshold": meta.decision.threshold if meta.decision else None,
         })
     return pd.DataFrame(rows).set_index("model").sort_values("val AUC", ascending=False)
 
@@ -338,7 +330,7 @@ def pick_examples(preds: pd.DataFrame, threshold: float, per_group: int = 1) -> 
 
 
 def sanity_table(result: dict[str, dict[str, Any]]) -> pd.DataFrame:
-    """:func:`skinlesion.explain.maps.sanity_check` output as a table (one row per randomisation)."""
+    """:func:`skinlesion.explain.sanity.sanity_check` output as a table (one row per randomisation)."""
     rows = {k: {"randomised layers": len(v.get("layers", [])), "spearman": v["spearman"], "ssim": v["ssim"]}
             for k, v in result.items() if k != "original"}
     return pd.DataFrame(rows).T.astype({"randomised layers": int})
@@ -408,29 +400,3 @@ def run_notebook(path: Path, *, sample: int | None = None, timeout: int = 7200) 
         raise RuntimeError(f"{path.name} is {size / 2**20:.1f} MiB after execution (limit 3 MiB): "
                            "lower the figure size or dpi")
     return time.perf_counter() - t0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m skinlesion.notebooks", description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run-all", help="execute the notebooks in place and clean their metadata")
-    r.add_argument("--sample", type=int, default=0, help="images per class (0 = the full data)")
-    r.add_argument("--only", nargs="*", default=None, help="notebook name prefixes, e.g. 01 03")
-    c = sub.add_parser("clean", help="strip run metadata from notebooks")
-    c.add_argument("paths", nargs="+")
-    args = ap.parse_args(argv)
-    if args.cmd == "clean":
-        for p in args.paths:
-            print(f"{p}: {clean_notebook(p) / 1024:.0f} KiB")
-        return 0
-    names = [n for n in NOTEBOOKS if not args.only or any(n.startswith(o) for o in args.only)]
-    for name in names:
-        path = notebooks_dir() / name
-        print(f"running {name} ({'full data' if not args.sample else f'{args.sample} per class'}) ...", flush=True)
-        secs = run_notebook(path, sample=args.sample)
-        print(f"  done in {secs:.0f} s, {path.stat().st_size / 1024:.0f} KiB", flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

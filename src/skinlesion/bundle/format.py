@@ -13,18 +13,21 @@ a half-written bundle that looks valid. ``load`` verifies checksums and the sche
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
-import hashlib
 import json
 import os
 import platform
 import shutil
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from skinlesion import CLASS_NAMES, config
+from skinlesion.bundle.meta import BundleMeta
+from skinlesion.io import dumps_json, sha256_file
 
 SCHEMA_VERSION = 1
 BUNDLE_FILE = "bundle.json"
@@ -35,54 +38,48 @@ class BundleError(ValueError):
     """A bundle that is missing, corrupt, or of an unknown schema."""
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def package_versions() -> dict[str, str]:
     """Versions that decide whether a bundle reproduces."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
     for pkg in ("skinlesion", "tensorflow", "keras", "numpy", "pillow", "scikit-learn"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
     return out
 
 
 def new_run_id(backbone: str) -> str:
+    """A unique, sortable run id: UTC time stamp, backbone and a random suffix."""
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     return f"{stamp}-{backbone}-{uuid.uuid4().hex[:6]}"
 
 
 @dataclass
 class Bundle:
-    """A loaded bundle: its folder and metadata; the Keras model loads on first use."""
+    """A loaded bundle: its folder and typed metadata; the Keras model loads on first use."""
 
     path: Path
-    meta: dict[str, Any]
+    meta: BundleMeta
     _model: Any = field(default=None, repr=False)
 
     @property
     def kind(self) -> str:
-        return self.meta.get("kind", "single")
+        return self.meta.kind
 
     @property
     def synthetic(self) -> bool:
-        return bool(self.meta.get("synthetic"))
+        return self.meta.synthetic
 
     @property
     def input_size(self) -> int:
-        return int(self.meta["input_size"])
+        if self.meta.input_size is None:
+            raise BundleError(f"{self.path}: {BUNDLE_FILE} records no input_size")
+        return self.meta.input_size
 
     @property
-    def model(self):
+    def model(self) -> Any:
+        """The Keras model (loaded from model.keras on first use)."""
         if self._model is None:
             self._model = load_keras_model(self.path / MODEL_FILE)
         return self._model
@@ -91,17 +88,19 @@ class Bundle:
         return self.path / name
 
 
-def load_keras_model(path: Path):
+def load_keras_model(path: Path) -> Any:
+    """Load a bundle's model.keras with the project's custom layers registered."""
     import keras
 
+    import skinlesion.models.colour
     import skinlesion.models.layers  # noqa: F401  registers ImagePreprocess for deserialisation
 
     return keras.saving.load_model(path, compile=False, safe_mode=True)
 
 
 def write_bundle(
-    meta: dict[str, Any],
-    files: dict[str, Any],
+    meta: Mapping[str, Any],
+    files: Mapping[str, Any],
     *,
     out_dir: str | os.PathLike[str] | None = None,
     run_id: str | None = None,
@@ -122,7 +121,7 @@ def write_bundle(
     tmp = out_dir / f".tmp-{run_id}"
     tmp.mkdir(parents=True)
     try:
-        checksums = {}
+        checksums: dict[str, str] = {}
         for name, obj in files.items():
             target = tmp / name
             if isinstance(obj, keras.Model):
@@ -149,35 +148,12 @@ def write_bundle(
             **meta,
             "files": checksums,
         }
-        (tmp / BUNDLE_FILE).write_text(json.dumps(full, indent=2, sort_keys=False, default=_json_default) + "\n")
+        (tmp / BUNDLE_FILE).write_text(dumps_json(full) + "\n")
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
-
-
-def _json_default(obj):
-    import numpy as np
-
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def update_meta(path: str | os.PathLike[str], **changes: Any) -> dict[str, Any]:
-    """Rewrite bundle.json with ``changes`` merged in (atomically)."""
-    path = Path(path)
-    meta = json.loads((path / BUNDLE_FILE).read_text())
-    meta.update(changes)
-    tmp = path / f".{BUNDLE_FILE}.tmp"
-    tmp.write_text(json.dumps(meta, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path / BUNDLE_FILE)
-    return meta
 
 
 def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -219,11 +195,26 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     return meta
 
 
+def parse_meta(meta: Mapping[str, Any], path: str | os.PathLike[str] = "") -> BundleMeta:
+    """:class:`BundleMeta` of a bundle.json dict; a malformed field is a :class:`BundleError`."""
+    try:
+        return BundleMeta.from_dict(meta, default_run_id=Path(path).name or "model")
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"{path or 'bundle'}: {BUNDLE_FILE} has a malformed field: {exc}") from exc
+
+
+def load_meta(path: str | os.PathLike[str]) -> BundleMeta:
+    """:func:`read_meta` (schema and checksums verified) as a typed :class:`BundleMeta`."""
+    path = Path(path)
+    folder = path.parent if path.is_file() else path
+    return parse_meta(read_meta(path), folder)
+
+
 def load(path: str | os.PathLike[str]) -> Bundle:
     """Open and verify a bundle (the Keras model itself loads lazily)."""
     path = Path(path)
-    meta = read_meta(path)
-    return Bundle(path=path if path.is_dir() else path.parent, meta=meta)
+    folder = path if path.is_dir() else path.parent
+    return Bundle(path=folder, meta=load_meta(path))
 
 
 def latest_bundle(models_dir: str | os.PathLike[str] | None = None) -> Path | None:

@@ -15,13 +15,14 @@ def data() -> None:
 
 
 @data.command("download")
-@click.option("--dest", type=click.Path(path_type=Path), default=None, help="Target folder (default data/raw/melanoma_cancer_dataset).")
+@click.option("--source", "source", type=click.Choice(["kaggle", "ham10000", "isic2017"]), default="kaggle", show_default=True)
+@click.option("--dest", type=click.Path(path_type=Path), default=None, help="Target folder (default data/raw/<source folder>).")
 @friendly
-def data_download(dest: Path | None) -> None:
-    """Download the Kaggle dataset with kagglehub."""
-    from skinlesion.data.datasets import download
+def data_download(source: str, dest: Path | None) -> None:
+    """Download a data source from its official archive (fails fast offline, saying how to get it by hand)."""
+    from skinlesion.data.download import download_source
 
-    click.echo(f"dataset ready at {download(dest)}")
+    click.echo(f"{source} ready at {download_source(source, dest)}")
 
 
 @data.command("synth")
@@ -41,19 +42,50 @@ def data_synth(out, n_train, n_test, size, seed, overwrite) -> None:
     click.echo(f"SYNTHETIC dataset written to {path}")
 
 
+@data.command("sources")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@friendly
+def data_sources(as_json) -> None:
+    """List every data source found, with images per label and per split."""
+    import json
+
+    from skinlesion.data.sources import find_sources
+
+    found, missing = find_sources()
+    if as_json:
+        click.echo(json.dumps({"found": {n: s.summary() for n, s in found.items()}, "missing": missing}, indent=2))
+        return
+    for name, src in found.items():
+        d = src.summary()
+        click.echo(f"{name:12s} {d['images']:6d} images ({d['benign']} benign, {d['malignant']} malignant), "
+                   f"{d['groups']} lesion groups, {d['modality']} — {d['root']}")
+        splits: dict[str, dict[str, int]] = d["splits"]  # type: ignore[assignment]
+        for split, counts in splits.items():
+            click.echo(f"{'':12s}   {split:6s} " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        if d["problems"]:
+            click.echo(f"{'':12s}   problems: {d['problems']}")
+    for name, why in missing.items():
+        click.echo(f"{name:12s} not found: {why}")
+
+
 @data.command("audit")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None)
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Folder for duplicates.csv and dedup_test.csv (default reports/audit).")
+@click.option("--sources", default=None, help="Audit these sources within and across each other (e.g. kaggle,ham10000,isic2017) instead of one dataset's test vs train.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default reports/audit, or reports/audit/sources with --sources).")
 @click.option("--max-distance", default=None, type=int, help="pHash Hamming distance that counts as near duplicate.")
 @friendly
-def data_audit(data_dir, out, max_distance) -> None:
-    """Find exact and near duplicates between test and train; write the de-duplicated test ids."""
+def data_audit(data_dir, sources, out, max_distance) -> None:
+    """Find exact and near duplicates (test vs train of one dataset, or within and across sources)."""
     from skinlesion.data.audit import PHASH_MAX_DISTANCE, audit, write_audit
     from skinlesion.data.datasets import build_splits, resolve_training_data
 
+    distance = max_distance if max_distance is not None else PHASH_MAX_DISTANCE
+    if sources:
+        _audit_sources(sources, out, distance)
+        return
     root = resolve_training_data(data_dir)
     splits = build_splits(root)
-    pairs, test = audit(root, splits, max_distance=max_distance if max_distance is not None else PHASH_MAX_DISTANCE)
+    pairs, test = audit(root, splits, max_distance=distance)
     path = write_audit(pairs, test, out)
     n_exact = pairs[pairs["kind"] == "exact"]["test_path"].nunique()
     n_near = pairs[pairs["kind"] == "near"]["test_path"].nunique()
@@ -62,3 +94,16 @@ def data_audit(data_dir, out, max_distance) -> None:
     click.echo(f"written: {path / 'duplicates.csv'}, {path / 'dedup_test.csv'}")
 
 
+
+
+def _audit_sources(spec: str, out: Path | None, max_distance: int) -> None:
+    from skinlesion.data.audit import audit_records, overlap_table, write_source_audit
+    from skinlesion.data.sources import combined_records, load_source, parse_sources
+
+    found = [load_source(n) for n in parse_sources(spec)]
+    records = combined_records(found)
+    pairs = audit_records(records, {s.name: s.root for s in found}, max_distance=max_distance)
+    overlap = overlap_table(pairs, records)
+    path = write_source_audit(pairs, overlap, out)
+    click.echo(overlap.to_string(index=False))
+    click.echo(f"written: {path / 'pairs.csv'}, {path / 'overlap.csv'}")

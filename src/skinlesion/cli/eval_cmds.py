@@ -24,7 +24,7 @@ from skinlesion.cli.base import friendly, main
 def evaluate(bundle, data_dir, external, no_test, tta, resamples, out, no_skin_tone, quiet) -> None:
     """Score a bundle on the test split, the de-duplicated test and --external folders; write report.md."""
     from skinlesion.evaluation.evaluate import evaluate_bundle, format_results, save_results
-    from skinlesion.evaluation.reports import write_report
+    from skinlesion.evaluation.report import write_report
 
     results, preds = evaluate_bundle(bundle, data_dir=data_dir, external=tuple(str(e) for e in external), tta=tta,
                                      n_resamples=resamples, include_test=not no_test, progress=not quiet)
@@ -48,7 +48,7 @@ def evaluate(bundle, data_dir, external, no_test, tta, resamples, out, no_skin_t
 @friendly
 def compare_cmd(runs, set_name, out, resamples) -> None:
     """Compare evaluated runs (report folders or bundles) on the same images, with paired AUC tests."""
-    from skinlesion.evaluation.reports import compare, write_comparison
+    from skinlesion.evaluation.compare import compare, write_comparison
 
     markdown, data = compare(list(runs), set_name, n_resamples=resamples)
     path = write_comparison(markdown, data, out)
@@ -63,12 +63,13 @@ def compare_cmd(runs, set_name, out, resamples) -> None:
 @friendly
 def model_card_cmd(bundle, report_dir, out) -> None:
     """Write a model card (intended use, data, evaluation with CIs, subgroups, limitations)."""
-    from skinlesion.bundle.format import read_meta
-    from skinlesion.evaluation.reports import default_report_dir, model_card
+    from skinlesion.bundle.format import load_meta
+    from skinlesion.evaluation.common import default_report_dir
+    from skinlesion.evaluation.model_card import model_card
 
     text = model_card(bundle, report_dir)
     if out is None:
-        folder = report_dir or default_report_dir(read_meta(bundle))
+        folder = report_dir or default_report_dir(load_meta(bundle))
         out = folder / "MODEL_CARD.md" if (folder / "metrics.json").is_file() else Path("-")
     if str(out) == "-":
         click.echo(text)
@@ -86,10 +87,11 @@ def model_card_cmd(bundle, report_dir, out) -> None:
 def run(data_dir, backbone, quiet) -> None:
     """The main job: find data (or download, or synthesise), train, evaluate, report."""
     from skinlesion.data.datasets import DataError, download
-    from skinlesion.evaluation.evaluate import evaluate_bundle, format_results, save_results
-    from skinlesion.evaluation.reports import write_report
     from skinlesion.data.synth import generate_dataset, is_synthetic
-    from skinlesion.training.train import SYNTHETIC_BANNER, TrainConfig, train as run_train
+    from skinlesion.evaluation.evaluate import evaluate_bundle, format_results, save_results
+    from skinlesion.evaluation.report import write_report
+    from skinlesion.training.train import SYNTHETIC_BANNER, TrainConfig
+    from skinlesion.training.train import train as run_train
 
     t0 = time.perf_counter()
     root = config.resolve_data_dir(data_dir)

@@ -10,18 +10,31 @@ from skinlesion import DISCLAIMER
 from skinlesion.cli.base import friendly, main
 
 
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
 def _train_options(fn):
+    """The options of ``train`` (and ``generalise``); defaults come from TrainConfig itself."""
+    from skinlesion.training.train import AUGMENTATIONS, BALANCE_MODES, TrainConfig
+
+    d = TrainConfig()
     opts = [
-        click.option("--backbone", default="efficientnet_lite0", show_default=True),
-        click.option("--weights", default="imagenet", show_default=True, help="imagenet, none, or a local weights file."),
-        click.option("--input-size", type=int, default=None, help="Square input size (default: the backbone's native size)."),
-        click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Dataset root (else SKINLESION_DATA_DIR, else data/raw/...)."),
-        click.option("--seed", default=42, show_default=True),
-        click.option("--views", default="id", show_default=True, help="Comma-separated dihedral views of training images for the head (id,r90,r180,r270,fh,fh_r90,...)."),
-        click.option("--head-units", default=256, show_default=True, help="Hidden units of the head (0 = linear)."),
-        click.option("--fine-tune", default=0, show_default=True, help="Unfreeze the top N backbone layers (stage 2)."),
-        click.option("--fine-tune-epochs", default=6, show_default=True),
-        click.option("--fine-tune-lr", default=2e-5, show_default=True, help="Learning rate of stage 2."),
+        click.option("--backbone", default=d.backbone, show_default=True),
+        click.option("--weights", default=d.weights, show_default=True, help="imagenet, none, or a local weights file."),
+        click.option("--input-size", type=int, default=d.input_size, help="Square input size (default: the backbone's native size)."),
+        click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="One dataset root (else SKINLESION_DATA_DIR, else data/raw/...)."),
+        click.option("--sources", default=",".join(d.sources), help="Train on these registered sources instead of one root, e.g. kaggle,ham10000,isic2017 (`skinlesion data sources` lists them)."),
+        click.option("--holdout", default=",".join(d.holdout), help="Sources read only to be held out (never trained on); their images are de-duplicated against training."),
+        click.option("--balance", type=click.Choice(BALANCE_MODES), default=d.balance, show_default=True, help="Sample weights: equal classes, or equal sources (and classes within each)."),
+        click.option("--colour-constancy/--no-colour-constancy", default=d.colour_constancy, show_default=True, help="Shades-of-Gray colour constancy as the model's first layer."),
+        click.option("--seed", default=d.seed, show_default=True),
+        click.option("--views", default=",".join(d.views), show_default=True, help="Comma-separated dihedral views of training images for the head (id,r90,r180,r270,fh,fh_r90,...)."),
+        click.option("--head-units", default=d.head_units, show_default=True, help="Hidden units of the head (0 = linear)."),
+        click.option("--fine-tune", default=d.fine_tune, show_default=True, help="Unfreeze the top N backbone layers (stage 2)."),
+        click.option("--fine-tune-epochs", default=d.fine_tune_epochs, show_default=True),
+        click.option("--fine-tune-lr", default=d.fine_tune_lr, show_default=True, help="Learning rate of stage 2."),
+        click.option("--augment", default=",".join(d.augment), show_default=True, help=f"Stage-2 augmentation kinds, from {','.join(AUGMENTATIONS)}."),
         click.option("--max-train-per-class", type=int, default=None, help="Subsample for quick runs."),
         click.option("--max-eval-per-class", type=int, default=None, help="Subsample val/test for quick runs."),
         click.option("--out-dir", type=click.Path(path_type=Path), default=None, help="Where bundles go (default models/)."),
@@ -34,13 +47,25 @@ def _train_options(fn):
 
 
 def _config(**kw):
-    from skinlesion.training.train import TrainConfig
+    from skinlesion.data.sources import parse_sources
+    from skinlesion.models.features import VIEWS
+    from skinlesion.training.train import AUGMENTATIONS, TrainConfig
 
     weights = kw["weights"]
+    views = _csv(kw["views"])
+    bad = [v for v in views if v not in VIEWS]
+    if bad:
+        raise click.BadParameter(f"unknown view(s) {bad}; choose from {list(VIEWS)}", param_hint="--views")
+    augment = _csv(kw["augment"])
+    bad = [a for a in augment if a not in AUGMENTATIONS]
+    if bad:
+        raise click.BadParameter(f"unknown augmentation(s) {bad}; choose from {list(AUGMENTATIONS)}", param_hint="--augment")
     return TrainConfig(
         backbone=kw["backbone"], weights=None if str(weights).lower() in {"none", "random"} else weights,
         input_size=kw["input_size"], data_dir=str(kw["data_dir"]) if kw["data_dir"] else None, seed=kw["seed"],
-        views=tuple(v.strip() for v in kw["views"].split(",") if v.strip()), head_units=kw["head_units"],
+        sources=tuple(parse_sources(kw["sources"])) if kw["sources"] else (),
+        holdout=tuple(parse_sources(kw["holdout"])) if kw["holdout"] else (), balance=kw["balance"],
+        views=views, head_units=kw["head_units"], augment=augment, colour_constancy=kw["colour_constancy"],
         fine_tune=kw["fine_tune"], fine_tune_epochs=kw["fine_tune_epochs"], fine_tune_lr=kw["fine_tune_lr"],
         max_train_per_class=kw["max_train_per_class"], max_eval_per_class=kw["max_eval_per_class"],
         out_dir=str(kw["out_dir"]) if kw["out_dir"] else None, run_id=kw["run_id"], progress=not kw["quiet"],
@@ -52,14 +77,9 @@ def _config(**kw):
 @friendly
 def train(**kw) -> None:
     """Train a classifier (stage 1 on cached features; --fine-tune N for stage 2)."""
-    from skinlesion.models.features import VIEWS
     from skinlesion.training.train import train as run_train
 
-    cfg = _config(**kw)
-    bad = [v for v in cfg.views if v not in VIEWS]
-    if bad:
-        raise click.BadParameter(f"unknown view(s) {bad}; choose from {list(VIEWS)}", param_hint="--views")
-    path = run_train(cfg)
+    path = run_train(_config(**kw))
     click.echo(str(path))
 
 

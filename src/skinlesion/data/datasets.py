@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from skinlesion import CLASS_NAMES
-from skinlesion import config
+from skinlesion import CLASS_NAMES, config
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 KAGGLE_HANDLE = "hasnainjaved/melanoma-skin-cancer-dataset-of-10000-images"

@@ -277,7 +277,7 @@ def _decode_bytes(data: bytes, max_bytes: int, max_pixels: int, min_side: int) -
             ) from exc
         except MemoryError as exc:
             raise ImageRejected(413, "The image is too large to decode. Please resize it.") from exc
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             # Pillow's parsers raise many exception types on hostile headers (OSError,
             # SyntaxError, ValueError, struct.error, IndexError...); all mean "unreadable".
             raise _corrupt(fmt) from exc
@@ -291,7 +291,7 @@ def _decode_opened(img: Image.Image, fmt: str, max_pixels: int, min_side: int) -
         img.load()
     except MemoryError as exc:
         raise ImageRejected(413, "The image is too large to decode. Please resize it.") from exc
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         # Same reasoning as at open: any decoder failure on untrusted data is "corrupt".
         raise _corrupt(fmt) from exc
     img = _apply_orientation(img)

@@ -168,8 +168,8 @@ def synth_image(label: int, rng: np.random.Generator, size: int = 128) -> np.nda
     # The radius depends on angle only: tabulate it once and look pixels up, instead of
     # evaluating ~25 cosines at every pixel.
     angles = np.linspace(-np.pi, np.pi, _ANGLE_SAMPLES)
-    table = 1.0 + amps @ np.cos(ks[:, None] * angles[None, :] + phases[:, None])
-    table = radius * np.clip(table, 0.35, None).astype(np.float32)
+    shape = 1.0 + amps @ np.cos(ks[:, None] * angles[None, :] + phases[:, None])
+    table = radius * np.clip(shape, 0.35, None).astype(np.float32)
     idx = ((theta + np.pi) * ((_ANGLE_SAMPLES - 1) / (2 * np.pi)) + 0.5).astype(np.intp)
     r_theta = table[idx]
     ragged = _smooth_field(rng, size, max(8, size // 6)) * (border * 1.5 / size)

@@ -2,7 +2,6 @@
 external folder-per-class sets, each reported separately."""
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +11,9 @@ import numpy as np
 import pandas as pd
 
 from skinlesion import config
+from skinlesion.bundle.meta import BundleMeta
 from skinlesion.data.datasets import DataError, scan_class_folders
+from skinlesion.io import write_json
 
 
 @dataclass
@@ -24,7 +25,7 @@ class EvalSet:
 
 
 def evaluation_sets(
-    bundle_meta: dict[str, Any],
+    bundle_meta: BundleMeta,
     bundle_path: Path,
     *,
     data_dir: str | os.PathLike[str] | None = None,
@@ -36,9 +37,15 @@ def evaluation_sets(
     from skinlesion.data.audit import load_dedup_test
 
     sets: list[EvalSet] = []
-    if include_test:
-        root = Path(data_dir or bundle_meta["training"]["data_dir"])
-        splits = pd.read_csv(bundle_path / bundle_meta["training"]["splits_file"])
+    if include_test and bundle_meta.training.sources and not bundle_meta.training.data_dir:
+        sets += _multi_source_test_sets(bundle_path / (bundle_meta.training.splits_file or "splits.csv"), data_dir)
+    elif include_test:
+        training = bundle_meta.training
+        if not (data_dir or training.data_dir) or not training.splits_file:
+            raise DataError(f"{bundle_path} records no training data folder or splits file; "
+                            "evaluate with --external DIR")
+        root = Path(data_dir or str(training.data_dir))
+        splits = pd.read_csv(bundle_path / training.splits_file)
         test = splits[splits["split"] == "test"]
         if test.empty:
             raise DataError(f"{bundle_path} has no test split; evaluate with --external DIR")
@@ -58,6 +65,30 @@ def evaluation_sets(
     return sets
 
 
+def _multi_source_test_sets(splits_file: Path, data_dir: str | os.PathLike[str] | None) -> list[EvalSet]:
+    """Per source of a multi-source bundle: its test split de-duplicated against training
+    (``test:<source>``) and, where duplicates were removed, the whole official split
+    (``test_official:<source>``, comparable with numbers published for that set)."""
+    from skinlesion.data.training_data import roots_for
+
+    table = pd.read_csv(splits_file)
+    roots = roots_for(table, data_dir) if data_dir else roots_for(table)
+    sets: list[EvalSet] = []
+    for src in table["source"].unique():
+        rows = table[table["source"] == src]
+        test = rows[rows["split"] == "test"]
+        official = rows[(rows["split"] == "test") | rows["reason"].astype(str).str.contains("was test", regex=False)]
+        if test.empty:
+            continue
+        root = Path(roots[src])
+        if not (root / test["path"].iloc[0]).exists():
+            raise DataError(f"test images of source {src} are not under {root}; set its root (skinlesion data sources)")
+        sets.append(EvalSet(f"test:{src}", root, test["path"].tolist(), test["label"].to_numpy()))
+        if len(official) > len(test):
+            sets.append(EvalSet(f"test_official:{src}", root, official["path"].tolist(), official["label"].to_numpy()))
+    return sets
+
+
 def predict_set(predictor, s: EvalSet, *, tta: bool = False, progress: bool = True) -> pd.DataFrame:
     """Per-image predictions for an evaluation set (unreadable images listed with an error)."""
     df = predictor.predict_batch([s.root / p for p in s.paths], tta=tta, progress=progress)
@@ -68,7 +99,8 @@ def predict_set(predictor, s: EvalSet, *, tta: bool = False, progress: bool = Tr
 
 def score_predictions(df: pd.DataFrame, threshold: float, *, n_resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
     """Metrics at the frozen threshold and at 0.5 (the seed's convention), with bootstrap CIs."""
-    from skinlesion.metrics import classification as metrics
+    from skinlesion.metrics import stats
+    from skinlesion.metrics.classification import summarize
 
     ok = df[df["error"].fillna("") == ""]
     y, p = ok["y_true"].to_numpy().astype(int), ok["probability"].to_numpy()
@@ -76,14 +108,14 @@ def score_predictions(df: pd.DataFrame, threshold: float, *, n_resamples: int = 
     if len(ok) == 0:
         out["notes"] = ["no readable images"]
         return out
-    out["at_threshold"] = metrics.summarize_with_ci(y, p, threshold=threshold, n_resamples=n_resamples, seed=seed)
-    out["at_0.5"] = metrics.summarize_with_ci(y, p, threshold=0.5, n_resamples=n_resamples, seed=seed)
+    out["at_threshold"] = stats.summarize_with_ci(y, p, threshold=threshold, n_resamples=n_resamples, seed=seed)
+    out["at_0.5"] = stats.summarize_with_ci(y, p, threshold=0.5, n_resamples=n_resamples, seed=seed)
     out["threshold"] = threshold
     from skinlesion.metrics.calibration import brier_score, expected_calibration_error
 
     out["ece"] = float(expected_calibration_error(y, p))
     out["brier"] = float(brier_score(y, p))
-    notes = metrics.summarize(y, p, threshold=threshold).get("notes", [])
+    notes = summarize(y, p, threshold=threshold).get("notes", [])
     if notes:
         out["notes"] = notes
     return out
@@ -108,8 +140,8 @@ def evaluate_bundle(
     if not sets:
         raise DataError("nothing to evaluate: no test split and no --external folder")
     results: dict[str, Any] = {
-        "bundle": predictor.name, "backbone": predictor.meta.get("backbone"),
-        "synthetic": bool(predictor.meta.get("synthetic")), "tta": tta,
+        "bundle": predictor.name, "backbone": predictor.meta.backbone,
+        "synthetic": predictor.meta.synthetic, "tta": tta,
         "threshold": predictor.policy.threshold, "sets": {},
     }
     preds: dict[str, pd.DataFrame] = {}
@@ -128,7 +160,7 @@ def format_results(results: dict[str, Any]) -> str:
     keys = ["roc_auc", "accuracy", "sensitivity", "specificity", "balanced_accuracy", "f1"]
     for name, r in results["sets"].items():
         lines.append(f"{name}: n={r.get('n')}" + (f" ({r['n_unreadable']} unreadable)" if r.get("n_unreadable") else ""))
-        for label, key in (("frozen threshold %.3f" % results["threshold"], "at_threshold"), ("threshold 0.5", "at_0.5")):
+        for label, key in ((f"frozen threshold {results['threshold']:.3f}", "at_threshold"), ("threshold 0.5", "at_0.5")):
             if key not in r:
                 continue
             cells = []
@@ -150,7 +182,7 @@ def save_results(results: dict[str, Any], preds: dict[str, pd.DataFrame], out_di
     """Write metrics.json and per-set predictions CSVs to ``reports/<run>/``."""
     out = Path(out_dir) if out_dir else config.reports_dir() / results["bundle"]
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+    write_json(out / "metrics.json", results)
     for name, df in preds.items():
         df.to_csv(out / f"predictions_{name.replace(':', '_')}.csv", index=False)
     return out

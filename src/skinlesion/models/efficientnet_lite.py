@@ -29,12 +29,13 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
 
-from skinlesion.bundle.format import sha256_file
 from skinlesion.config import cache_dir
+from skinlesion.io import sha256_file
 from skinlesion.models.torch_legacy import load_legacy_state_dict
 
 __all__ = [
@@ -300,7 +301,7 @@ def package_weights_file(name: str) -> Path:
 def _save_npz_atomic(path: Path, weights: dict[str, list[np.ndarray]], name: str, sha: str) -> None:
     """Write the converted arrays so a reader never sees a half-written cache file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {f"{layer}:{i}": a for layer, ws in weights.items() for i, a in enumerate(ws)}
+    arrays: dict[str, Any] = {f"{layer}:{i}": a for layer, ws in weights.items() for i, a in enumerate(ws)}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -397,7 +398,7 @@ def load_efficientnet_lite_weights(
             )
         plan.append((layer, arrays))
     loaded = {layer.name for layer, _ in plan}
-    missed = [n for n, l in layers.items() if n.startswith(name_prefix) and l.weights and n not in loaded]
+    missed = [n for n, lyr in layers.items() if n.startswith(name_prefix) and lyr.weights and n not in loaded]
     if missed:
         raise ValueError(
             f"layers {missed[:5]} got no {name} weights: the model was built for a different variant"

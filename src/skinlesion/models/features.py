@@ -10,7 +10,6 @@ import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,16 +29,6 @@ def apply_view(batch: np.ndarray, view: str) -> np.ndarray:
     k, flip = VIEWS[view]
     out = batch[:, :, ::-1] if flip else batch
     return np.ascontiguousarray(np.rot90(out, k, axes=(1, 2)))
-
-
-@dataclass
-class LoadedImages:
-    """Decoded images plus what could not be read."""
-
-    arrays: np.ndarray           # (n_ok, size, size, 3) uint8
-    ok: np.ndarray               # bool mask over the input paths
-    keys: list[str]              # sha256 of each input file ("" when unreadable)
-    errors: dict[int, str]       # index -> reason
 
 
 def _read_one(path: Path, size: int) -> tuple[str, np.ndarray | None, str | None]:
@@ -69,7 +58,8 @@ def iter_image_batches(
             return start, [pool.submit(_read_one, Path(p), size) for p in chunk]
 
         pending = submit(starts[0]) if len(paths) else None
-        for nxt in list(starts[1:]) + [None]:
+        for nxt in [*starts[1:], None]:
+            assert pending is not None  # one submitted chunk per loop turn
             start, futures = pending
             pending = submit(nxt) if nxt is not None else None
             arrays, idx, keys, errors = [], [], [], {}
@@ -154,8 +144,9 @@ def extract_features(
             errors[i] = f"cannot read: {exc}"
             continue
         hits = [c.get(keys_all[i]) for c in caches]
-        if all(h is not None for h in hits):
-            out[i] = np.stack(hits)
+        found = [h for h in hits if h is not None]
+        if len(found) == len(hits):
+            out[i] = np.stack(found)
             ok[i] = True
         else:
             todo.append(i)

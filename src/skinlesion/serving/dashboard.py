@@ -7,12 +7,11 @@ and images pass through :mod:`skinlesion.data.intake` (inside :class:`~skinlesio
 exactly as they do there.
 
 Pure helpers (no widgets): :func:`list_bundles`, :func:`handle_upload`, :func:`render_result_html`,
-:func:`no_model_message`, :func:`sample_image`. Display: :class:`LesionDashboard`.
+:func:`no_model_message`. Display: :class:`LesionDashboard`.
 """
 from __future__ import annotations
 
 import html
-import io
 import json
 import logging
 import os
@@ -24,15 +23,15 @@ from typing import Any
 import ipywidgets as widgets
 
 from skinlesion import DISCLAIMER, config
-from skinlesion.bundle.format import BUNDLE_FILE
-from skinlesion.explain.maps import METHODS
+from skinlesion.bundle.format import BUNDLE_FILE, BundleError, parse_meta
+from skinlesion.data.intake import ImageRejected
+from skinlesion.explain.common import METHODS
 from skinlesion.serving.inference import Prediction, Predictor
-from skinlesion.data.intake import ImageRejected, read_image
+from skinlesion.serving.presentation import METHOD_LABELS, preview_jpeg
 
 __all__ = [
     "BundleChoice",
     "LesionDashboard",
-    "METHOD_LABELS",
     "UploadResult",
     "build_dashboard",
     "error_html",
@@ -40,19 +39,11 @@ __all__ = [
     "list_bundles",
     "no_model_message",
     "render_result_html",
-    "sample_image",
     "upload_bytes",
-    "upload_value",
 ]
 
 log = logging.getLogger(__name__)
 
-METHOD_LABELS: dict[str, str] = {
-    "gradcam": "Grad-CAM",
-    "gradcam++": "Grad-CAM++",
-    "scorecam": "Score-CAM",
-    "smoothgrad": "SmoothGrad",
-}
 # Shown beside the uploaded photo; the full file goes to the model, this is only for the eye.
 PREVIEW_SIDE = 512
 IMAGE_WIDTH = "320px"
@@ -81,22 +72,23 @@ class BundleChoice:
 def _describe_bundle(path: Path, note: str = "") -> BundleChoice:
     """A chooser entry from bundle.json alone (checksums are verified later, when it loads)."""
     try:
-        meta = json.loads((path / BUNDLE_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
+        raw = json.loads((path / BUNDLE_FILE).read_text())
+        meta = parse_meta(raw, path) if isinstance(raw, dict) else None
+    except (OSError, json.JSONDecodeError, BundleError):
         meta = None
-    if not isinstance(meta, dict):
+    if meta is None:
         label = f"{path.name} (no readable {BUNDLE_FILE})"
         return BundleChoice(path, label + (f" — {note}" if note else ""))
-    created = str(meta.get("created", ""))
-    parts = [str(meta.get("run_id") or path.name)]
-    details = [str(meta[k]) for k in ("backbone",) if meta.get(k)]
-    if meta.get("input_size"):
-        details.append(f"{meta['input_size']}px")
+    created = meta.created or ""
+    parts = [meta.run_id]
+    details = [meta.backbone] if meta.backbone else []
+    if meta.input_size:
+        details.append(f"{meta.input_size}px")
     if created:
         details.append(created[:16].replace("T", " "))
     if details:
         parts.append("(" + ", ".join(details) + ")")
-    if meta.get("synthetic"):
+    if meta.synthetic:
         parts.append("[SYNTHETIC]")
     if note:
         parts.append(f"— {note}")
@@ -185,31 +177,6 @@ def upload_bytes(value: Any) -> tuple[str, bytes] | None:
     return str(first.get("name", "upload")), bytes(first["content"])
 
 
-def upload_value(name: str, data: bytes, mime: str = "image/jpeg") -> tuple[dict[str, Any], ...]:
-    """What ``FileUpload.value`` holds after a browser uploads one file (ipywidgets 8 layout).
-
-    For headless checks: assigning it to ``dashboard.upload.value`` runs the same callback
-    as a real upload.
-    """
-    import datetime as dt
-
-    return ({
-        "name": name,
-        "type": mime,
-        "size": len(data),
-        "content": memoryview(bytes(data)),
-        "last_modified": dt.datetime.now(dt.timezone.utc),
-    },)
-
-
-def _preview_jpeg(data: bytes) -> bytes:
-    img = read_image(data)
-    img.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
-
-
 def handle_upload(
     predictor: Predictor, data: bytes | bytearray | memoryview, method: str = "gradcam", *, name: str = ""
 ) -> UploadResult:
@@ -223,7 +190,7 @@ def handle_upload(
     data = bytes(data)
     result = UploadResult(name=name, method=method, input_size=predictor.input_size)
     try:
-        result.image = _preview_jpeg(data)
+        result.image = preview_jpeg(data, PREVIEW_SIDE)
         result.prediction = predictor.predict(data)
     except ImageRejected as exc:
         result.image = None
@@ -231,7 +198,7 @@ def handle_upload(
         return result
     try:
         _, result.overlay = predictor.explain(data, method)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         # The heat map is an aid; whatever goes wrong in it, the prediction above still stands
         # and is shown, with the reason the map is missing.
         log.exception("explanation %s failed", method)
@@ -272,30 +239,6 @@ def render_result_html(result: UploadResult) -> str:
     if result.explain_error:
         parts.append(error_html("Heat map unavailable:", result.explain_error))
     return "\n".join(parts)
-
-
-# ------------------------------------------------------------------------------ sample image
-
-
-def sample_image() -> tuple[str, bytes]:
-    """(name, JPEG bytes) of a test image for headless checks of the dashboard.
-
-    A real dermoscopic image from the shared dataset when it is present, otherwise a
-    deterministic synthetic one (from :mod:`skinlesion.data.synth`) so the check still runs.
-    """
-    folder = config.shared_dataset() / "test" / "malignant"
-    first = next(iter(sorted(folder.glob("*.jpg"))), None) if folder.is_dir() else None
-    if first is not None:
-        return first.name, first.read_bytes()
-    import numpy as np
-    from PIL import Image
-
-    from skinlesion.data.synth import synth_image
-
-    pixels = synth_image(1, np.random.default_rng(0), size=224)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="JPEG", quality=92)
-    return "synthetic_malignant.jpg", buf.getvalue()
 
 
 # ------------------------------------------------------------------------------ widgets
@@ -424,7 +367,7 @@ class LesionDashboard(widgets.VBox):
             )
             try:
                 predictor = self._predictor()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 # BundleError (missing, corrupt, checksum mismatch) or a Keras load failure:
                 # either way the person must see why there is no result, not a silent log line.
                 log.exception("loading %s failed", self.bundle.value)
@@ -433,7 +376,7 @@ class LesionDashboard(widgets.VBox):
             else:
                 try:
                     result = handle_upload(predictor, data, method, name=name)
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     log.exception("analysing %s failed", name)
                     result = UploadResult(name=name, method=method,
                                           error=f"Analysis failed unexpectedly ({type(exc).__name__}: {exc}).")

@@ -3,15 +3,19 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from skinlesion import DISCLAIMER, config
 from skinlesion.bundle.format import Bundle, BundleError, latest_bundle, load
 from skinlesion.data.intake import load_for_model
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 OOD_MESSAGE = (
     "This does not look like a dermoscopic image of a skin lesion, so the model's answer is "
@@ -72,17 +76,17 @@ class Predictor:
     """Load a bundle once; predict, explain and batch-predict images."""
 
     def __init__(self, bundle: Bundle):
-        from skinlesion.metrics.calibration import DecisionPolicy
-
         self.bundle = bundle
         self.meta = bundle.meta
+        if self.meta.decision is None:
+            raise BundleError(f"{bundle.path}: the bundle records no decision policy, so it cannot be served")
+        self.policy = self.meta.decision
         self.members = [self._member(b) for b in self._member_bundles(bundle)]
         self.input_size = self.members[0].bundle.input_size
-        self.policy = DecisionPolicy.from_dict(self.meta["decision"])
 
     # -- loading ------------------------------------------------------------------------
     @classmethod
-    def from_bundle(cls, path: str | os.PathLike[str] | None = None) -> "Predictor":
+    def from_bundle(cls, path: str | os.PathLike[str] | None = None) -> Predictor:
         """``path``, else ``SKINLESION_MODEL``, else the newest bundle under ``models/``."""
         if path is None:
             path = os.environ.get("SKINLESION_MODEL") or latest_bundle()
@@ -98,7 +102,7 @@ class Predictor:
         if b.kind != "ensemble":
             return [b]
         members = []
-        for rel in b.meta["members"]:
+        for rel in b.meta.members:
             p = Path(rel)
             members.append(load(p if p.is_absolute() else (b.path / p).resolve()))
         if not members:
@@ -112,16 +116,13 @@ class Predictor:
         from skinlesion.models.ood import OODDetector
 
         model = b.model
-        feat_name = b.meta.get("feature_layer", "features")
-        infer = keras.Model(model.input, [model.get_layer(feat_name).output, model.output])
-        cal = b.meta.get("calibration") or {}
-        ood_meta = b.meta.get("ood")
-        ood = OODDetector.load(b.file(ood_meta["file"])) if ood_meta else None
-        return _Member(b, infer, float(cal.get("temperature", 1.0)), ood)
+        infer = keras.Model(model.input, [model.get_layer(b.meta.feature_layer).output, model.output])
+        ood = OODDetector.load(b.file(b.meta.ood.file)) if b.meta.ood else None
+        return _Member(b, infer, b.meta.temperature, ood)
 
     @property
     def name(self) -> str:
-        return self.meta.get("run_id", self.bundle.path.name)
+        return self.meta.run_id
 
     # -- prediction -----------------------------------------------------------------------
     def _arrays(self, images: list, size: int) -> np.ndarray:
@@ -152,7 +153,7 @@ class Predictor:
         raw = np.mean(raws, axis=0)
         if self.bundle.kind == "ensemble":
             # The mean of calibrated members is itself re-calibrated on validation (bundle.json).
-            prob = apply_temperature(prob, float(self.meta["calibration"]["temperature"]))
+            prob = apply_temperature(prob, self.meta.temperature)
         if dists:
             # Ratio to each member's threshold, so members of different backbones are comparable.
             ratio = np.mean([d / t for d, t in zip(dists, thresholds)], axis=0)
@@ -179,14 +180,14 @@ class Predictor:
                 band=(float(self.policy.band_low), float(self.policy.band_high)),
                 out_of_distribution=bool(has_ood and ood_ratio[i] > 1.0),
                 ood_distance=float(ood_ratio[i]), ood_threshold=1.0,
-                model=self.name, synthetic=bool(self.meta.get("synthetic")),
+                model=self.name, synthetic=self.meta.synthetic,
                 timings_ms={"decode": 1000 * (t1 - t0) / per, "model": 1000 * (t2 - t1) / per},
                 target_sensitivity=float(self.policy.target_sensitivity),
             ))
         return out
 
-    def predict_batch(self, paths: list[str | os.PathLike[str]], *, batch_size: int = 32, tta: bool = False,
-                      progress: bool = False):
+    def predict_batch(self, paths: Sequence[str | os.PathLike[str]], *, batch_size: int = 32, tta: bool = False,
+                      progress: bool = False) -> pd.DataFrame:
         """Predict many files; unreadable ones get an ``error`` row instead of stopping the run."""
         import pandas as pd
         from tqdm.auto import tqdm
@@ -194,13 +195,14 @@ class Predictor:
         from skinlesion.data.intake import ImageRejected
 
         sizes = {m.bundle.input_size for m in self.members}
-        rows: list[dict] = []
+        rows: list[dict[str, Any]] = []
         for start in tqdm(range(0, len(paths), batch_size), disable=not progress, desc="predict", unit="batch"):
             chunk = paths[start:start + batch_size]
-            slots: list[dict] = []
-            good, arrays = [], {s: [] for s in sizes}
+            slots: list[dict[str, Any]] = []
+            good: list[dict[str, Any]] = []
+            arrays: dict[int, list[np.ndarray]] = {s: [] for s in sizes}
             for p in chunk:
-                row = {"path": str(p), "error": ""}
+                row: dict[str, Any] = {"path": str(p), "error": ""}
                 slots.append(row)
                 try:
                     data = Path(p).read_bytes()
@@ -224,11 +226,12 @@ class Predictor:
     # -- explanation ----------------------------------------------------------------------
     def explain(self, image, method: str = "gradcam", *, target: str = "malignant") -> tuple[np.ndarray, bytes]:
         """(heatmap in [0, 1] at the model's input size, PNG overlay bytes) for one image."""
-        from skinlesion.explain.maps import compute_heatmap, overlay_png_bytes
+        from skinlesion.explain.gradcam import compute_heatmap
+        from skinlesion.explain.overlay import overlay_png_bytes
 
         member = self.members[0]
         arr = load_for_model(image, member.bundle.input_size) if not (
             isinstance(image, np.ndarray) and image.shape == (member.bundle.input_size,) * 2 + (3,)) else image
         heat = compute_heatmap(member.bundle.model, arr, method,
-                               layer_name=member.bundle.meta.get("last_conv_layer"), target=target)
+                               layer_name=member.bundle.meta.last_conv_layer, target=target)
         return heat, overlay_png_bytes(arr, heat)

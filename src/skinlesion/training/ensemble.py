@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from skinlesion.bundle.format import BundleError, load, sha256_file, write_bundle
+from skinlesion.bundle.format import BundleError, load, write_bundle
+from skinlesion.io import sha256_file
 
 
 def ensemble_validation_probabilities(bundle_paths: list[Path]) -> pd.DataFrame:
@@ -25,7 +25,7 @@ def ensemble_validation_probabilities(bundle_paths: list[Path]) -> pd.DataFrame:
         if b.kind != "single":
             raise BundleError(f"{p}: ensembles of ensembles are not supported; list the single bundles")
         df = pd.read_csv(b.file("val_predictions.csv"))
-        T = float((b.meta.get("calibration") or {}).get("temperature", 1.0))
+        T = b.meta.temperature
         frames.append(df.assign(prob=apply_temperature(df["prob"].to_numpy(), T)).rename(columns={"prob": f"p{i}"}))
     merged = frames[0]
     for f in frames[1:]:
@@ -62,8 +62,8 @@ def make_ensemble(
     summary = metrics.summarize(y, p_cal, threshold=policy.threshold)
     first = members[0]
     out_dir = Path(out_dir) if out_dir else first.path.parent
-    names = "+".join(m.meta["backbone"] for m in members)
-    run_id = run_id or f"ensemble-{'-'.join(m.meta['run_id'] for m in members)}"[:120]
+    names = "+".join(str(m.meta.backbone) for m in members)
+    run_id = run_id or f"ensemble-{'-'.join(m.meta.run_id for m in members)}"[:120]
     meta = {
         "kind": "ensemble",
         "backbone": f"ensemble({names})",
@@ -71,12 +71,12 @@ def make_ensemble(
         "members": [os.path.relpath(m.path, (out_dir / run_id).resolve()) for m in members],
         "member_bundle_sha256": [sha256_file(m.file("bundle.json")) for m in members],
         "input_size": first.input_size,
-        "last_conv_layer": first.meta.get("last_conv_layer"),
+        "last_conv_layer": first.meta.last_conv_layer,
         "stage": "ensemble of calibrated members",
         "synthetic": any(m.synthetic for m in members),
         "decision": policy.to_dict(),
         "calibration": {"method": "temperature (on the mean of calibrated member probabilities)", "temperature": T},
-        "training": {**first.meta["training"], "members": [m.meta["run_id"] for m in members]},
+        "training": {**first.meta.raw["training"], "members": [m.meta.run_id for m in members]},
         "metrics": {"val": summary},
     }
     return write_bundle(meta, {"splits.csv": first.file("splits.csv"), "val_predictions.csv": val},

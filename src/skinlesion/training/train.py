@@ -8,19 +8,26 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from skinlesion import CLASS_NAMES, config
-from skinlesion.data.datasets import DataError, load_or_create_splits, resolve_training_data
+from skinlesion import config
+from skinlesion.data.datasets import DataError
+from skinlesion.data.training_data import (
+    TrainingData,
+    class_balanced_weights,
+    multi_source_data,
+    single_root_data,
+    source_balanced_weights,
+)
 
-log = logging.getLogger("skinlesion")
+log = logging.getLogger(__name__)
+BALANCE_MODES = ("class", "source")
 
 SYNTHETIC_BANNER = (
     "!" * 78 + "\n!!  SYNTHETIC DATA: this model was trained on generated images, not real lesions.  !!\n"
@@ -37,6 +44,17 @@ class TrainConfig:
     input_size: int | None = None
     data_dir: str | None = None
     splits_file: str | None = None
+    # Registered data sources to train on (empty: the single root ``data_dir``); ``holdout``
+    # sources are read and de-duplicated against, but only ever evaluated on.
+    sources: tuple[str, ...] = ()
+    holdout: tuple[str, ...] = ()
+    # Sample weighting: "class" (both classes weigh the same) or "source" (every source, and
+    # each class within it, weighs the same).
+    balance: str = "class"
+    # Shades-of-Gray colour constancy as the model's first layer (inside the saved graph).
+    colour_constancy: bool = False
+    # Stage-2 augmentation kinds (training.train.AUGMENTATIONS).
+    augment: tuple[str, ...] = ("dihedral", "colour")
     val_fraction: float = 0.15
     seed: int = 42
     # Dihedral views of each training image whose features train the head (augmentation).
@@ -63,7 +81,8 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["views"] = list(self.views)
+        for k in ("views", "sources", "holdout", "augment"):
+            d[k] = list(d[k])
         return d
 
 
@@ -93,62 +112,85 @@ class _LogCapture(logging.Handler):
         self.lines.append(self.format(record))
 
 
-def _setup_logging() -> _LogCapture:
+def _capture_logs() -> tuple[_LogCapture, int]:
+    """Record the package's log lines for ``train.log`` in the bundle (removed after the run).
+
+    Only a capture handler is attached; printing is the application's choice (the CLI
+    configures a stream handler).
+    """
+    pkg = logging.getLogger("skinlesion")
     cap = _LogCapture()
     cap.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(cap)
-    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, _LogCapture) for h in log.handlers):
-        sh = logging.StreamHandler()
-        sh.setFormatter(logging.Formatter("[skinlesion] %(message)s"))
-        log.addHandler(sh)
-    log.setLevel(logging.INFO)
-    return cap
+    pkg.addHandler(cap)
+    level = pkg.level
+    if pkg.getEffectiveLevel() > logging.INFO:
+        pkg.setLevel(logging.INFO)
+    return cap, level
+
+
+def load_training_data(cfg: TrainConfig) -> TrainingData:
+    """The split table a config asks for: several sources, or one root."""
+    if cfg.balance not in BALANCE_MODES:
+        raise DataError(f"balance must be one of {BALANCE_MODES}, got {cfg.balance!r}")
+    if cfg.sources:
+        if cfg.data_dir or cfg.splits_file:
+            raise DataError("give either data sources or a data folder / splits file, not both")
+        return multi_source_data(list(cfg.sources), holdout=list(cfg.holdout), val_fraction=cfg.val_fraction,
+                                 seed=cfg.seed, progress=cfg.progress)
+    if cfg.holdout:
+        raise DataError("held-out sources need --sources for the training side")
+    return single_root_data(cfg.data_dir, cfg.splits_file, val_fraction=cfg.val_fraction, seed=cfg.seed)
+
+
+def sample_weights(frame: pd.DataFrame, balance: str) -> np.ndarray:
+    """Per-image training weights for ``balance`` ("class" or "source")."""
+    return source_balanced_weights(frame) if balance == "source" else class_balanced_weights(frame)
 
 
 def train(cfg: TrainConfig) -> Path:
     """Run a full training job and return the bundle folder."""
     import keras
 
-    from skinlesion.models import backbones
-
     from skinlesion.bundle import format as bundle
+    from skinlesion.metrics.calibration import build_decision_policy
+    from skinlesion.metrics.classification import roc_auc
+    from skinlesion.models import backbones
     from skinlesion.models.features import extract_features
     from skinlesion.models.ood import fit_ood
     from skinlesion.seeds import set_seeds
-    from skinlesion.data.synth import is_synthetic
 
-    cap = _setup_logging()
+    cap, level = _capture_logs()
     t0 = time.perf_counter()
     try:
         set_seeds(cfg.seed)
         spec = backbones.get_spec(cfg.backbone)
         size = int(cfg.input_size or spec.input_size)
-        root = resolve_training_data(cfg.data_dir)
-        synthetic = is_synthetic(root)
+        data = load_training_data(cfg)
+        synthetic = data.synthetic
         if synthetic:
             log.warning("\n%s", SYNTHETIC_BANNER)
-        splits, splits_file = load_or_create_splits(
-            root, cfg.splits_file, val_fraction=cfg.val_fraction, seed=cfg.seed
-        )
-        tr = subsample(splits, "train", cfg.max_train_per_class, cfg.seed)
-        va = subsample(splits, "val", cfg.max_eval_per_class, cfg.seed)
-        te = subsample(splits, "test", cfg.max_eval_per_class, cfg.seed)
-        log.info("data %s: train %d, val %d, test %d (splits %s)", config.display_path(root), len(tr), len(va), len(te),
-                 config.display_path(splits_file))
+        tr = subsample(data.table, "train", cfg.max_train_per_class, cfg.seed)
+        va = subsample(data.table, "val", cfg.max_eval_per_class, cfg.seed)
+        te = subsample(data.table, "test", cfg.max_eval_per_class, cfg.seed)
+        log.info("data: %s", data.describe())
+        log.info("using train %d, val %d, test %d", len(tr), len(va), len(te))
 
         strategy = device_strategy()
         with strategy.scope():
-            extractor = backbones.build_feature_extractor(cfg.backbone, cfg.weights, size)
+            extractor = backbones.build_feature_extractor(cfg.backbone, cfg.weights, size,
+                                                          colour_constancy=cfg.colour_constancy)
+        # The feature cache key names the whole front end, colour constancy included.
+        feat_key = cfg.backbone + ("+sog" if cfg.colour_constancy else "")
         wtag = backbones.weights_tag(cfg.backbone, cfg.weights if cfg.weights else None)
         if wtag is None:
             log.warning("backbone %s has RANDOM weights (weights=None): features are not pretrained", cfg.backbone)
 
         t_feat = time.perf_counter()
         Xtr, ok_tr, err_tr = extract_features(
-            extractor, [root / p for p in tr["path"]], backbone=cfg.backbone, weights_tag=wtag,
+            extractor, data.files(tr), backbone=feat_key, weights_tag=wtag,
             views=cfg.views, batch_size=cfg.batch_size, progress=cfg.progress)
         Xva, ok_va, err_va = extract_features(
-            extractor, [root / p for p in va["path"]], backbone=cfg.backbone, weights_tag=wtag,
+            extractor, data.files(va), backbone=feat_key, weights_tag=wtag,
             views=("id",), batch_size=cfg.batch_size, progress=cfg.progress)
         feat_seconds = time.perf_counter() - t_feat
         for name, errs, df in (("train", err_tr, tr), ("val", err_va, va)):
@@ -164,21 +206,24 @@ def train(cfg: TrainConfig) -> Path:
 
         with strategy.scope():
             full, head = backbones.build_classifier(
-                cfg.backbone, None, size, head_units=cfg.head_units, dropout=cfg.dropout, l2=cfg.l2)
+                cfg.backbone, None, size, head_units=cfg.head_units, dropout=cfg.dropout, l2=cfg.l2,
+                colour_constancy=cfg.colour_constancy)
         # Copy the (pretrained) backbone weights into the classifier graph layer by layer.
         for layer in extractor.layers:
             if layer.weights:
                 full.get_layer(layer.name).set_weights(layer.get_weights())
 
-        history = _train_head(head, Xtr, ytr, Xva[:, 0], yva, cfg)
+        history = _train_head(head, Xtr, ytr, sample_weights(tr, cfg.balance), Xva[:, 0], yva, cfg)
         p_val = head.predict(Xva[:, 0], verbose=0).ravel()
         stage = "head"
         if cfg.fine_tune > 0:
-            ft_hist, p_val = _fine_tune(full, root, tr, va, cfg, strategy)
+            ft_hist, p_val = _fine_tune(full, data, tr, va, cfg, strategy)
             history = pd.concat([history, ft_hist], ignore_index=True)
             stage = f"fine-tuned top {cfg.fine_tune} layers"
 
-        policy, val_metrics = _decision_policy(yva, p_val, cfg.target_sensitivity)
+        policy_obj = build_decision_policy(yva, p_val, cfg.target_sensitivity)
+        policy, val_metrics = policy_obj.to_dict(), dict(policy_obj.validation_metrics)
+        val_metrics["roc_auc_uncalibrated"] = roc_auc(yva, p_val)
         log.info("validation ROC AUC %.4f; threshold %.3f for sensitivity >= %.2f",
                  val_metrics.get("roc_auc", float("nan")), policy["threshold"], cfg.target_sensitivity)
 
@@ -186,16 +231,19 @@ def train(cfg: TrainConfig) -> Path:
         if cfg.fine_tune > 0:
             feat_model = keras.Model(full.input, full.get_layer(backbones.FEATURE_LAYER).output)
             sample = tr.sample(n=min(len(tr), 2000), random_state=cfg.seed)
-            ftr, ok1, _ = extract_features(feat_model, [root / p for p in sample["path"]], backbone=cfg.backbone,
+            ftr, ok1, _ = extract_features(feat_model, data.files(sample), backbone=cfg.backbone,
                                            weights_tag=None, progress=cfg.progress)
-            fva, ok2, _ = extract_features(feat_model, [root / p for p in va["path"]], backbone=cfg.backbone,
+            fva, ok2, _ = extract_features(feat_model, data.files(va), backbone=cfg.backbone,
                                            weights_tag=None, progress=cfg.progress)
             ood = fit_ood(ftr[ok1, 0], fva[ok2, 0], cfg.ood_quantile)
         else:
             ood = fit_ood(Xtr[:, 0], Xva[:, 0], cfg.ood_quantile)
 
-        used = pd.concat([tr, va, te], ignore_index=True)
-        val_pred = pd.DataFrame({"path": va["path"].to_numpy(), "label": yva, "prob": p_val})
+        # The whole table (excluded rows and reasons included) when nothing was subsampled.
+        subsampled = cfg.max_train_per_class is not None or cfg.max_eval_per_class is not None
+        used = pd.concat([tr, va, te], ignore_index=True) if subsampled else data.table
+        val_pred = pd.DataFrame({"source": va["source"].to_numpy(), "path": va["path"].to_numpy(),
+                                 "label": yva, "prob": p_val})
         meta = {
             "backbone": cfg.backbone,
             "weights": wtag or "random",
@@ -209,10 +257,11 @@ def train(cfg: TrainConfig) -> Path:
             "ood": {"file": "ood.npz", "threshold": ood.threshold, "quantile": ood.quantile,
                     "metric": "squared Mahalanobis distance (Ledoit-Wolf) in pooled features"},
             "training": {
-                "data_dir": str(root),
-                "data_fingerprint": Path(splits_file).stem.split("-")[0],
+                "data_dir": str(data.data_dir) if data.data_dir else None,
+                "data_fingerprint": data.fingerprint,
+                "sources": data.sources,
                 "splits_file": "splits.csv",
-                "n_train": int(len(tr)), "n_val": int(len(va)), "n_test": int(len(te)),
+                "n_train": len(tr), "n_val": len(va), "n_test": len(te),
                 "skipped_unreadable": int(len(err_tr) + len(err_va)),
                 "feature_seconds": round(feat_seconds, 1),
                 "config": cfg.to_dict(),
@@ -234,21 +283,19 @@ def train(cfg: TrainConfig) -> Path:
             log.warning("\n%s", SYNTHETIC_BANNER)
         return path
     finally:
-        log.removeHandler(cap)
+        logging.getLogger("skinlesion").removeHandler(cap)
+        logging.getLogger("skinlesion").setLevel(level)
 
 
-def _class_weights(y: np.ndarray) -> dict[int, float]:
-    counts = np.bincount(y, minlength=2).astype(float)
-    return {k: float(len(y) / (2.0 * counts[k])) for k in range(2)}
-
-
-def _train_head(head, Xtr: np.ndarray, ytr: np.ndarray, Xva: np.ndarray, yva: np.ndarray, cfg: TrainConfig) -> pd.DataFrame:
+def _train_head(head, Xtr: np.ndarray, ytr: np.ndarray, wtr: np.ndarray, Xva: np.ndarray, yva: np.ndarray,
+                cfg: TrainConfig) -> pd.DataFrame:
     """Fit the head on cached features (every view of a training image is one sample)."""
     import keras
 
     n, v, d = Xtr.shape
     X = Xtr.reshape(n * v, d)
     y = np.repeat(ytr, v)
+    w = np.repeat(wtr, v)
     head.compile(
         optimizer=keras.optimizers.AdamW(cfg.head_lr, weight_decay=1e-4),
         loss="binary_crossentropy",
@@ -259,7 +306,7 @@ def _train_head(head, Xtr: np.ndarray, ytr: np.ndarray, Xva: np.ndarray, yva: np
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(3, cfg.patience // 3)),
     ]
     h = head.fit(X, y, validation_data=(Xva, yva), epochs=cfg.head_epochs, batch_size=cfg.head_batch_size,
-                 class_weight=_class_weights(ytr), callbacks=cb, verbose=0, shuffle=True)
+                 sample_weight=w, callbacks=cb, verbose=0, shuffle=True)
     hist = pd.DataFrame(h.history)
     hist.insert(0, "epoch", np.arange(1, len(hist) + 1))
     hist.insert(0, "stage", "head")
@@ -268,33 +315,62 @@ def _train_head(head, Xtr: np.ndarray, ytr: np.ndarray, Xva: np.ndarray, yva: np
     return hist
 
 
-def _load_arrays(root: Path, rel_paths, size: int, progress: bool) -> np.ndarray:
+def _load_arrays(files: list[Path], size: int, progress: bool) -> np.ndarray:
     from tqdm.auto import tqdm
 
     from skinlesion.models.features import iter_image_batches
 
-    out = np.zeros((len(rel_paths), size, size, 3), np.uint8)
-    bar = tqdm(total=len(rel_paths), desc="decode", unit="img", disable=not progress)
-    for batch, idx, _, errs in iter_image_batches([root / p for p in rel_paths], size):
+    out = np.zeros((len(files), size, size, 3), np.uint8)
+    bar = tqdm(total=len(files), desc="decode", unit="img", disable=not progress)
+    for batch, idx, _, errs in iter_image_batches(files, size):
         out[idx] = batch
         bar.update(len(idx) + len(errs))
     bar.close()
     return out
 
 
-def augmentation_layers(seed: int):
-    """Training-time augmentation: dihedral flips/rotations plus mild colour jitter."""
+AUGMENTATIONS = ("dihedral", "colour", "scale", "blur")
+
+
+def augmentation_layers(seed: int, kinds: tuple[str, ...] = ("dihedral", "colour")):
+    """Training-time augmentation layers for the named ``kinds`` (see :data:`AUGMENTATIONS`).
+
+    ``dihedral`` (exact 90-degree turns and flips, no interpolation) is applied separately by
+    :func:`random_dihedral`; these layers add colour jitter, framing (zoom in = tighter crop,
+    zoom out = a wider field with a dark border, as full-field dermoscopes give) and blur.
+    """
     import keras
 
-    return [
-        keras.layers.RandomFlip("horizontal_and_vertical", seed=seed),
-        keras.layers.RandomRotation(0.5, fill_mode="reflect", seed=seed),
-        keras.layers.RandomBrightness(0.15, value_range=(0, 255), seed=seed),
-        keras.layers.RandomContrast(0.15, seed=seed),
-    ]
+    bad = [k for k in kinds if k not in AUGMENTATIONS]
+    if bad:
+        raise ValueError(f"unknown augmentation(s) {bad}; choose from {AUGMENTATIONS}")
+    layers: list = []
+    if "scale" in kinds:
+        layers.append(keras.layers.RandomZoom((-0.25, 0.3), fill_mode="constant", fill_value=0.0, seed=seed))
+    if "colour" in kinds:
+        layers += [
+            keras.layers.RandomBrightness(0.15, value_range=(0, 255), seed=seed),
+            keras.layers.RandomContrast(0.15, seed=seed),
+            keras.layers.RandomSaturation((0.35, 0.65), value_range=(0, 255), seed=seed),
+            keras.layers.RandomHue(0.04, value_range=(0, 255), seed=seed),
+        ]
+    if "blur" in kinds:
+        layers.append(keras.layers.RandomGaussianBlur(0.5, kernel_size=3, sigma=(0.1, 1.2), value_range=(0, 255),
+                                                      seed=seed))
+    return layers
 
 
-def _fine_tune(full, root: Path, tr: pd.DataFrame, va: pd.DataFrame, cfg: TrainConfig, strategy):
+def random_dihedral(x, seed: int):
+    """One of the 8 dihedral views per batch, exactly (a lesion has no up)."""
+    import tensorflow as tf
+
+    k = tf.random.uniform((), 0, 4, dtype=tf.int32, seed=seed)
+    x = tf.image.rot90(x, k)
+    flip = tf.random.uniform((), 0, 1, seed=seed + 1) < 0.5
+    return tf.cond(flip, lambda: tf.image.flip_left_right(x), lambda: x)
+
+
+def _fine_tune(full, data: TrainingData, tr: pd.DataFrame, va: pd.DataFrame, cfg: TrainConfig, strategy):
     """Stage 2: unfreeze the top ``cfg.fine_tune`` layers and train end to end on images."""
     import keras
     import tensorflow as tf
@@ -302,20 +378,24 @@ def _fine_tune(full, root: Path, tr: pd.DataFrame, va: pd.DataFrame, cfg: TrainC
     from skinlesion.models.backbones import freeze_for_fine_tuning
 
     size = int(full.input_shape[1])
-    Xtr = _load_arrays(root, tr["path"].tolist(), size, cfg.progress)
-    Xva = _load_arrays(root, va["path"].tolist(), size, cfg.progress)
+    Xtr = _load_arrays(data.files(tr), size, cfg.progress)
+    Xva = _load_arrays(data.files(va), size, cfg.progress)
     ytr = tr["label"].to_numpy().astype("float32")
     yva = va["label"].to_numpy().astype("float32")
-    aug = augmentation_layers(cfg.seed)
+    wtr = sample_weights(tr, cfg.balance).astype("float32")
+    kinds = tuple(k for k in cfg.augment if k)
+    aug = augmentation_layers(cfg.seed, kinds)
 
-    def augment(x, y):
+    def augment(x, y, w):
         x = tf.cast(x, tf.float32)
+        if "dihedral" in kinds:
+            x = random_dihedral(x, cfg.seed)
         for layer in aug:
             x = layer(x, training=True)
-        return tf.clip_by_value(x, 0.0, 255.0), y
+        return tf.clip_by_value(x, 0.0, 255.0), y, w
 
     train_ds = (
-        tf.data.Dataset.from_tensor_slices((Xtr, ytr))
+        tf.data.Dataset.from_tensor_slices((Xtr, ytr, wtr))
         .shuffle(len(Xtr), seed=cfg.seed, reshuffle_each_iteration=True)
         .batch(cfg.batch_size // 2)
         .map(augment, num_parallel_calls=tf.data.AUTOTUNE)
@@ -329,29 +409,15 @@ def _fine_tune(full, root: Path, tr: pd.DataFrame, va: pd.DataFrame, cfg: TrainC
             loss="binary_crossentropy",
             metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
         )
-    log.info("fine-tuning: top %d layers (%d weight tensors trainable, BatchNorm frozen)", cfg.fine_tune, n_trainable)
+    log.info("fine-tuning: top %d layers (%d weight tensors trainable, BatchNorm frozen), augment %s, balance %s",
+             cfg.fine_tune, n_trainable, ",".join(kinds) or "none", cfg.balance)
     cb = [keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=cfg.fine_tune_patience,
                                         restore_best_weights=True)]
     # tf.data already shuffles (seeded); Keras' own shuffle flag does not apply to datasets.
     h = full.fit(train_ds, validation_data=val_ds, epochs=cfg.fine_tune_epochs, callbacks=cb, shuffle=False,
-                 class_weight=_class_weights(tr["label"].to_numpy()), verbose=2 if cfg.progress else 0)
+                 verbose=2 if cfg.progress else 0)
     hist = pd.DataFrame(h.history)
     hist.insert(0, "epoch", np.arange(1, len(hist) + 1))
     hist.insert(0, "stage", "fine_tune")
     p_val = full.predict(val_ds, verbose=0).ravel()
     return hist, p_val
-
-
-def _decision_policy(y_val: np.ndarray, p_val: np.ndarray, target_sensitivity: float) -> tuple[dict, dict]:
-    """Temperature scaling and the frozen decision threshold, both fitted on validation."""
-    from skinlesion.metrics import calibration
-    from skinlesion.metrics import classification as metrics
-
-    T = calibration.fit_temperature(y_val, p_val)
-    p_cal = calibration.apply_temperature(p_val, T)
-    policy = calibration.fit_decision_policy(y_val, p_cal, target_sensitivity=target_sensitivity, temperature=T)
-    summary = metrics.summarize(y_val, p_cal, threshold=policy.threshold)
-    summary["ece_before"] = calibration.expected_calibration_error(y_val, p_val)
-    summary["ece_after"] = calibration.expected_calibration_error(y_val, p_cal)
-    summary["roc_auc_uncalibrated"] = metrics.roc_auc(y_val, p_val)
-    return policy.to_dict(), summary

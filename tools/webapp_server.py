@@ -10,9 +10,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _LISTENING = re.compile(r"Listening at: (http://127\.0\.0\.1:\d+)")

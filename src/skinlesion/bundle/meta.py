@@ -1,0 +1,190 @@
+"""``bundle.json`` as typed objects (:class:`BundleMeta`), so readers never chain ``.get(...) or {}``.
+
+The file format itself is unchanged (schema version 1); :meth:`BundleMeta.from_dict` fills in
+the defaults older or hand-written bundles leave out, and ``raw`` keeps the file's exact
+contents for display (``skinlesion info``, the web app's ``/api/v1/model``).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from skinlesion.metrics.calibration import DecisionPolicy
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+@dataclass(frozen=True)
+class CalibrationInfo:
+    """How raw model outputs were calibrated (``temperature`` 1.0 = used as is)."""
+
+    method: str | None = None
+    temperature: float = 1.0
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> CalibrationInfo | None:
+        if not data:
+            return None
+        t = data.get("temperature")
+        return cls(method=_opt_str(data.get("method")), temperature=1.0 if t is None else float(t))
+
+
+@dataclass(frozen=True)
+class OODInfo:
+    """The out-of-distribution detector stored beside the model."""
+
+    file: str
+    threshold: float = math.nan
+    quantile: float | None = None
+    metric: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> OODInfo | None:
+        if not data or "file" not in data:
+            return None
+        t = data.get("threshold")
+        return cls(file=str(data["file"]), threshold=math.nan if t is None else float(t),
+                   quantile=_opt_float(data.get("quantile")), metric=_opt_str(data.get("metric")))
+
+
+@dataclass(frozen=True)
+class TrainingInfo:
+    """Where the training data came from, how it was split, and the training configuration."""
+
+    data_dir: str | None = None
+    splits_file: str | None = None
+    data_fingerprint: str | None = None
+    n_train: int | None = None
+    n_val: int | None = None
+    n_test: int | None = None
+    skipped_unreadable: int | None = None
+    members: tuple[str, ...] = ()
+    config: dict[str, Any] = field(default_factory=dict)
+    # Multi-source training: source name -> fingerprint of the records it read.
+    sources: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> TrainingInfo:
+        data = data or {}
+        return cls(
+            data_dir=_opt_str(data.get("data_dir")), splits_file=_opt_str(data.get("splits_file")),
+            data_fingerprint=_opt_str(data.get("data_fingerprint")),
+            n_train=_opt_int(data.get("n_train")), n_val=_opt_int(data.get("n_val")),
+            n_test=_opt_int(data.get("n_test")), skipped_unreadable=_opt_int(data.get("skipped_unreadable")),
+            members=tuple(str(m) for m in data.get("members") or ()), config=dict(data.get("config") or {}),
+            sources={str(k): str(v) for k, v in (data.get("sources") or {}).items()},
+        )
+
+    @property
+    def seed(self) -> int | None:
+        return _opt_int(self.config.get("seed"))
+
+    @property
+    def views(self) -> tuple[str, ...]:
+        return tuple(self.config.get("views") or ())
+
+    @property
+    def head_units(self) -> int | None:
+        return _opt_int(self.config.get("head_units"))
+
+
+@dataclass(frozen=True)
+class BundleMeta:
+    """Everything ``bundle.json`` says about a model, typed.
+
+    ``decision`` is the frozen :class:`DecisionPolicy` (None when the bundle has none),
+    ``metrics`` maps a split name ("val") to its metrics, ``members`` are the member bundle
+    paths of an ensemble (relative to the ensemble's folder).
+    """
+
+    run_id: str
+    kind: str = "single"
+    schema_version: int = 1
+    created: str | None = None
+    class_names: tuple[str, ...] = ()
+    backbone: str | None = None
+    weights: str | None = None
+    input_size: int | None = None
+    stage: str | None = None
+    synthetic: bool = False
+    feature_layer: str = "features"
+    last_conv_layer: str | None = None
+    decision: DecisionPolicy | None = None
+    calibration: CalibrationInfo | None = None
+    ood: OODInfo | None = None
+    training: TrainingInfo = field(default_factory=TrainingInfo)
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    members: tuple[str, ...] = ()
+    versions: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    limitations: tuple[str, ...] = ()
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], default_run_id: str = "model") -> BundleMeta:
+        """Parse a ``bundle.json`` dict; raises ValueError when a present field is malformed."""
+        decision = data.get("decision")
+        extra = data.get("limitations")
+        limitations = (extra,) if isinstance(extra, str) else tuple(str(x) for x in extra or ())
+        metrics = data.get("metrics") or {}
+        return cls(
+            run_id=str(data.get("run_id") or default_run_id),
+            kind=str(data.get("kind") or "single"),
+            schema_version=int(data.get("schema_version", 1)),
+            created=_opt_str(data.get("created")),
+            class_names=tuple(str(c) for c in data.get("class_names") or ()),
+            backbone=_opt_str(data.get("backbone")),
+            weights=_opt_str(data.get("weights")),
+            input_size=_opt_int(data.get("input_size")),
+            stage=_opt_str(data.get("stage")),
+            synthetic=bool(data.get("synthetic")),
+            feature_layer=str(data.get("feature_layer") or "features"),
+            last_conv_layer=_opt_str(data.get("last_conv_layer")),
+            decision=DecisionPolicy.from_dict(decision) if decision else None,
+            calibration=CalibrationInfo.from_dict(data.get("calibration")),
+            ood=OODInfo.from_dict(data.get("ood")),
+            training=TrainingInfo.from_dict(data.get("training")),
+            metrics={str(k): dict(v) for k, v in metrics.items() if isinstance(v, Mapping)},
+            members=tuple(str(m) for m in data.get("members") or ()),
+            versions={str(k): str(v) for k, v in (data.get("versions") or {}).items()},
+            files={str(k): str(v) for k, v in (data.get("files") or {}).items()},
+            limitations=limitations,
+            raw=dict(data),
+        )
+
+    @property
+    def temperature(self) -> float:
+        """The calibration temperature (1.0 when the bundle is not calibrated)."""
+        return self.calibration.temperature if self.calibration else 1.0
+
+    @property
+    def calibrated(self) -> bool:
+        return self.calibration is not None
+
+    @property
+    def val_metrics(self) -> dict[str, Any]:
+        """Validation metrics recorded at training time (empty when none)."""
+        return self.metrics.get("val", {})
+
+    @property
+    def all_members(self) -> tuple[str, ...]:
+        """Ensemble members from the top-level list, else the training record's run ids."""
+        return self.members or self.training.members
+
+    @property
+    def data_name(self) -> str:
+        """The training data folder's name, for display."""
+        return Path(self.training.data_dir).name if self.training.data_dir else "one dataset"

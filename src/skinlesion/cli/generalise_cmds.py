@@ -1,0 +1,44 @@
+"""``skinlesion generalise``: leave-one-source-out evaluation of a training recipe."""
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from skinlesion.cli.base import friendly, main
+from skinlesion.cli.model_cmds import _config, _train_options
+
+
+@main.command()
+@click.option("--recipe", required=True, help="Name of the recipe (folder under reports/generalisation/, row in experiments.md).")
+@click.option("--publish", is_flag=True, help="Also write reports/generalisation/summary.json and report.md (the headline numbers).")
+@click.option("--resamples", default=2000, show_default=True, help="Bootstrap resamples for the CIs.")
+@click.option("--report-dir", type=click.Path(path_type=Path), default=None, help="Default reports/generalisation.")
+@_train_options
+@friendly
+def generalise(recipe, publish, resamples, report_dir, **kw) -> None:
+    """Train on all sources but one, score the held-out one; for each of --sources in turn.
+
+    --sources defaults to kaggle,ham10000,isic2017. Every other option is a training option
+    (the recipe). Writes reports/generalisation/<recipe>/{summary.json,details.json,report.md,
+    predictions.csv} and a row in reports/generalisation/experiments.md.
+    """
+    from skinlesion import config
+    from skinlesion.data.sources import DERMOSCOPIC_SOURCES
+    from skinlesion.evaluation.generalise import leave_one_source_out
+    from skinlesion.evaluation.generalise import publish as publish_summary
+
+    kw["sources"] = kw["sources"] or ",".join(DERMOSCOPIC_SOURCES)
+    cfg = _config(**kw)
+    out = report_dir or config.reports_dir() / "generalisation"
+    command = "skinlesion " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    summary = leave_one_source_out(cfg, list(cfg.sources), recipe=recipe, out_dir=out, n_resamples=resamples,
+                                   models_dir=Path(kw["out_dir"]) if kw["out_dir"] else None, command=command)
+    if publish:
+        publish_summary(out / recipe, out)
+    for src, v in summary["held_out"].items():
+        click.echo(f"held out {src:10s} n={v['n']:5d}  AUC {v['roc_auc']:.3f} [{v['roc_auc_ci'][0]:.3f}, "
+                   f"{v['roc_auc_ci'][1]:.3f}]  sens {v['sensitivity']:.3f}  spec {v['specificity']:.3f}")
+    click.echo(f"mean {summary['mean_roc_auc']:.3f}, worst {summary['worst_roc_auc']:.3f}; report: {out / recipe / 'report.md'}")

@@ -1,0 +1,33 @@
+"""How results are shown, shared by the web app and the Voila dashboard: explanation method
+names and the display copy of an upload."""
+from __future__ import annotations
+
+import io
+
+from skinlesion.data.intake import read_image
+
+METHOD_LABELS: dict[str, str] = {
+    "gradcam": "Grad-CAM",
+    "gradcam++": "Grad-CAM++",
+    "scorecam": "Score-CAM",
+    "smoothgrad": "SmoothGrad",
+}
+
+
+def method_label(method: str | None) -> str:
+    """Human name of an explanation method ("gradcam++" -> "Grad-CAM++"); unknown names as given."""
+    return METHOD_LABELS.get(method or "", method or "none")
+
+
+def preview_jpeg(data: bytes, max_side: int) -> bytes:
+    """A display copy of an accepted upload: upright, RGB, at most ``max_side`` px, as JPEG.
+
+    Re-encoding (rather than echoing the bytes) lets browsers show TIFF and BMP uploads, keeps
+    pages small for phone photos, and never sends back anything appended to the image. The
+    model always gets the original bytes; this copy is only for the eye.
+    """
+    img = read_image(data)
+    img.thumbnail((max_side, max_side))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90)
+    return buf.getvalue()

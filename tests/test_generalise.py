@@ -1,0 +1,83 @@
+"""Leave-one-source-out end to end on three tiny fake sources (slow: trains four small models)."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from test_sources import make_ham, make_isic, make_kaggle
+
+from skinlesion.evaluation.generalise import SUMMARY_KEYS, held_out_frame, report_markdown
+
+
+@pytest.fixture()
+def fake_sources(tmp_path, monkeypatch):
+    ham_rows = [(f"HAM_{i // 2}", f"ISIC_9{i:03d}", "mel" if i % 3 == 0 else "nv") for i in range(24)]
+    monkeypatch.setenv("SKINLESION_HAM10000_DIR", str(make_ham(tmp_path / "ham", ham_rows)))
+    isic = {s: [(f"ISIC_{k}{i:03d}", float(i % 3 == 0), float(i % 3 == 1)) for i in range(n)]
+            for k, (s, n) in enumerate({"train": 18, "val": 6, "test": 9}.items())}
+    monkeypatch.setenv("SKINLESION_ISIC2017_DIR", str(make_isic(tmp_path / "isic", isic)))
+    monkeypatch.setenv("SKINLESION_DATA_DIR", str(make_kaggle(tmp_path / "kg", n=8)))
+    monkeypatch.setenv("SKINLESION_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_loso_writes_the_published_summary_shape(fake_sources, tmp_path):
+    from click.testing import CliRunner
+
+    from skinlesion.cli import main
+
+    out = tmp_path / "reports"
+    r = CliRunner().invoke(main, [
+        "generalise", "--recipe", "tiny", "--publish", "--report-dir", str(out), "--resamples", "50",
+        "--input-size", "64", "--head-units", "0", "--out-dir", str(tmp_path / "models"), "--quiet"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == {"recipe", "held_out"} and summary["recipe"] == "tiny"
+    assert set(summary["held_out"]) == {"kaggle", "ham10000", "isic2017"}
+    for entry in summary["held_out"].values():
+        assert set(entry) == set(SUMMARY_KEYS)
+        assert 0 <= entry["roc_auc"] <= 1 and entry["roc_auc_ci"][0] <= entry["roc_auc_ci"][1]
+    # Official test splits where a set has one, all of it otherwise.
+    assert summary["held_out"]["kaggle"]["n"] == 16 and summary["held_out"]["isic2017"]["n"] == 9
+    assert summary["held_out"]["ham10000"]["n"] == 24
+    details = json.loads((out / "tiny" / "details.json").read_text())
+    assert details["held_out"]["kaggle"]["trained_on"] == ["ham10000", "isic2017"]
+    assert "kaggle" in details["reference"]
+    rows = (out / "experiments.md").read_text().splitlines()
+    assert sum(r.startswith("| `tiny` |") for r in rows) == 1
+    # The held-out source never reaches training in its fold.
+    splits = pd.read_csv(tmp_path / "models" / "loso-tiny-kaggle" / "splits.csv")
+    assert set(splits.loc[splits["source"] == "kaggle", "split"]) == {"test", "unused"}
+    assert set(splits.loc[(splits["source"] == "kaggle") & (splits["split"] == "test"), "path"].str[:5]) == {"test/"}
+
+
+def test_held_out_frame_is_the_scored_part_of_the_source():
+    t = pd.DataFrame({"source": ["a"] * 4 + ["b"] * 2, "split": ["test", "unused"] * 2 + ["test", "test"]})
+    assert len(held_out_frame(t, "a")) == 2 and len(held_out_frame(t, "b")) == 2
+
+
+def test_report_markdown_lists_every_source():
+    e = {"n": 10, "n_malignant": 4, "roc_auc": 0.8, "roc_auc_ci": [0.7, 0.9], "sensitivity": 0.9,
+         "specificity": 0.5, "threshold": 0.3, "trained_on": ["x"], "excluded_as_duplicates": 0}
+    md = report_markdown({"recipe": "r", "held_out": {"a": e, "b": e}, "reference": {}, "mean_roc_auc": 0.8,
+                          "worst_roc_auc": 0.8, "wall_seconds": 60, "command": "skinlesion generalise"})
+    assert "| a |" in md and "| b |" in md and "Mean LOSO AUC 0.800" in md
+
+
+@pytest.mark.slow
+def test_stage1_fast_path_equals_the_predictor(tiny_bundle, training_data_dir):
+    """Scoring from cached features gives the Predictor's calibrated probabilities."""
+    import numpy as np
+
+    from skinlesion.evaluation.generalise import stage1_probabilities
+    from skinlesion.serving.inference import Predictor
+
+    splits = pd.read_csv(tiny_bundle / "splits.csv")
+    rows = splits[splits["split"] == "test"].head(12)
+    files = [training_data_dir / p for p in rows["path"]]
+    fast = stage1_probabilities(tiny_bundle, files)
+    assert fast is not None
+    slow = Predictor.from_bundle(tiny_bundle).predict_batch(files)
+    assert np.allclose(fast["probability"], slow["probability"], atol=1e-4)
