@@ -22,7 +22,7 @@ def main() -> None:
     from skinlesion.models.features import extract_features, iter_image_batches
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", default=os.environ.get("SKINLESION_DATA_DIR") or str(config.shared_dataset()))
+    ap.add_argument("--data-dir", default=str(config.source_root("kaggle")))
     ap.add_argument("--n", type=int, default=0, help="number of images (0 = all)")
     ap.add_argument("--backbone", default="efficientnet_lite0")
     ap.add_argument("--batch-size", type=int, default=64)

@@ -56,8 +56,8 @@ def load_images(n: int, data_dir: str | None) -> tuple[list[bytes], str]:
 
     root = Path(data_dir) if data_dir else None
     if root is None:
-        for cand in (os.environ.get("SKINLESION_DATA_DIR"), config.shared_dataset()):
-            if cand and (Path(cand) / "test").is_dir():
+        for cand in (config.resolve_data_dir(), config.shared_dataset()):
+            if (Path(cand) / "test").is_dir():
                 root = Path(cand)
                 break
     if root is not None and root.is_dir():
@@ -154,7 +154,7 @@ def report(runs: list[Run]) -> str:
 
 
 def main() -> None:
-    from skinlesion.bundle.format import latest_bundle
+    from skinlesion.bundle.format import default_bundle
     from tools.webapp_server import gunicorn_server
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -167,7 +167,7 @@ def main() -> None:
     ap.add_argument("--method", default="gradcam", help="explanation method for the explain scenario")
     args = ap.parse_args()
 
-    model = args.model or os.environ.get("SKINLESION_MODEL") or latest_bundle()
+    model = args.model or default_bundle()
     if model is None:
         raise SystemExit("no trained model: train one with `make run`, or pass --model BUNDLE_DIR")
     images, source = load_images(max(args.threads * args.per_thread, args.sequential), args.data_dir)

@@ -1,4 +1,4 @@
-"""Backbone registry: flat graphs, preprocessing inside the model, clear errors."""
+"""Backbone builders: flat graphs, preprocessing inside the model, clear errors."""
 from __future__ import annotations
 
 import numpy as np
@@ -62,15 +62,14 @@ def test_keras_app_local_weights_file(tmp_path):
 
 
 def test_imagenet_download_failure_is_clear(monkeypatch):
-    spec = backbones.get_spec("densenet121")
+    real = backbones._keras_app(backbones.get_spec("densenet121"))
 
     def offline(*a, weights=None, **k):
         if weights == "imagenet":
             raise OSError("URL fetch failure: no network")
-        return spec.app(*a, weights=weights, **k)
+        return real(*a, weights=weights, **k)
 
-    monkeypatch.setattr(backbones, "_apps", lambda: {"densenet121": backbones.BackboneSpec(
-        "densenet121", 224, "torch", "relu", 1024, "keras", offline)})
+    monkeypatch.setattr(backbones, "_keras_app", lambda spec: offline)
     with pytest.raises(BackboneError, match="could not be downloaded .*--weights PATH"):
         backbones.build_feature_extractor("densenet121", weights="imagenet", input_size=64)
 

@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from skinlesion.models import efficientnet_lite as el
+from skinlesion.models.registry import get_spec
 from skinlesion.models.torch_legacy import (
     MAGIC_NUMBER,
     PROTOCOL_VERSION,
@@ -27,6 +28,7 @@ from skinlesion.models.torch_legacy import (
 
 CAT_CLASSES = {281, 282, 283, 284, 285, 287}  # tabby, tiger cat, Persian, Siamese, Egyptian cat, lynx
 CUP_CLASSES = {504, 967, 968}  # coffee mug, espresso, cup
+SIZE0 = get_spec("efficientnet_lite0").input_size  # photos are fed at the registry's native size
 
 
 # --- a minimal legacy torch.save writer (no torch): fake torch modules only while pickling ---------
@@ -259,15 +261,16 @@ def top5(model: keras.Model, x: np.ndarray) -> list[int]:
 
 
 def test_lite0_recognises_real_photos(lite0: keras.Model) -> None:
-    assert CAT_CLASSES & set(top5(lite0, photo("chelsea", 224)))
-    assert CUP_CLASSES & set(top5(lite0, photo("coffee", 224)))
+    assert CAT_CLASSES & set(top5(lite0, photo("chelsea", SIZE0)))
+    assert CUP_CLASSES & set(top5(lite0, photo("coffee", SIZE0)))
 
 
 def test_official_normalisation_beats_imagenet_mean_std(lite0: keras.Model) -> None:
-    x = photo("chelsea", 224)
-    offset, scale = el.LITE_NORMALIZATION
+    x = photo("chelsea", SIZE0)
+    lite = get_spec("efficientnet_lite0").normalisation
     mean, std = np.array([0.485, 0.456, 0.406]) * 255, np.array([0.229, 0.224, 0.225]) * 255
-    as_imagenet = ((x - mean) / std * scale + offset).astype(np.float32)  # undone by the model's Rescaling
+    # undone by the model's own (lite) normalisation, so the network sees ImageNet mean/std input
+    as_imagenet = ((x - mean) / std * np.array(lite.std) + np.array(lite.mean)).astype(np.float32)
     p_lite, p_imagenet = lite0.predict(np.concatenate([x, as_imagenet]), verbose=0)
     assert int(p_lite.argmax()) in CAT_CLASSES
     assert p_lite.max() > p_imagenet.max()
@@ -276,7 +279,7 @@ def test_official_normalisation_beats_imagenet_mean_std(lite0: keras.Model) -> N
 def test_lite2_recognises_the_cat(weight_cache: Path) -> None:
     _pth("efficientnet_lite2")
     model = el.imagenet_classifier("efficientnet_lite2")
-    assert CAT_CLASSES & set(top5(model, photo("chelsea", 260)))
+    assert CAT_CLASSES & set(top5(model, photo("chelsea", get_spec("efficientnet_lite2").input_size)))
 
 
 def test_weights_are_cached_by_source_hash(lite0: keras.Model, weight_cache: Path) -> None:
@@ -320,5 +323,5 @@ def test_saved_model_reloads_in_safe_mode(lite0: keras.Model, tmp_path: Path) ->
     path = tmp_path / "lite0.keras"
     lite0.save(path)
     reloaded = keras.models.load_model(path, safe_mode=True)
-    x = photo("chelsea", 224)
+    x = photo("chelsea", SIZE0)
     np.testing.assert_array_equal(reloaded.predict(x, verbose=0), lite0.predict(x, verbose=0))

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import io
 import math
-import os
 from collections.abc import Mapping
 from typing import IO, Any
 
 from flask import Flask, Request, request
 
-from skinlesion import DISCLAIMER
+from skinlesion import DISCLAIMER, config
 from skinlesion.data.intake import MAX_BYTES
 from skinlesion.explain.common import METHODS
 from skinlesion.serving.presentation import method_label
@@ -56,7 +55,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__, instance_relative_config=True)
     app.request_class = InMemoryRequest
     app.config.from_mapping(
-        SKINLESION_MODEL=os.environ.get("SKINLESION_MODEL") or None,
+        SKINLESION_MODEL=config.model_env(),
         MAX_CONTENT_LENGTH=MAX_CONTENT_LENGTH,
         # Form fields (not files) are held in memory up to this size: room for the base64 copy.
         MAX_FORM_MEMORY_SIZE=math.ceil(RERUN_INLINE_MAX_BYTES * 4 / 3) + 2**16,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from flask import current_app
 
-from skinlesion.bundle.format import BundleError, latest_bundle
+from skinlesion.bundle.format import BundleError, default_bundle
 from skinlesion.serving.inference import Predictor
 
 
@@ -52,8 +52,7 @@ class ModelHolder:
             return self._predictor.bundle.path
         if self.path is not None:
             return self.path
-        env = os.environ.get("SKINLESION_MODEL")
-        return Path(env) if env else latest_bundle()
+        return default_bundle()
 
     def get(self) -> Predictor:
         """The loaded Predictor (loading it on first use); raises :class:`ModelUnavailable`."""

@@ -79,13 +79,14 @@ def model_env() -> str | None:
 
 
 def resolve_data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """Dataset root: the explicit argument, else ``SKINLESION_DATA_DIR``, else ``data/raw/...``."""
+    """Dataset root: the argument, else ``SKINLESION_DATA_DIR``, else ``data/raw/...``, else the shared copy."""
     if explicit:
         return Path(explicit).expanduser()
     env = os.environ.get("SKINLESION_DATA_DIR")
     if env:
         return Path(env).expanduser()
-    return default_raw_dataset()
+    local = default_raw_dataset()
+    return local if local.exists() or not shared_dataset().exists() else shared_dataset()
 
 
 def models_dir() -> Path:

@@ -1,4 +1,4 @@
-"""Small file helpers every layer shares: checksums, strict JSON, atomic writes.
+"""Small file helpers every layer shares: checksums, strict JSON (read and write), atomic writes.
 
 Kept at the bottom of the package (no skinlesion imports) so that data, models, bundles and
 reports can all use one definition.
@@ -70,6 +70,15 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """:func:`atomic_write_bytes` for UTF-8 text."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def read_json(path: str | os.PathLike[str], error: type[Exception] = ValueError) -> Any:
+    """The parsed contents of a JSON file; invalid JSON raises ``error`` naming the file."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise error(f"{path} is not valid JSON: {exc}") from exc
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> Path:

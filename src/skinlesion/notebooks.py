@@ -169,6 +169,47 @@ def load_or_run_audit(root: str | os.PathLike[str]) -> tuple[pd.DataFrame, pd.Da
     return pairs, test[~test["leaked"]].reset_index(drop=True), "computed now"
 
 
+def shared_sources() -> tuple[dict[str, Any], dict[str, str]]:
+    """The dermoscopic sources found (Kaggle, HAM10000, ISIC 2017) and why any are missing."""
+    from skinlesion.data.sources import DERMOSCOPIC_SOURCES, find_sources
+
+    return find_sources(DERMOSCOPIC_SOURCES)
+
+
+def sources_table(found: dict[str, Any]) -> pd.DataFrame:
+    """One row per source: images per label and official split, lesion groups, licence."""
+    rows = []
+    for name, src in found.items():
+        d = src.summary()
+        rows.append({"source": name, "images": d["images"], "benign": d["benign"], "malignant": d["malignant"],
+                     "lesion groups": d["groups"],
+                     "official splits": ", ".join(f"{k} {sum(v.values())}" for k, v in d["splits"].items()),
+                     "diagnoses": ", ".join(f"{k} {v}" for k, v in list(d["diagnoses"].items())[:7]),
+                     "licence": d["licence"]})
+    return pd.DataFrame(rows).set_index("source")
+
+
+def load_or_run_source_audit(found: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """(pairs, overlap table, origin) of the cross-source duplicate audit.
+
+    Reuses ``reports/audit/sources`` (written by ``skinlesion data audit --sources ...``) when it
+    covers these sources; otherwise hashes every image now (about a minute), writing nothing.
+    """
+    from skinlesion.data.audit import audit_records, overlap_table
+    from skinlesion.data.sources import combined_records
+
+    records = combined_records(list(found.values()))
+    folder = config.reports_dir() / "audit" / "sources"
+    if (folder / "pairs.csv").is_file():
+        pairs = pd.read_csv(folder / "pairs.csv")
+        known = set(zip(records["source"], records["image_id"]))
+        sides = set(zip(pairs["source_a"], pairs["image_a"])) | set(zip(pairs["source_b"], pairs["image_b"]))
+        if sides <= known and set(pairs["source_a"]) | set(pairs["source_b"]) <= set(found):
+            return pairs, overlap_table(pairs, records), f"{show_path(folder)} (from `skinlesion data audit --sources`)"
+    pairs = audit_records(records, {n: s.root for n, s in found.items()}, progress=False)
+    return pairs, overlap_table(pairs, records), "computed now"
+
+
 def duplicate_summary(pairs: pd.DataFrame, n_test: int, n_dedup: int) -> pd.DataFrame:
     """How many test images have an exact or near duplicate in train/val, and label conflicts."""
     per_kind = pairs.drop_duplicates("test_path").groupby("kind").size() if len(pairs) else pd.Series(dtype=int)
@@ -400,3 +441,32 @@ def run_notebook(path: Path, *, sample: int | None = None, timeout: int = 7200) 
         raise RuntimeError(f"{path.name} is {size / 2**20:.1f} MiB after execution (limit 3 MiB): "
                            "lower the figure size or dpi")
     return time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------------------- 03 generalisation
+
+
+def generalisation_tables(folder: str | os.PathLike[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """(held-out table, in-source reference table, experiments.md text) of the published LOSO run.
+
+    Reads ``reports/generalisation/summary.json`` (the headline recipe) and that recipe's
+    ``details.json``; empty tables when ``skinlesion generalise --publish`` has not been run.
+    """
+    import json
+
+    root = Path(folder) if folder else config.reports_dir() / "generalisation"
+    if not (root / "summary.json").is_file():
+        return pd.DataFrame(), pd.DataFrame(), ""
+    recipe = json.loads((root / "summary.json").read_text())["recipe"]
+    details = json.loads((root / recipe / "details.json").read_text())
+
+    def table(block: dict[str, Any]) -> pd.DataFrame:
+        rows = [{"source": k, "n": v["n"], "malignant": v["n_malignant"], "ROC AUC": v["roc_auc"],
+                 "AUC 95% CI": f"[{v['roc_auc_ci'][0]:.3f}, {v['roc_auc_ci'][1]:.3f}]",
+                 "sensitivity": v["sensitivity"], "specificity": v["specificity"], "threshold": v["threshold"],
+                 **({"trained on": ", ".join(v["trained_on"])} if "trained_on" in v else {})}
+                for k, v in block.items()]
+        return pd.DataFrame(rows).set_index("source") if rows else pd.DataFrame()
+
+    exp = root / "experiments.md"
+    return table(details["held_out"]), table(details.get("reference", {})), exp.read_text() if exp.is_file() else ""

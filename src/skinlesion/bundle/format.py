@@ -27,7 +27,7 @@ from typing import Any
 
 from skinlesion import CLASS_NAMES, config
 from skinlesion.bundle.meta import BundleMeta
-from skinlesion.io import dumps_json, sha256_file
+from skinlesion.io import dumps_json, read_json, sha256_file
 
 SCHEMA_VERSION = 1
 BUNDLE_FILE = "bundle.json"
@@ -166,10 +166,7 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     meta_file = path / BUNDLE_FILE
     if not meta_file.is_file():
         raise BundleError(f"{path} is not a model bundle (no {BUNDLE_FILE}).")
-    try:
-        meta = json.loads(meta_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{meta_file} is not valid JSON: {exc}") from exc
+    meta = read_json(meta_file, BundleError)
     version = meta.get("schema_version")
     if version != SCHEMA_VERSION:
         raise BundleError(
@@ -215,6 +212,12 @@ def load(path: str | os.PathLike[str]) -> Bundle:
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     return Bundle(path=folder, meta=load_meta(path))
+
+
+def default_bundle() -> Path | None:
+    """The bundle served when none is named: ``SKINLESION_MODEL``, else :func:`latest_bundle`."""
+    env = config.model_env()
+    return Path(env) if env else latest_bundle()
 
 
 def latest_bundle(models_dir: str | os.PathLike[str] | None = None) -> Path | None:

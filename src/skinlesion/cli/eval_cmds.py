@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -15,7 +16,7 @@ from skinlesion.cli.base import friendly, main
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Where the bundle's test images are (default: as trained).")
 @click.option("--external", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path), help="Extra folder-per-class evaluation set (repeatable).")
 @click.option("--no-test", is_flag=True, help="Only evaluate the --external sets.")
-@click.option("--tta", is_flag=True, help="Test-time augmentation over the 8 dihedral views.")
+@click.option("--tta/--no-tta", default=None, help="Test-time augmentation over the 8 dihedral views (default: as the bundle was calibrated).")
 @click.option("--resamples", default=2000, show_default=True, help="Bootstrap resamples for the CIs.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Report folder (default reports/<run-id>).")
 @click.option("--no-skin-tone", is_flag=True, help="Skip the ITA skin-tone subgroup table (about 40 ms an image).")
@@ -80,33 +81,45 @@ def model_card_cmd(bundle, report_dir, out) -> None:
 
 
 @main.command()
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
-@click.option("--backbone", default="efficientnet_lite0", show_default=True)
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Train on this one folder instead of the registered sources.")
+@click.option("--backbone", default=None, help="Override the default recipe's backbone.")
 @click.option("--quiet", is_flag=True)
 @friendly
 def run(data_dir, backbone, quiet) -> None:
-    """The main job: find data (or download, or synthesise), train, evaluate, report."""
+    """The main job: find data (or download, or synthesise), train the default recipe, evaluate, report.
+
+    With the three dermoscopic sources present (Kaggle, HAM10000, ISIC 2017: `skinlesion data
+    sources`) it trains the default recipe on all of them; otherwise on the one dataset found.
+    """
     from skinlesion.data.datasets import DataError, download
+    from skinlesion.data.sources import DERMOSCOPIC_SOURCES, find_sources
     from skinlesion.data.synth import generate_dataset, is_synthetic
     from skinlesion.evaluation.evaluate import evaluate_bundle, format_results, save_results
     from skinlesion.evaluation.report import write_report
-    from skinlesion.training.train import SYNTHETIC_BANNER, TrainConfig
+    from skinlesion.training.train import SYNTHETIC_BANNER, default_recipe
     from skinlesion.training.train import train as run_train
 
     t0 = time.perf_counter()
-    root = config.resolve_data_dir(data_dir)
-    if not root.exists():
-        click.echo(f"no dataset at {root}; trying the Kaggle download ...")
-        try:
-            root = download()
-        except DataError as exc:
-            click.echo(f"download failed: {exc}", err=True)
-            root = config.data_dir() / "synthetic"
-            if not (root.exists() and is_synthetic(root)):
-                generate_dataset(root, n_train_per_class=300, n_test_per_class=100, size=128, seed=0)
-            click.echo(SYNTHETIC_BANNER, err=True)
-    click.echo(f"data: {root}")
-    cfg = TrainConfig(backbone=backbone, data_dir=str(root), views=("id", "fh"), progress=not quiet)
+    found, _ = find_sources(DERMOSCOPIC_SOURCES) if data_dir is None else ({}, {})
+    if len(found) == len(DERMOSCOPIC_SOURCES):
+        click.echo("data: " + ", ".join(f"{n} ({config.display_path(s.root)})" for n, s in found.items()))
+        cfg = default_recipe(sources=DERMOSCOPIC_SOURCES, progress=not quiet)
+    else:
+        root = config.resolve_data_dir(data_dir)
+        if not root.exists():
+            click.echo(f"no dataset at {root}; trying the Kaggle download ...")
+            try:
+                root = download()
+            except DataError as exc:
+                click.echo(f"download failed: {exc}", err=True)
+                root = config.data_dir() / "synthetic"
+                if not (root.exists() and is_synthetic(root)):
+                    generate_dataset(root, n_train_per_class=300, n_test_per_class=100, size=128, seed=0)
+                click.echo(SYNTHETIC_BANNER, err=True)
+        click.echo(f"data: {root}")
+        cfg = default_recipe(data_dir=str(root), progress=not quiet)
+    if backbone:
+        cfg = replace(cfg, backbone=backbone)
     bundle_path = run_train(cfg)
     results, preds = evaluate_bundle(bundle_path, progress=not quiet)
     report = write_report(results, preds, bundle_path, save_results(results, preds), n_resamples=1000)

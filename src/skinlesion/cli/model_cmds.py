@@ -27,9 +27,10 @@ def _train_options(fn):
         click.option("--sources", default=",".join(d.sources), help="Train on these registered sources instead of one root, e.g. kaggle,ham10000,isic2017 (`skinlesion data sources` lists them)."),
         click.option("--holdout", default=",".join(d.holdout), help="Sources read only to be held out (never trained on); their images are de-duplicated against training."),
         click.option("--balance", type=click.Choice(BALANCE_MODES), default=d.balance, show_default=True, help="Sample weights: equal classes, or equal sources (and classes within each)."),
+        click.option("--tta/--no-tta", default=d.tta, show_default=True, help="Serve the mean over the 8 dihedral views (threshold fitted the same way)."),
         click.option("--colour-constancy/--no-colour-constancy", default=d.colour_constancy, show_default=True, help="Shades-of-Gray colour constancy as the model's first layer."),
         click.option("--seed", default=d.seed, show_default=True),
-        click.option("--views", default=",".join(d.views), show_default=True, help="Comma-separated dihedral views of training images for the head (id,r90,r180,r270,fh,fh_r90,...)."),
+        click.option("--views", default=",".join(d.views), show_default=True, help="Comma-separated views of training images for the head: dihedral (id,r90,r180,r270,fh,fh_r90,...) and framing (zi: zoom in 15 %, zo: zoom out with a dark border)."),
         click.option("--head-units", default=d.head_units, show_default=True, help="Hidden units of the head (0 = linear)."),
         click.option("--fine-tune", default=d.fine_tune, show_default=True, help="Unfreeze the top N backbone layers (stage 2)."),
         click.option("--fine-tune-epochs", default=d.fine_tune_epochs, show_default=True),
@@ -48,14 +49,14 @@ def _train_options(fn):
 
 def _config(**kw):
     from skinlesion.data.sources import parse_sources
-    from skinlesion.models.features import VIEWS
+    from skinlesion.models.features import ALL_VIEWS
     from skinlesion.training.train import AUGMENTATIONS, TrainConfig
 
     weights = kw["weights"]
     views = _csv(kw["views"])
-    bad = [v for v in views if v not in VIEWS]
+    bad = [v for v in views if v not in ALL_VIEWS]
     if bad:
-        raise click.BadParameter(f"unknown view(s) {bad}; choose from {list(VIEWS)}", param_hint="--views")
+        raise click.BadParameter(f"unknown view(s) {bad}; choose from {list(ALL_VIEWS)}", param_hint="--views")
     augment = _csv(kw["augment"])
     bad = [a for a in augment if a not in AUGMENTATIONS]
     if bad:
@@ -65,7 +66,7 @@ def _config(**kw):
         input_size=kw["input_size"], data_dir=str(kw["data_dir"]) if kw["data_dir"] else None, seed=kw["seed"],
         sources=tuple(parse_sources(kw["sources"])) if kw["sources"] else (),
         holdout=tuple(parse_sources(kw["holdout"])) if kw["holdout"] else (), balance=kw["balance"],
-        views=views, head_units=kw["head_units"], augment=augment, colour_constancy=kw["colour_constancy"],
+        views=views, head_units=kw["head_units"], augment=augment, colour_constancy=kw["colour_constancy"], tta=kw["tta"],
         fine_tune=kw["fine_tune"], fine_tune_epochs=kw["fine_tune_epochs"], fine_tune_lr=kw["fine_tune_lr"],
         max_train_per_class=kw["max_train_per_class"], max_eval_per_class=kw["max_eval_per_class"],
         out_dir=str(kw["out_dir"]) if kw["out_dir"] else None, run_id=kw["run_id"], progress=not kw["quiet"],
@@ -88,7 +89,7 @@ def train(**kw) -> None:
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None, help="Bundle (default SKINLESION_MODEL or the newest in models/).")
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
 @click.option("--output", type=click.Path(path_type=Path), default=None, help="Write here instead of stdout.")
-@click.option("--tta", is_flag=True)
+@click.option("--tta/--no-tta", default=None, help="Dihedral TTA (default: as the bundle was calibrated).")
 @friendly
 def predict(paths, model_path, fmt, output, tta) -> None:
     """Predict image files or folders (recursively); unreadable files get an error row."""

@@ -5,7 +5,6 @@ Only numpy and pandas are imported here (no TensorFlow, no matplotlib).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -18,6 +17,7 @@ import pandas as pd
 from skinlesion import config
 from skinlesion.bundle.meta import BundleMeta
 from skinlesion.data.datasets import DataError
+from skinlesion.io import read_json
 
 # 95 % CIs in reports; each bootstrap here is vectorised, so 1000 resamples take well under a second.
 REPORT_RESAMPLES = 1000
@@ -148,10 +148,7 @@ def load_evaluation(report_dir: str | os.PathLike[str]) -> tuple[dict[str, Any],
     f = d / "metrics.json"
     if not f.is_file():
         raise ReportError(f"{d} is not an evaluation report (no metrics.json); run `skinlesion evaluate BUNDLE` first")
-    try:
-        results = json.loads(f.read_text())
-    except json.JSONDecodeError as exc:
-        raise ReportError(f"{f} is not valid JSON: {exc}") from exc
+    results = read_json(f, ReportError)
     preds = {}
     for name in results.get("sets", {}):
         p = d / f"predictions_{set_file_stem(name)}.csv"

@@ -2,7 +2,6 @@
 images (DeLong p-value, paired bootstrap CI of the difference)."""
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from itertools import combinations
@@ -21,7 +20,7 @@ from skinlesion.evaluation.common import (
     scored_rows,
     set_file_stem,
 )
-from skinlesion.io import clean_json, write_json
+from skinlesion.io import clean_json, read_json, write_json
 from skinlesion.metrics.stats import paired_auc_test
 
 
@@ -31,10 +30,7 @@ def resolve_report_dir(path: str | os.PathLike[str]) -> Path:
     if (p / "metrics.json").is_file():
         return p
     if (p / "bundle.json").is_file():
-        try:
-            run_id = json.loads((p / "bundle.json").read_text()).get("run_id", p.name)
-        except json.JSONDecodeError as exc:
-            raise ReportError(f"{p}/bundle.json is not valid JSON: {exc}") from exc
+        run_id = read_json(p / "bundle.json", ReportError).get("run_id", p.name)
         candidate = config.reports_dir() / str(run_id)
         if (candidate / "metrics.json").is_file():
             return candidate

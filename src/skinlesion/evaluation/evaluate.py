@@ -89,7 +89,7 @@ def _multi_source_test_sets(splits_file: Path, data_dir: str | os.PathLike[str] 
     return sets
 
 
-def predict_set(predictor, s: EvalSet, *, tta: bool = False, progress: bool = True) -> pd.DataFrame:
+def predict_set(predictor, s: EvalSet, *, tta: bool | None = None, progress: bool = True) -> pd.DataFrame:
     """Per-image predictions for an evaluation set (unreadable images listed with an error)."""
     df = predictor.predict_batch([s.root / p for p in s.paths], tta=tta, progress=progress)
     df["path"] = s.paths
@@ -126,7 +126,7 @@ def evaluate_bundle(
     *,
     data_dir: str | os.PathLike[str] | None = None,
     external: tuple[str, ...] = (),
-    tta: bool = False,
+    tta: bool | None = None,
     n_resamples: int = 2000,
     include_test: bool = True,
     progress: bool = True,
@@ -141,7 +141,7 @@ def evaluate_bundle(
         raise DataError("nothing to evaluate: no test split and no --external folder")
     results: dict[str, Any] = {
         "bundle": predictor.name, "backbone": predictor.meta.backbone,
-        "synthetic": predictor.meta.synthetic, "tta": tta,
+        "synthetic": predictor.meta.synthetic, "tta": predictor.default_tta if tta is None else tta,
         "threshold": predictor.policy.threshold, "sets": {},
     }
     preds: dict[str, pd.DataFrame] = {}

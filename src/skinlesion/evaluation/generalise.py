@@ -44,7 +44,7 @@ def stage1_probabilities(bundle_path: Path, files: list[Path], *, progress: bool
 
     from skinlesion.bundle.format import load
     from skinlesion.models import backbones
-    from skinlesion.models.features import extract_features
+    from skinlesion.models.features import VIEWS, extract_features
 
     b = load(bundle_path)
     meta = b.meta
@@ -57,12 +57,15 @@ def stage1_probabilities(bundle_path: Path, files: list[Path], *, progress: bool
         return None
     cc = bool(cfg.get("colour_constancy"))
     extractor = backbones.build_feature_extractor(backbone, weights, size, colour_constancy=cc)
+    views = tuple(VIEWS) if meta.raw.get("tta") == "dihedral" else ("id",)
     feats, ok, errors = extract_features(extractor, files, backbone=backbone + ("+sog" if cc else ""),
-                                         weights_tag=meta.weights, views=("id",), progress=progress)
+                                         weights_tag=meta.weights, views=views, progress=progress)
     head = keras.Model(b.model.get_layer(meta.feature_layer).output, b.model.output)
     raw = np.full(len(files), np.nan)
     if ok.any():
-        raw[ok] = np.asarray(head.predict(feats[ok, 0], verbose=0, batch_size=1024)).ravel()
+        # Mean of the raw outputs over the views, then calibration: the Predictor's TTA rule.
+        raw[ok] = np.mean([np.asarray(head.predict(feats[ok, v], verbose=0, batch_size=1024)).ravel()
+                           for v in range(len(views))], axis=0)
     prob = np.full(len(files), np.nan)
     prob[ok] = meta.decision.calibrate(raw[ok])
     return pd.DataFrame({"path": [str(f) for f in files], "probability": prob, "raw_probability": raw,
@@ -132,6 +135,7 @@ def leave_one_source_out(
     if len(sources) < 2:
         raise DataError("leave-one-source-out needs at least two sources")
     t0 = time.perf_counter()
+    reused: list[bool] = []
     out_dir = out_dir or config.reports_dir() / "generalisation"
     models_dir = models_dir or config.models_dir() / "loso"
     summary: dict[str, Any] = {"recipe": recipe, "held_out": {}, "reference": {}}
@@ -140,13 +144,14 @@ def leave_one_source_out(
         train_on = [s for s in sources if s != held]
         run_id = f"loso-{recipe}-{held}"
         bundle = _train_or_reuse(train, dataclasses.replace(
-            cfg, sources=tuple(train_on), holdout=(held,), out_dir=str(models_dir), run_id=run_id), models_dir / run_id)
+            cfg, sources=tuple(train_on), holdout=(held,), out_dir=str(models_dir), run_id=run_id), models_dir / run_id, reused)
         table = pd.read_csv(bundle / "splits.csv")
         frame = held_out_frame(table, held)
         roots = {s: config.source_root(s) for s in sources}
         entry, preds = score_held_out(bundle, frame, roots, n_resamples=n_resamples)
         entry["trained_on"] = train_on
-        entry["excluded_as_duplicates"] = int(((table["source"] == held) & (table["split"] == "excluded")).sum())
+        # Training-side images dropped because they share a lesion or a duplicate with a scored image.
+        entry["excluded_as_duplicates"] = int((table["split"] == "excluded").sum())
         summary["held_out"][held] = entry
         all_preds.append(preds.assign(held_out=held))
         log.info("held out %s: AUC %.3f [%.3f, %.3f], sens %.3f, spec %.3f (n=%d)", held, entry["roc_auc"],
@@ -154,7 +159,7 @@ def leave_one_source_out(
     if reference:
         run_id = f"loso-{recipe}-all"
         bundle = _train_or_reuse(train, dataclasses.replace(
-            cfg, sources=tuple(sources), holdout=(), out_dir=str(models_dir), run_id=run_id), models_dir / run_id)
+            cfg, sources=tuple(sources), holdout=(), out_dir=str(models_dir), run_id=run_id), models_dir / run_id, reused)
         table = pd.read_csv(bundle / "splits.csv")
         roots = {s: config.source_root(s) for s in sources}
         for src in sources:
@@ -169,6 +174,12 @@ def leave_one_source_out(
     summary["worst_roc_auc"] = float(np.min(aucs))
     summary["config"] = cfg.to_dict() if hasattr(cfg, "to_dict") else {}
     summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    previous = (out_dir / recipe / "details.json")
+    if all(reused) and previous.is_file():
+        # Every model was reused (a re-run to re-score or publish): keep the training run's wall time.
+        import json
+
+        summary["wall_seconds"] = json.loads(previous.read_text()).get("wall_seconds", summary["wall_seconds"])
     summary["command"] = command
     folder = out_dir / recipe
     write_json(folder / "details.json", summary)
@@ -194,17 +205,21 @@ def publish(recipe_dir: Path, out_dir: Path) -> None:
         atomic_write_text(out_dir / name, (recipe_dir / name).read_text())
 
 
-def _train_or_reuse(train_fn: Any, cfg: Any, path: Path) -> Path:
+def _train_or_reuse(train_fn: Any, cfg: Any, path: Path, reused: list[bool]) -> Path:
     """Reuse a finished bundle of the same run id and configuration (a re-run after a crash)."""
     import json
 
     meta = path / "bundle.json"
     if meta.is_file():
         saved = json.loads(meta.read_text()).get("training", {}).get("config", {})
-        if saved == json.loads(json.dumps(cfg.to_dict())):
+        # Options added after the bundle was trained count as their defaults.
+        defaults = json.loads(json.dumps(type(cfg)().to_dict()))
+        if {**defaults, **saved} == json.loads(json.dumps(cfg.to_dict())):
             log.info("reusing %s", config.display_path(path))
+            reused.append(True)
             return path
         raise DataError(f"{path} exists with another configuration; remove it or choose another recipe name")
+    reused.append(False)
     return Path(train_fn(cfg))
 
 
@@ -216,10 +231,10 @@ def report_markdown(summary: dict[str, Any]) -> str:
     """The LOSO summary as a Markdown report."""
     lines = [f"# Leave-one-source-out: recipe `{summary['recipe']}`", "",
              "Each row: a model trained on the other sources, scored on the held-out one (its official test split "
-             "where it has one, else all of it), after removing every image that shares a lesion or a duplicate "
-             "with the training data. Sensitivity and specificity are at the threshold frozen on the training "
+             "where it has one, else all of it). Training images that share a lesion or a duplicate with any scored "
+             "image were removed from training first, so the scored sets stay the official sets. Sensitivity and specificity are at the threshold frozen on the training "
              "sources' validation data. 95 % stratified bootstrap CIs.", "",
-             "| held-out source | trained on | n (malignant) | removed as duplicates | ROC AUC [95 % CI] | "
+             "| held-out source | trained on | n (malignant) | training images removed as duplicates | ROC AUC [95 % CI] | "
              "sensitivity | specificity | threshold |", "|---|---|---|---|---|---|---|---|"]
     for src, v in summary["held_out"].items():
         lines.append(f"| {src} | {', '.join(v['trained_on'])} | {v['n']} ({v['n_malignant']}) | "
@@ -258,6 +273,11 @@ def append_experiment(path: Path, summary: dict[str, Any]) -> None:
               "(de-duplicated), scored by the model trained on all sources, for reference.", "",
               "| " + " | ".join(EXPERIMENT_COLUMNS) + " |", "|" + "---|" * len(EXPERIMENT_COLUMNS)]
     lines = path.read_text().splitlines() if path.exists() else header
-    lines = [ln for ln in lines if not ln.startswith(f"| `{summary['recipe']}` |")]
-    lines.append("| " + " | ".join(row) + " |")
+    new = "| " + " | ".join(row) + " |"
+    mine = [i for i, ln in enumerate(lines) if ln.startswith(f"| `{summary['recipe']}` |")]
+    if mine:  # a re-run replaces its row in place, so the table keeps the order recipes were tried
+        lines[mine[0]] = new
+        lines = [ln for i, ln in enumerate(lines) if i not in mine[1:]]
+    else:
+        lines.append(new)
     atomic_write_text(path, "\n".join(lines) + "\n")

@@ -148,3 +148,47 @@ def sanity_maps(image: np.ndarray, result: dict, *, title: str | None = None) ->
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
+
+
+def source_grids(records: pd.DataFrame, roots: dict[str, Path], n: int = 6, seed: int = 0) -> Figure:
+    """One row per source and class: ``n`` random images, so framing and colour can be compared."""
+    rows = [(s, y) for s in records["source"].unique() for y in (0, 1)]
+    fig, axes = _fig(1.5 * n, 1.55 * len(rows), len(rows), n)
+    for r, (src, y) in enumerate(rows):
+        pool = records[(records["source"] == src) & (records["label"] == y)]
+        pick = pool.sample(n=min(n, len(pool)), random_state=seed)
+        for c, ax in enumerate(axes[r]):
+            ax.set_axis_off()
+            if c < len(pick):
+                ax.imshow(_thumb(roots[src] / pick["path"].iloc[c]))
+        axes[r][0].set_title(f"{src} · {CLASS_NAMES[y]}", fontsize=8, loc="left", color=CLASS_COLOURS[CLASS_NAMES[y]])
+    return fig
+
+
+def duplicate_pairs_grid(pairs: pd.DataFrame, records: pd.DataFrame, roots: dict[str, Path], *,
+                         title: str | None = None) -> Figure:
+    """Two images of each audited pair, one pair per column, with source, diagnosis and the match scores.
+
+    ``pairs`` has the columns of :func:`skinlesion.data.audit.audit_records` (plus optionally
+    ``thumb64_correlation``).
+    """
+    idx = records.set_index(["source", "image_id"])
+    n = max(1, len(pairs))
+    fig, axes = _fig(1.9 * n, 4.4, 2, n)
+    for c in range(n):
+        for r in range(2):
+            axes[r][c].set_axis_off()
+        if c >= len(pairs):
+            continue
+        row = pairs.iloc[c]
+        for r, side in enumerate(("a", "b")):
+            rec = idx.loc[(row[f"source_{side}"], row[f"image_{side}"])]
+            axes[r][c].imshow(_thumb(roots[row[f"source_{side}"]] / rec["path"]))
+            axes[r][c].set_title(f"{row[f'source_{side}']} · {rec['diagnosis']}\n{Path(str(row[f'image_{side}'])).name[:22]}",
+                                 fontsize=7)
+        extra = f", r64={row['thumb64_correlation']:.2f}" if "thumb64_correlation" in row else ""
+        axes[1][c].text(0.5, -0.12, f"pHash {int(row['phash_distance'])}, r16={row['thumb_correlation']:.2f}{extra}",
+                        transform=axes[1][c].transAxes, ha="center", va="top", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig

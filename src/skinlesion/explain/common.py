@@ -148,6 +148,17 @@ def check_image(model: keras.Model, image: np.ndarray) -> np.ndarray:
     return image
 
 
+def check_inputs(
+    model: keras.Model, image: np.ndarray, method: str, layer_name: str | None
+) -> tuple[np.ndarray, str | None]:
+    """(checked image, layer to explain): every CAM method needs a layer (default the last conv
+    layer); SmoothGrad works on the input and gets one only when it was named."""
+    image = check_image(model, image)
+    if method != "smoothgrad" or layer_name is not None:
+        layer_name = check_layer(model, layer_name)
+    return image, layer_name
+
+
 # --------------------------------------------------------------------------------------------
 # The binary head's logit and the explained class
 # --------------------------------------------------------------------------------------------

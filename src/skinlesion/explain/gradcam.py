@@ -15,14 +15,7 @@ prediction (p50 ~24 ms vs ~20 ms for ``predict_on_batch`` at 224x224; see
 probability and the map for the price of one prediction. This is hand-written only because
 tf-keras-vis has no way to reuse a compiled graph between calls.
 
-tf-keras-vis cost on CPU (2 shared cores, one 224x224 image, untrained MobileNetV2 as an
-EfficientNet-Lite0 stand-in / EfficientNetB0): Grad-CAM and Grad-CAM++ ~0.4-0.8 s / ~1.3-2.3 s;
-Score-CAM ~1.2-2.9 s / ~5 s with the default ``max_N=32`` (the 32 channels with the largest
-spatial variance, "Faster Score-CAM"; ``max_N=None`` uses every channel: for a 1280-channel
-backbone that is 1280 forward passes and several GB of masked copies); SmoothGrad ~4-8 s /
-~10 s with the default 20 noisy samples (noise = 0.2 of the image's value range; tf-keras-vis
-runs them one at a time, and batching them was no faster on CPU). SmoothGrad uses |gradient|,
-so its map is the same for the "malignant" and "benign" targets.
+What each tf-keras-vis method costs per map on CPU is listed in :mod:`skinlesion.explain.tfkv`.
 """
 from __future__ import annotations
 
@@ -38,6 +31,7 @@ from skinlesion.explain.common import (
     METHOD_KWARGS,
     METHODS,
     check_image,
+    check_inputs,
     check_layer,
     check_target,
     logit_from_probability,
@@ -258,9 +252,7 @@ def compute_heatmap(
             f"compute_heatmap(method={method!r}) got unexpected keyword argument(s) "
             f"{sorted(unexpected)}; it accepts threshold and {sorted(METHOD_KWARGS[method])}."
         )
-    image = check_image(model, image)
-    if method != "smoothgrad" or layer_name is not None:
-        layer_name = check_layer(model, layer_name)
+    image, layer_name = check_inputs(model, image, method, layer_name)
     if method in COMPILED_METHODS and not reference and layer_name is not None:
         check_target(target, threshold)
         _, heatmap = _compiled_predict_and_explain(

@@ -10,8 +10,7 @@ import numpy as np
 
 from skinlesion.explain.common import (
     RANDOMIZATION_SCOPES,
-    check_image,
-    check_layer,
+    check_inputs,
     is_input_or_preprocessing,
     positive_int,
     resolve_target,
@@ -188,9 +187,7 @@ def sanity_check(
     is fixed from the original model's prediction so every map explains the same class.
     ``kwargs`` go to :func:`compute_heatmap` (e.g. ``max_N``, ``seed`` for SmoothGrad).
     """
-    image = check_image(model, image)
-    if method != "smoothgrad" or layer_name is not None:
-        layer_name = check_layer(model, layer_name)
+    image, layer_name = check_inputs(model, image, method, layer_name)
     resolved = resolve_target(model, image, target, float(kwargs.pop("threshold", 0.5)))
     original = compute_heatmap(
         model, image, method, layer_name=layer_name, target=resolved, **kwargs

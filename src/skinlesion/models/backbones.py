@@ -1,4 +1,7 @@
-"""Backbone registry: ImageNet CNNs that take raw RGB and end in pooled features.
+"""Backbone builders: ImageNet CNNs that take raw RGB and end in pooled features.
+
+What each backbone is (input size, normalisation, last conv layer, feature width, weights
+source) is the table in :mod:`skinlesion.models.registry`; this module builds from it.
 
 Every model is ONE flat functional graph (input -> preprocessing -> backbone layers -> head),
 never a nested backbone sub-model, so Grad-CAM can reach the last conv layer by name and
@@ -8,51 +11,37 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 
 from skinlesion.io import sha256_file
 from skinlesion.models.layers import ImagePreprocess
+from skinlesion.models.registry import BACKBONES, BackboneError, BackboneSpec, get_spec
+from skinlesion.models.registry import names as backbone_names
 
+__all__ = [
+    "BACKBONES",
+    "FEATURE_LAYER",
+    "BackboneError",
+    "BackboneSpec",
+    "apply_layers",
+    "build_classifier",
+    "build_feature_extractor",
+    "freeze_for_fine_tuning",
+    "get_spec",
+    "make_head_layers",
+    "weights_tag",
+]
 
-class BackboneError(ValueError):
-    """Unknown backbone, or weights that cannot be obtained."""
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    name: str
-    input_size: int          # native input size (square)
-    preprocess: str          # ImagePreprocess mode
-    last_conv_layer: str     # Grad-CAM target layer
-    feature_dim: int
-    family: str              # "keras" (keras.applications) or "lite" (converted EfficientNet-Lite)
-    app: Callable | None = None
-
-
-def _apps() -> dict[str, BackboneSpec]:
-    a = keras.applications
-    return {
-        "resnet50": BackboneSpec("resnet50", 224, "caffe", "conv5_block3_out", 2048, "keras", a.ResNet50),
-        "densenet121": BackboneSpec("densenet121", 224, "torch", "relu", 1024, "keras", a.DenseNet121),
-        "inceptionv3": BackboneSpec("inceptionv3", 299, "tf", "mixed10", 2048, "keras", a.InceptionV3),
-        "efficientnet_lite0": BackboneSpec("efficientnet_lite0", 224, "lite", "lite_top_activation", 1280, "lite"),
-        "efficientnet_lite2": BackboneSpec("efficientnet_lite2", 260, "lite", "lite_top_activation", 1280, "lite"),
-    }
-
-
-BACKBONES: tuple[str, ...] = ("efficientnet_lite0", "efficientnet_lite2", "resnet50", "densenet121", "inceptionv3")
 FEATURE_LAYER = "features"  # name of the pooled-feature layer in every model we build
 
 
-def get_spec(name: str) -> BackboneSpec:
-    """The registry entry for ``name`` (clear error listing the known names)."""
-    specs = _apps()
-    if name not in specs:
-        raise BackboneError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
-    return specs[name]
+def _keras_app(spec: BackboneSpec) -> Callable[..., keras.Model]:
+    """The keras.applications builder named by the table row's weights source."""
+    if spec.family != "keras" or spec.weights.builder is None:
+        raise BackboneError(f"{spec.name} has no keras.applications builder")
+    return getattr(keras.applications, spec.weights.builder)
 
 
 def weights_tag(name: str, weights: str | os.PathLike[str] | None) -> str | None:
@@ -111,35 +100,34 @@ def build_feature_extractor(
         if weights is not None:
             load_efficientnet_lite_weights(model, name, weights)
         return model
-    if spec.app is None:
-        raise BackboneError(f"{name} has no keras.applications builder")
+    builder = _keras_app(spec)
     try:
-        app = spec.app(include_top=False, weights=None, input_tensor=x, pooling=None)
+        app = builder(include_top=False, weights=None, input_tensor=x, pooling=None)
     except ValueError as exc:
         raise BackboneError(f"{name} cannot be built at input size {size}: {exc}") from exc
     if weights is not None:
-        _load_keras_app_weights(app, spec, weights, size)
+        _load_keras_app_weights(app, spec, builder, weights, size)
     feats = keras.layers.GlobalAveragePooling2D(name=FEATURE_LAYER)(app.output)
     return keras.Model(inputs, feats, name=f"{name}_features")
 
 
-def _load_keras_app_weights(app: keras.Model, spec: BackboneSpec, weights: str, size: int) -> None:
+def _load_keras_app_weights(
+    app: keras.Model, spec: BackboneSpec, builder: Callable[..., keras.Model], weights: str, size: int
+) -> None:
     """Load ImageNet (downloaded by Keras) or local no-top weights into an application graph."""
-    if spec.app is None:
-        raise BackboneError(f"{spec.name} has no keras.applications builder")
     if weights == "imagenet":
         try:
             # Build the stock application once just to fetch its weight file through Keras'
             # own download cache, then copy the arrays layer by layer (names match).
-            stock = spec.app(include_top=False, weights="imagenet", input_shape=(size, size, 3))
+            stock = builder(include_top=False, weights="imagenet", input_shape=(size, size, 3))
         except Exception as exc:  # URL/HTTP/OS errors differ by platform
             raise BackboneError(
                 f"ImageNet weights for {spec.name} could not be downloaded ({type(exc).__name__}: {exc}). "
                 "Offline? Pass a local no-top weights file with --weights PATH, use --weights none, "
-                "or use the offline backbones efficientnet_lite0 / efficientnet_lite2."
+                f"or use the offline backbones {' / '.join(backbone_names('lite'))}."
             ) from exc
     else:
-        stock = spec.app(include_top=False, weights=None, input_shape=(size, size, 3))
+        stock = builder(include_top=False, weights=None, input_shape=(size, size, 3))
         try:
             stock.load_weights(weights)
         except Exception as exc:

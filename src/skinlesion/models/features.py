@@ -24,8 +24,36 @@ VIEWS: dict[str, tuple[int, bool]] = {  # name -> (quarter turns, horizontal fli
 }
 
 
+# Framing views (training augmentation only, never TTA): a tighter crop, and a wider field with a
+# dark border - the two ways dermoscopes frame a lesion. The border is what a full-field
+# dermoscope's vignette looks like, which the Kaggle set has on malignant images only.
+FRAMING_VIEWS: dict[str, float] = {"zi": 1.15, "zo": 1 / 1.15}
+ZOOM_OUT_FILL = 8  # grey level of the added border (a dark vignette, not pure black)
+ALL_VIEWS: tuple[str, ...] = (*VIEWS, *FRAMING_VIEWS)
+
+
+def _zoom(image: np.ndarray, factor: float) -> np.ndarray:
+    """Zoom one square uint8 image about its centre: > 1 crops tighter, < 1 pads a dark border."""
+    from PIL import Image
+
+    size = image.shape[0]
+    if factor >= 1:
+        side = int(round(size / factor))
+        o = (size - side) // 2
+        crop = Image.fromarray(image[o:o + side, o:o + side])
+        return np.asarray(crop.resize((size, size), Image.Resampling.BILINEAR))
+    side = int(round(size * factor))
+    small = np.asarray(Image.fromarray(image).resize((side, side), Image.Resampling.BILINEAR))
+    out = np.full_like(image, ZOOM_OUT_FILL)
+    o = (size - side) // 2
+    out[o:o + side, o:o + side] = small
+    return out
+
+
 def apply_view(batch: np.ndarray, view: str) -> np.ndarray:
-    """Apply a dihedral view to a batch (N, H, W, C)."""
+    """Apply a dihedral or framing view to a batch (N, H, W, C) of square uint8 images."""
+    if view in FRAMING_VIEWS:
+        return np.stack([_zoom(img, FRAMING_VIEWS[view]) for img in batch]) if len(batch) else batch
     k, flip = VIEWS[view]
     out = batch[:, :, ::-1] if flip else batch
     return np.ascontiguousarray(np.rot90(out, k, axes=(1, 2)))

@@ -34,7 +34,7 @@ class OODDetector:
                  threshold=np.float64(self.threshold), quantile=np.float64(self.quantile))
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "OODDetector":
+    def load(cls, path: str | os.PathLike[str]) -> OODDetector:
         with np.load(Path(path), allow_pickle=False) as z:
             return cls(z["mean"], z["precision"], float(z["threshold"]), float(z["quantile"]))
 

@@ -106,7 +106,7 @@ def list_bundles(
     ``created`` time in bundle.json. Hidden (``.tmp-*``) folders are skipped.
     """
     if model is None:
-        model = os.environ.get("SKINLESION_MODEL", "")
+        model = config.model_env() or ""
     root = Path(models_dir) if models_dir else config.models_dir()
     found: list[BundleChoice] = []
     if root.is_dir():

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from skinlesion import DISCLAIMER, config
-from skinlesion.bundle.format import Bundle, BundleError, latest_bundle, load
+from skinlesion.bundle.format import Bundle, BundleError, default_bundle, load
 from skinlesion.data.intake import load_for_model
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ class Predictor:
     def from_bundle(cls, path: str | os.PathLike[str] | None = None) -> Predictor:
         """``path``, else ``SKINLESION_MODEL``, else the newest bundle under ``models/``."""
         if path is None:
-            path = os.environ.get("SKINLESION_MODEL") or latest_bundle()
+            path = default_bundle()
         if path is None:
             raise BundleError(
                 f"no trained model found in {config.models_dir()}. Train one with `make run` "
@@ -129,7 +129,13 @@ class Predictor:
         return np.stack([x if isinstance(x, np.ndarray) and x.shape == (size, size, 3) and x.dtype == np.uint8
                          else load_for_model(x, size) for x in images])
 
-    def _probabilities(self, batch_by_size: dict[int, np.ndarray], tta: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    @property
+    def default_tta(self) -> bool:
+        """Whether this bundle's threshold was fitted on dihedral TTA (then it is served that way)."""
+        return self.meta.raw.get("tta") == "dihedral"
+
+    def _probabilities(self, batch_by_size: dict[int, np.ndarray], tta: bool | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+        tta = self.default_tta if tta is None else tta
         from skinlesion.metrics.calibration import apply_temperature
         from skinlesion.models.features import VIEWS, apply_view
 
@@ -160,11 +166,11 @@ class Predictor:
             return prob, raw, ratio, True
         return prob, raw, np.zeros_like(prob), False
 
-    def predict(self, image, *, tta: bool = False) -> Prediction:
+    def predict(self, image, *, tta: bool | None = None) -> Prediction:
         """Predict one image: bytes, a path, a PIL image or an RGB array."""
         return self.predict_many([image], tta=tta)[0]
 
-    def predict_many(self, images: list, *, tta: bool = False) -> list[Prediction]:
+    def predict_many(self, images: list, *, tta: bool | None = None) -> list[Prediction]:
         t0 = time.perf_counter()
         sizes = {m.bundle.input_size for m in self.members}
         batches = {s: self._arrays(images, s) for s in sizes}
@@ -186,7 +192,7 @@ class Predictor:
             ))
         return out
 
-    def predict_batch(self, paths: Sequence[str | os.PathLike[str]], *, batch_size: int = 32, tta: bool = False,
+    def predict_batch(self, paths: Sequence[str | os.PathLike[str]], *, batch_size: int = 32, tta: bool | None = None,
                       progress: bool = False) -> pd.DataFrame:
         """Predict many files; unreadable ones get an ``error`` row instead of stopping the run."""
         import pandas as pd

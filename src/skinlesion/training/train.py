@@ -51,6 +51,9 @@ class TrainConfig:
     # Sample weighting: "class" (both classes weigh the same) or "source" (every source, and
     # each class within it, weighs the same).
     balance: str = "class"
+    # Dihedral test-time augmentation: the served probability is the mean over the 8 views (so
+    # it cannot change when the image is turned or mirrored); the threshold is fitted that way.
+    tta: bool = False
     # Shades-of-Gray colour constancy as the model's first layer (inside the saved graph).
     colour_constancy: bool = False
     # Stage-2 augmentation kinds (training.train.AUGMENTATIONS).
@@ -84,6 +87,16 @@ class TrainConfig:
         for k in ("views", "sources", "holdout", "augment"):
             d[k] = list(d[k])
         return d
+
+
+# The recipe `skinlesion run` (and so `make run`) trains, chosen by leave-one-source-out
+# validation (reports/generalisation/experiments.md); everything else keeps TrainConfig's defaults.
+DEFAULT_RECIPE: dict[str, Any] = {"views": ("id", "fh"), "balance": "source"}
+
+
+def default_recipe(**overrides: Any) -> TrainConfig:
+    """The default training recipe as a TrainConfig (``overrides``: data, progress, ...)."""
+    return TrainConfig(**{**DEFAULT_RECIPE, **overrides})
 
 
 def device_strategy():
@@ -155,7 +168,7 @@ def train(cfg: TrainConfig) -> Path:
     from skinlesion.metrics.calibration import build_decision_policy
     from skinlesion.metrics.classification import roc_auc
     from skinlesion.models import backbones
-    from skinlesion.models.features import extract_features
+    from skinlesion.models.features import VIEWS, extract_features
     from skinlesion.models.ood import fit_ood
     from skinlesion.seeds import set_seeds
 
@@ -189,9 +202,10 @@ def train(cfg: TrainConfig) -> Path:
         Xtr, ok_tr, err_tr = extract_features(
             extractor, data.files(tr), backbone=feat_key, weights_tag=wtag,
             views=cfg.views, batch_size=cfg.batch_size, progress=cfg.progress)
+        val_views = tuple(VIEWS) if cfg.tta else ("id",)
         Xva, ok_va, err_va = extract_features(
             extractor, data.files(va), backbone=feat_key, weights_tag=wtag,
-            views=("id",), batch_size=cfg.batch_size, progress=cfg.progress)
+            views=val_views, batch_size=cfg.batch_size, progress=cfg.progress)
         feat_seconds = time.perf_counter() - t_feat
         for name, errs, df in (("train", err_tr, tr), ("val", err_va, va)):
             for i, msg in list(errs.items())[:20]:
@@ -214,7 +228,8 @@ def train(cfg: TrainConfig) -> Path:
                 full.get_layer(layer.name).set_weights(layer.get_weights())
 
         history = _train_head(head, Xtr, ytr, sample_weights(tr, cfg.balance), Xva[:, 0], yva, cfg)
-        p_val = head.predict(Xva[:, 0], verbose=0).ravel()
+        # Raw outputs averaged over the views before calibration, exactly as the Predictor's TTA does.
+        p_val = np.mean([head.predict(Xva[:, v], verbose=0).ravel() for v in range(len(val_views))], axis=0)
         stage = "head"
         if cfg.fine_tune > 0:
             ft_hist, p_val = _fine_tune(full, data, tr, va, cfg, strategy)
@@ -251,6 +266,7 @@ def train(cfg: TrainConfig) -> Path:
             "feature_layer": backbones.FEATURE_LAYER,
             "last_conv_layer": spec.last_conv_layer,
             "stage": stage,
+            "tta": "dihedral" if cfg.tta else None,
             "synthetic": synthetic,
             "decision": policy,
             "calibration": {"method": "temperature", "temperature": policy["temperature"]},
@@ -419,5 +435,11 @@ def _fine_tune(full, data: TrainingData, tr: pd.DataFrame, va: pd.DataFrame, cfg
     hist = pd.DataFrame(h.history)
     hist.insert(0, "epoch", np.arange(1, len(hist) + 1))
     hist.insert(0, "stage", "fine_tune")
-    p_val = full.predict(val_ds, verbose=0).ravel()
+    if cfg.tta:
+        from skinlesion.models.features import VIEWS, apply_view
+
+        p_val = np.mean([full.predict(apply_view(Xva, v), verbose=0, batch_size=cfg.batch_size).ravel()
+                         for v in VIEWS], axis=0)
+    else:
+        p_val = full.predict(val_ds, verbose=0).ravel()
     return hist, p_val

@@ -1,0 +1,29 @@
+"""Dihedral and framing views of image batches (training augmentation and TTA)."""
+from __future__ import annotations
+
+import numpy as np
+
+from skinlesion.models.features import ALL_VIEWS, FRAMING_VIEWS, VIEWS, ZOOM_OUT_FILL, apply_view
+
+
+def _batch(n: int = 3, size: int = 32) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def test_dihedral_views_are_the_8_distinct_symmetries():
+    b = _batch()
+    outs = {v: apply_view(b, v) for v in VIEWS}
+    assert np.array_equal(outs["id"], b)
+    assert len({o.tobytes() for o in outs.values()}) == 8
+    assert np.array_equal(apply_view(apply_view(b, "r90"), "r270"), b)
+
+
+def test_framing_views_keep_shape_and_frame_the_lesion():
+    b = _batch()
+    assert set(ALL_VIEWS) == set(VIEWS) | set(FRAMING_VIEWS)
+    zo = apply_view(b, "zo")
+    assert zo.shape == b.shape and zo.dtype == np.uint8
+    assert (zo[:, 0, :, :] == ZOOM_OUT_FILL).all() and (zo[:, :, -1, :] == ZOOM_OUT_FILL).all()
+    flat = np.full((2, 32, 32, 3), 120, np.uint8)
+    assert np.array_equal(apply_view(flat, "zi"), flat)
+    assert apply_view(b[:0], "zi").shape == (0, 32, 32, 3)
