@@ -47,10 +47,11 @@ dashboard: $(STAMP) ## Start the Voila dashboard
 notebooks: $(STAMP) ## Re-execute every notebook on the full data and rewrite the outputs
 	$(PY) tools/notebooks.py run-all
 
-benchmark: $(STAMP) ## Print speed figures (feature pipeline, Grad-CAM latency, web app under load)
+benchmark: $(STAMP) ## Print speed figures (feature pipeline, Grad-CAM latency, web app under load, TTA cost)
 	$(PY) benchmarks/feature_pipeline.py
 	$(PY) benchmarks/explain_latency.py
 	$(PY) benchmarks/webapp_load.py
+	$(PY) benchmarks/tta_cost.py
 
 audit: $(STAMP) ## Leakage audit of test vs train (writes reports/audit)
 	$(VENV)/bin/skinlesion data audit

@@ -81,3 +81,65 @@ def test_stage1_fast_path_equals_the_predictor(tiny_bundle, training_data_dir):
     assert fast is not None
     slow = Predictor.from_bundle(tiny_bundle).predict_batch(files)
     assert np.allclose(fast["probability"], slow["probability"], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_multi_source_bundle_with_tta_is_served_and_evaluated_per_source(fake_sources, tmp_path):
+    """A bundle trained on several sources with TTA: the Predictor serves TTA by default, the
+    stage-1 fast path agrees with it, and `evaluate` scores each source's test split."""
+    import numpy as np
+
+    from skinlesion.evaluation.evaluate import evaluate_bundle
+    from skinlesion.evaluation.generalise import stage1_probabilities
+    from skinlesion.serving.inference import Predictor
+    from skinlesion.training.train import TrainConfig, train
+
+    bundle = train(TrainConfig(sources=("kaggle", "ham10000", "isic2017"), input_size=64, head_units=0, tta=True,
+                               views=("id", "r90", "zo"), out_dir=str(tmp_path / "m"), run_id="ms", progress=False))
+    predictor = Predictor.from_bundle(bundle)
+    assert predictor.default_tta and predictor.meta.training.sources.keys() == {"kaggle", "ham10000", "isic2017"}
+    splits = pd.read_csv(bundle / "splits.csv")
+    assert {"source", "group", "reason"} <= set(splits.columns)
+    rows = splits[splits["split"] == "test"].head(6)
+    from skinlesion import config
+
+    files = [config.source_root(s) / p for s, p in zip(rows["source"], rows["path"])]
+    served = predictor.predict_batch(files)
+    fast = stage1_probabilities(bundle, files)
+    assert fast is not None and np.allclose(fast["probability"], served["probability"], atol=1e-4)
+    assert not np.allclose(served["probability"], predictor.predict_batch(files, tta=False)["probability"])
+    results, _ = evaluate_bundle(bundle, n_resamples=50, progress=False)
+    assert {"test:kaggle", "test:isic2017"} <= set(results["sets"]) and results["tta"] is True
+
+
+@pytest.mark.slow
+def test_model_card_shows_the_recipes_loso_results(tiny_bundle, tmp_path, monkeypatch):
+    from skinlesion.bundle.format import load_meta
+    from skinlesion.evaluation.model_card import model_card
+    from skinlesion.io import write_json
+
+    monkeypatch.setenv("SKINLESION_REPORTS_DIR", str(tmp_path / "reports"))
+    cfg = load_meta(tiny_bundle).training.config
+    entry = {"n": 100, "roc_auc": 0.81, "roc_auc_ci": [0.75, 0.86], "sensitivity": 0.9, "specificity": 0.5}
+    write_json(tmp_path / "reports" / "generalisation" / "r1" / "details.json",
+               {"recipe": "r1", "config": {**cfg, "sources": ["x"], "run_id": "other"}, "held_out": {"x": entry}})
+    card = model_card(tiny_bundle)
+    assert "Leave-one-source-out (recipe `r1`)" in card and "0.810 [0.750, 0.860]" in card
+
+
+@pytest.mark.slow
+def test_run_trains_the_default_recipe_on_all_sources(fake_sources, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from skinlesion.cli import main
+    from skinlesion.training.train import DEFAULT_RECIPE
+
+    monkeypatch.setenv("SKINLESION_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("SKINLESION_REPORTS_DIR", str(tmp_path / "reports"))
+    r = CliRunner().invoke(main, ["run", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert "data: kaggle" in r.output and "test:isic2017" in r.output and "Research tool" in r.output
+    (bundle,) = (tmp_path / "models").iterdir()
+    cfg = json.loads((bundle / "bundle.json").read_text())["training"]["config"]
+    assert cfg["sources"] == ["kaggle", "ham10000", "isic2017"]
+    assert all(cfg[k] == (list(v) if isinstance(v, tuple) else v) for k, v in DEFAULT_RECIPE.items())

@@ -187,3 +187,18 @@ def test_learning_curve(tiny_bundle, site_dir, tmp_path):
     assert len(pd.read_csv(folder / "curve.csv")) == 2 and len(pd.read_csv(folder / "runs.csv")) == 6
     assert (folder / "curve.png").stat().st_size > 1000
     pd.testing.assert_frame_equal(pd.read_csv(folder / "curve.csv"), curve, check_dtype=False)
+
+
+def test_read_site_accepts_one_split_of_a_source(tmp_path, monkeypatch):
+    from test_sources import make_isic
+
+    from skinlesion.data.datasets import DataError
+    from skinlesion.evaluation.site import read_site
+
+    root = make_isic(tmp_path / "isic", {"train": [("ISIC_1", 1.0, 0.0), ("ISIC_2", 0.0, 0.0)],
+                                         "test": [("ISIC_3", 0.0, 1.0)]})
+    monkeypatch.setenv("SKINLESION_ISIC2017_DIR", str(root))
+    site = read_site("isic2017:test")
+    assert list(site.records["image_id"]) == ["ISIC_3"] and site.name == "isic2017:test"
+    with pytest.raises(DataError, match="no 'val' split"):
+        read_site("isic2017:val")

@@ -470,3 +470,34 @@ def generalisation_tables(folder: str | os.PathLike[str] | None = None) -> tuple
 
     exp = root / "experiments.md"
     return table(details["held_out"]), table(details.get("reference", {})), exp.read_text() if exp.is_file() else ""
+
+
+def robustness_table(run_id: str, folder: str | os.PathLike[str] | None = None) -> pd.DataFrame:
+    """``reports/robustness/<run_id>/robustness.json`` as a table (empty when not measured)."""
+    import json
+
+    path = Path(folder) if folder else config.reports_dir() / "robustness" / run_id / "robustness.json"
+    if not path.is_file():
+        return pd.DataFrame()
+    data = json.loads(path.read_text())
+    rows = {name: {"decision flips": v["decision_flip_rate"], "mean |Δp|": v["mean_abs_dp"],
+                   "95th pct |Δp|": v["p95_abs_dp"], "n": v["n"]}
+            for name, v in data["transforms"].items()}
+    return pd.DataFrame(rows).T
+
+
+def site_curves(recipe: str) -> pd.DataFrame:
+    """Every ``reports/site/loso-<recipe>-*/curve.json``: held-out-site sensitivity/specificity per N."""
+    import json
+
+    rows = []
+    for path in sorted((config.reports_dir() / "site").glob(f"loso-{recipe}-*/curve.json")):
+        data = json.loads(path.read_text())
+        frozen = data["frozen"]
+        rows.append({"site": data["site"]["name"], "N": 0, "sensitivity": frozen["sensitivity"],
+                     "specificity": frozen["specificity"], "note": "frozen threshold (no site data)"})
+        for p in data["curve"]:
+            rows.append({"site": data["site"]["name"], "N": p["n"], "sensitivity": p["sensitivity_mean"],
+                         "specificity": p["specificity_mean"],
+                         "note": f"mean of {p['repeats']} draws; spec 10-90 %: {p['specificity_p10']:.2f}-{p['specificity_p90']:.2f}"})
+    return pd.DataFrame(rows)

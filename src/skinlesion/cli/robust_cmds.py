@@ -51,7 +51,7 @@ def robustness(bundle, data, n, seed, out) -> None:
 
 @main.command()
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--site", required=True, help="Labelled site images: a folder DIR/{benign,malignant}/* or a registered source.")
+@click.option("--site", required=True, help="Labelled site images: a folder DIR/{benign,malignant}/*, a registered source, or SOURCE:SPLIT (e.g. isic2017:test).")
 @click.option("--n", "n", default=100, show_default=True, help="Site images to re-fit on (stratified, >= 5 per class).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,

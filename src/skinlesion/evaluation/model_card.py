@@ -52,6 +52,16 @@ TRAINING_DATA_QUIRKS: tuple[str, ...] = (
     "Class balance is close to 50/50, far from the low prevalence of malignancy in practice, so "
     "PPV and NPV here do not transfer to a clinic.",
 )
+MULTI_SOURCE_QUIRKS: tuple[str, ...] = (
+    "**The sets overlap.** Every HAM10000 melanoma and most ISIC 2017 melanomas also sit in the Kaggle set's "
+    "malignant class (`skinlesion data audit --sources ...`), so in the Kaggle set the collection predicts the "
+    "label. Splits group copies and lesion-mates; the Kaggle test score still contains part of that shortcut.",
+    "**Different cameras and framing per set** (300x300 crops, 200x150 4:3 frames, 256x256 squashed frames; "
+    "vignettes on Kaggle malignant images only), which a model can learn instead of the lesion.",
+    "**Skin-tone skew.** Most images show light skin; brown and dark skin are barely represented.",
+    "**Class balance differs by set** (Kaggle about 50/50, HAM10000 20 % malignant, ISIC 2017 19 %), far "
+    "from clinical prevalence: PPV and NPV do not transfer to a clinic.",
+)
 OUT_OF_SCOPE_USES: tuple[str, ...] = (
     "Diagnosing, ruling out or triaging skin cancer for any real person, or any clinical decision.",
     "Use by patients or the public to decide whether to see a doctor.",
@@ -194,6 +204,14 @@ def _training_data(meta: BundleMeta) -> Section:
     if meta.synthetic:
         s.text(f"Generated (SYNTHETIC) images from `{t.data_dir}`; nothing below about the Kaggle data "
                "applies to this run's numbers.")
+    if t.sources and not t.data_dir:
+        return s.text(
+            f"This run learned from the data sources {', '.join(f'`{k}`' for k in t.sources)} together: "
+            f"{t.n_train} training and {t.n_val} validation images, split by lesion groups and duplicates so no "
+            f"copy or lesion-mate of a test image was trained on (`splits.csv` in the bundle gives every image's "
+            f"split and the reason). Source fingerprints: "
+            + ", ".join(f"{k} {v}" for k, v in t.sources.items()) + "."
+        ).bullets(MULTI_SOURCE_QUIRKS)
     s.text(TRAINING_DATA_TEXT).bullets(TRAINING_DATA_QUIRKS)
     where = config.display_path(t.data_dir) if t.data_dir else "n/a"
     return s.text(f"This run: {t.n_train} training, {t.n_val} validation (held out from Kaggle `train/`) and "
@@ -279,6 +297,11 @@ def _ood(meta: BundleMeta) -> Section:
 
 def _limitations(meta: BundleMeta) -> Section:
     items = list(LIMITATIONS)
+    if meta.training.sources and not meta.training.data_dir:
+        items[:2] = ["Three public dermoscopic collections that overlap and share a few devices; no external "
+                     "clinical validation. Leave-one-source-out scores (above) are the estimate for a new "
+                     "collection, and they are much lower than in-source test scores.",
+                     "Phone photos and other non-dermoscopic images are out of scope."]
     if meta.synthetic:
         items.insert(0, "SYNTHETIC MODEL: it was trained on generated images, not real lesions; its output says "
                         "nothing about skin cancer.")
@@ -299,6 +322,55 @@ def _leakage(results: dict[str, Any] | None) -> Section:
         b = (sets["test_dedup"].get("at_threshold") or {}).get("roc_auc")
         items.append(f"ROC AUC on the full test split {fmt_ci(a)} vs the de-duplicated subset {fmt_ci(b)}.")
     return Section("Leakage notes").bullets(items)
+
+
+_RUN_KEYS = ("sources", "holdout", "out_dir", "run_id", "progress", "data_dir", "splits_file")
+
+
+def _same_recipe(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Two training configs describe the same recipe (data and run bookkeeping aside)."""
+    return {k: v for k, v in a.items() if k not in _RUN_KEYS} == {k: v for k, v in b.items() if k not in _RUN_KEYS}
+
+
+def _generalisation(meta: BundleMeta) -> Section:
+    """Leave-one-source-out results of this bundle's recipe, its robustness and site-calibration curves."""
+    from skinlesion.io import read_json
+
+    s = Section("Generalisation and robustness")
+    root = config.reports_dir()
+    recipe = None
+    for details in sorted((root / "generalisation").glob("*/details.json")):
+        d = read_json(details, ReportError)
+        if _same_recipe(d.get("config", {}), meta.training.config):
+            recipe = d
+            break
+    if recipe is None:
+        s.text("No leave-one-source-out run of this recipe found (`skinlesion generalise --recipe NAME` with the "
+               "same training options); expect lower performance on dermatoscopes and collections it never saw.")
+    else:
+        s.text(f"Leave-one-source-out (recipe `{recipe['recipe']}`): trained on the other sources, scored on the "
+               "held-out one at the threshold frozen on the training sources' validation data.")
+        s.table(["held-out source", "n", "ROC AUC [95 % CI]", "sensitivity", "specificity"], [
+            [src, v["n"], f"{fmt(v['roc_auc'])} [{fmt(v['roc_auc_ci'][0])}, {fmt(v['roc_auc_ci'][1])}]",
+             fmt(v["sensitivity"]), fmt(v["specificity"])] for src, v in recipe["held_out"].items()])
+        curves = sorted((root / "site").glob(f"loso-{recipe['recipe']}-*/curve.json"))
+        if curves:
+            rows = []
+            for f in curves:
+                c = read_json(f, ReportError)
+                for point in c["curve"]:
+                    rows.append([c["site"]["name"], point["n"], fmt(point["sensitivity_mean"]),
+                                 fmt(point["specificity_mean"])])
+            s.heading("After re-fitting the threshold on N labelled images of the new site (`skinlesion calibrate --curve`)")
+            s.table(["site (never trained on)", "N", "sensitivity (mean)", "specificity (mean)"], rows)
+    rob = root / "robustness" / meta.run_id / "robustness.json"
+    if rob.is_file():
+        r = read_json(rob, ReportError)
+        s.heading(f"Robustness (`skinlesion robustness`, {r.get('n_images', '?')} images)")
+        s.table(["transform", "decision flips", "mean abs change of P", "95th percentile"], [
+            [name, f"{v['decision_flip_rate']:.1%}", fmt(v["mean_abs_dp"]), fmt(v["p95_abs_dp"])]
+            for name, v in r["transforms"].items() if name != "id"])
+    return s
 
 
 def find_report(meta: BundleMeta, bundle_path: str | os.PathLike[str],
@@ -333,7 +405,8 @@ def build_model_card(meta: BundleMeta, bundle_path: str | os.PathLike[str],
         versions.text("not recorded")
     sections = [
         _details(meta), intended, _training_data(meta), _evaluation(meta, bundle_path, report, results),
-        _calibration(meta, results), _skin_tone(results), _policy(meta), _ood(meta), _limitations(meta),
+        _generalisation(meta), _calibration(meta, results), _skin_tone(results), _policy(meta), _ood(meta),
+        _limitations(meta),
         _leakage(results), versions,
     ]
     return ModelCard(meta.run_id, meta.synthetic, banners, sections)

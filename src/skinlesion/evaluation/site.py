@@ -49,12 +49,22 @@ SITE_FILE = "site_calibration.csv"
 # The site
 # --------------------------------------------------------------------------------------------
 def read_site(site: str | os.PathLike[str]) -> Source:
-    """A site's labelled images: a folder ``DIR/{benign,malignant}/*`` or a registered source name."""
+    """A site's labelled images: a folder ``DIR/{benign,malignant}/*``, a registered source name, or
+    ``SOURCE:SPLIT`` for one official split of a source (e.g. ``isic2017:test``)."""
+    from dataclasses import replace
+
     from skinlesion.data.sources import READERS, load_source, read_folder
 
     name = os.fspath(site)
     if name in READERS:
         return load_source(name)
+    base, _, split = name.partition(":")
+    if base in READERS and split:
+        src = load_source(base)
+        part = src.records[src.records["split"] == split].reset_index(drop=True)
+        if part.empty:
+            raise DataError(f"source {base} has no {split!r} split (it has {sorted(set(src.records['split']))})")
+        return replace(src, records=part, info=replace(src.info, name=name))
     path = Path(name)
     if not path.is_dir():
         raise DataError(f"site {name!r} is neither a folder (DIR/benign, DIR/malignant) nor a registered "
