@@ -16,14 +16,30 @@ import numpy as np
 import pandas as pd
 
 
+def _scores(head, policy, x: np.ndarray, y: np.ndarray) -> str:
+    """ROC AUC and sensitivity / specificity at the frozen threshold of a head on features ``x``."""
+    from sklearn.metrics import roc_auc_score
+
+    p = np.asarray(policy.calibrate(head.predict(x, verbose=0).ravel()))
+    sens = ((p >= policy.threshold) & (y == 1)).sum() / (y == 1).sum()
+    spec = ((p < policy.threshold) & (y == 0)).sum() / (y == 0).sum()
+    return f"AUC {roc_auc_score(y, p):.3f}, sens {sens:.2f}, spec {spec:.2f}"
+
+
+def _features(extractor, name: str, weights_tag: str, frame: pd.DataFrame) -> np.ndarray:
+    from skinlesion import config
+    from skinlesion.models.features import extract_features
+
+    files = [config.source_root(s) / p for s, p in zip(frame["source"], frame["path"])]
+    return extract_features(extractor, files, backbone=name, weights_tag=weights_tag, progress=False)[0][:, 0]
+
+
 def main() -> None:
     import keras
-    from sklearn.metrics import roc_auc_score
 
     from skinlesion import config
     from skinlesion.bundle.format import load
     from skinlesion.models import backbones
-    from skinlesion.models.features import extract_features
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--recipe", required=True)
@@ -33,33 +49,22 @@ def main() -> None:
     for held in ("kaggle", "ham10000", "isic2017"):
         b = load(config.models_dir() / "loso" / f"loso-{args.recipe}-{held}")
         name, size, cfg = str(b.meta.backbone), int(b.meta.input_size or 224), b.meta.training.config
-        if b.meta.stage != "head" or cfg.get("colour_constancy"):
+        if b.meta.stage != "head" or cfg.get("colour_constancy") or b.meta.decision is None:
             raise SystemExit("this check is written for stage-1 bundles without colour constancy")
         extractor = backbones.build_feature_extractor(name, "imagenet", size)
         table = pd.read_csv(b.path / "splits.csv")
-
-        def feats(frame: pd.DataFrame, extractor=extractor, name=name, b=b) -> np.ndarray:
-            files = [config.source_root(s) / p for s, p in zip(frame["source"], frame["path"])]
-            return extract_features(extractor, files, backbone=name, weights_tag=b.meta.weights, progress=False)[0][:, 0]
-
         test = table[(table["source"] == held) & (table["split"] == "test")]
-        x_site = feats(test)
-        x_train = feats(table[table["split"] == "train"].sample(3000, random_state=args.seed))
+        x_site = _features(extractor, name, str(b.meta.weights), test)
+        x_train = _features(extractor, name, str(b.meta.weights),
+                            table[table["split"] == "train"].sample(3000, random_state=args.seed))
         head = keras.Model(b.model.get_layer(b.meta.feature_layer).output, b.model.output)
-        policy = b.meta.decision
         y = test["label"].to_numpy()
-
-        def scores(x: np.ndarray) -> str:
-            p = np.asarray(policy.calibrate(head.predict(x, verbose=0).ravel()))
-            sens = ((p >= policy.threshold) & (y == 1)).sum() / (y == 1).sum()
-            spec = ((p < policy.threshold) & (y == 0)).sum() / (y == 0).sum()
-            return f"AUC {roc_auc_score(y, p):.3f}, sens {sens:.2f}, spec {spec:.2f}"
-
-        print(f"{held}: no adaptation: {scores(x_site)}")
+        print(f"{held}: no adaptation: {_scores(head, b.meta.decision, x_site, y)}")
         rng = np.random.default_rng(args.seed)
         for n in (int(v) for v in args.sizes.split(",")):
             idx = rng.choice(len(x_site), min(n, len(x_site)), replace=False)
-            print(f"{held}: re-centred on {n} unlabelled site images: {scores(x_site - x_site[idx].mean(0) + x_train.mean(0))}")
+            shifted = x_site - x_site[idx].mean(0) + x_train.mean(0)
+            print(f"{held}: re-centred on {n} unlabelled site images: {_scores(head, b.meta.decision, shifted, y)}")
 
 
 if __name__ == "__main__":
