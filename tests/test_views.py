@@ -27,3 +27,34 @@ def test_framing_views_keep_shape_and_frame_the_lesion():
     flat = np.full((2, 32, 32, 3), 120, np.uint8)
     assert np.array_equal(apply_view(flat, "zi"), flat)
     assert apply_view(b[:0], "zi").shape == (0, 32, 32, 3)
+
+
+def test_extract_features_computes_only_missing_views(tmp_path):
+    """A run that adds views reuses the cached ones: only the missing (image, view) pairs reach the model."""
+    from PIL import Image
+
+    from skinlesion.models.features import extract_features
+
+    files = []
+    for i in range(5):
+        f = tmp_path / f"{i}.png"
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(f)
+        files.append(f)
+
+    class Model:
+        input_shape = (None, 32, 32, 3)
+        output_shape = (None, 3)
+        seen = 0
+
+        def predict_on_batch(self, x):
+            Model.seen += len(x)
+            return x.mean(axis=(1, 2)).astype(np.float32)
+
+    m = Model()
+    a, ok, _ = extract_features(m, files, backbone="fake", weights_tag="t", views=("id",), cache_root=tmp_path / "c",
+                                progress=False)
+    assert ok.all() and Model.seen == 5
+    b, ok, _ = extract_features(m, files, backbone="fake", weights_tag="t", views=("id", "r90", "zo"),
+                                cache_root=tmp_path / "c", progress=False)
+    assert ok.all() and Model.seen == 5 + 10
+    assert np.array_equal(a[:, 0], b[:, 0])

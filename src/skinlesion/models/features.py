@@ -163,21 +163,26 @@ def extract_features(
     ok = np.zeros(n, dtype=bool)
     errors: dict[int, str] = {}
 
-    # Hash first (cheap) so that fully cached images are never decoded.
+    # Hash first (cheap) so that fully cached images are never decoded, and only the views an
+    # image lacks are computed (adding views to a run reuses the ones already cached).
     todo: list[int] = []
+    missing = np.zeros((n, len(views)), dtype=bool)
     for i, p in enumerate(paths):
         try:
             keys_all[i] = image_fingerprint(Path(p).read_bytes())
         except OSError as exc:
             errors[i] = f"cannot read: {exc}"
             continue
-        hits = [c.get(keys_all[i]) for c in caches]
-        found = [h for h in hits if h is not None]
-        if len(found) == len(hits):
-            out[i] = np.stack(found)
-            ok[i] = True
-        else:
+        for v, c in enumerate(caches):
+            hit = c.get(keys_all[i])
+            if hit is None:
+                missing[i, v] = True
+            else:
+                out[i, v] = hit
+        if missing[i].any():
             todo.append(i)
+        else:
+            ok[i] = True
 
     if todo:
         bar = tqdm(total=len(todo), desc=f"features {backbone}@{size}", unit="img", disable=not progress)
@@ -186,11 +191,14 @@ def extract_features(
             for j, msg in errs.items():
                 errors[todo[j]] = msg
             if len(batch):
-                rows = [todo[j] for j in idx]
+                rows = np.array([todo[j] for j in idx])
                 for v, (view, cache) in enumerate(zip(views, caches)):
-                    feats = np.asarray(model.predict_on_batch(apply_view(batch, view)), dtype=np.float32)
-                    out[rows, v] = feats
-                    cache.put_many([keys_all[r] for r in rows], feats)
+                    need = missing[rows, v]
+                    if not need.any():
+                        continue
+                    feats = np.asarray(model.predict_on_batch(apply_view(batch[need], view)), dtype=np.float32)
+                    out[rows[need], v] = feats
+                    cache.put_many([keys_all[r] for r in rows[need]], feats)
                 ok[rows] = True
             bar.update(len(idx) + len(errs))
         bar.close()
