@@ -307,8 +307,9 @@ def write_report(
         save_figure(plot_training_curves(training_curves(history)), fig_dir / "training_curves.png")
         has_curves = True
 
-    data["bundle_path"] = str(bundle_path.resolve())
-    data["data_roots"] = {k: str(v) for k, v in all_roots.items()}
+    # Project-relative, so a committed report names no one machine's folders.
+    data["bundle_path"] = config.display_path(bundle_path)
+    data["data_roots"] = {k: config.display_path(v) for k, v in all_roots.items()}
     data["figures"] = figures
     # Same serialisation as evaluate.save_results (strict JSON, NaN as null), so readers see one format.
     write_json(out / "metrics.json", data)
