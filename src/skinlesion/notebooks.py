@@ -501,3 +501,11 @@ def site_curves(recipe: str) -> pd.DataFrame:
                          "specificity": p["specificity_mean"],
                          "note": f"mean of {p['repeats']} draws; spec 10-90 %: {p['specificity_p10']:.2f}-{p['specificity_p90']:.2f}"})
     return pd.DataFrame(rows)
+
+
+def published_recipe() -> str:
+    """The recipe of ``reports/generalisation/summary.json`` (the default's), or "" before one is published."""
+    import json
+
+    path = config.reports_dir() / "generalisation" / "summary.json"
+    return str(json.loads(path.read_text())["recipe"]) if path.is_file() else ""

@@ -154,26 +154,33 @@ def read_kaggle(root: Path, *, strict: bool = False) -> Source:
     return Source(INFO[name], root, _records(df, name))
 
 
-def read_ham10000(root: Path, *, strict: bool = False) -> Source:
-    """HAM10000: ``HAM10000_metadata.csv`` (dx -> label, lesion_id groups) and ``images/``."""
-    name = "ham10000"
-    csv = root / "HAM10000_metadata.csv"
-    _require(csv, "HAM10000_metadata.csv", name)
-    meta = _read_csv(csv, ["lesion_id", "image_id", "dx"], name)
-    unknown = sorted(set(meta["dx"]) - set(HAM10000_LABELS))
+def _metadata_source(root: Path, name: str, csv_name: str, *, id_col: str, dx_col: str, group_col: str,
+                     labels: dict[str, int], strict: bool) -> Source:
+    """A set described by one metadata CSV (id, diagnosis, group) beside an ``images/`` folder."""
+    csv = root / csv_name
+    _require(csv, csv_name, name)
+    meta = _read_csv(csv, list(dict.fromkeys([group_col, id_col, dx_col])), name)
+    unknown = sorted(set(meta[dx_col]) - set(labels))
     if unknown:
-        raise DataError(f"{name}: unknown dx value(s) {unknown} in {csv.name}; known: {sorted(HAM10000_LABELS)}")
+        raise DataError(f"{name}: unknown {dx_col} value(s) {unknown} in {csv_name}; known: {sorted(labels)}")
     problems: dict[str, int] = {}
     _require(root / "images", "the images/ folder", name)
     files = _image_files(root / "images")
-    keep = _match_files(meta["image_id"], files, name, problems, strict, csv.name)
-    meta = meta[keep]
+    ids = meta[id_col].map(lambda v: Path(str(v)).stem)  # some sets list file names, some bare ids
+    keep = _match_files(ids, files, name, problems, strict, csv_name)
+    meta, ids = meta[keep], ids[keep]
     df = pd.DataFrame({
-        "image_id": meta["image_id"], "path": [files[i].relative_to(root).as_posix() for i in meta["image_id"]],
-        "label": meta["dx"].map(HAM10000_LABELS), "diagnosis": meta["dx"],
-        "group": name + ":" + meta["lesion_id"], "split": "train",
+        "image_id": ids, "path": [files[i].relative_to(root).as_posix() for i in ids],
+        "label": meta[dx_col].map(labels), "diagnosis": meta[dx_col],
+        "group": name + ":" + meta[group_col].astype(str), "split": "train",
     })
     return Source(INFO[name], root, _records(df, name), problems)
+
+
+def read_ham10000(root: Path, *, strict: bool = False) -> Source:
+    """HAM10000: ``HAM10000_metadata.csv`` (dx -> label, lesion_id groups) and ``images/``."""
+    return _metadata_source(root, "ham10000", "HAM10000_metadata.csv", id_col="image_id", dx_col="dx",
+                            group_col="lesion_id", labels=HAM10000_LABELS, strict=strict)
 
 
 ISIC2017_SPLITS = {"train": "Training", "val": "Validation", "test": "Test_v2"}
@@ -218,27 +225,12 @@ def read_isic2017(root: Path, *, strict: bool = False) -> Source:
 
 
 def read_pad_ufes_20(root: Path, *, strict: bool = False) -> Source:
-    """PAD-UFES-20 smartphone photos (clinical, NOT dermoscopy): ``metadata.csv`` and ``images/``."""
-    name = "pad_ufes_20"
-    csv = root / "metadata.csv"
-    _require(csv, "metadata.csv", name)
-    meta = _read_csv(csv, ["patient_id", "lesion_id", "diagnostic", "img_id"], name)
-    unknown = sorted(set(meta["diagnostic"]) - set(PAD_UFES_20_LABELS))
-    if unknown:
-        raise DataError(f"{name}: unknown diagnostic value(s) {unknown}; known: {sorted(PAD_UFES_20_LABELS)}")
-    problems: dict[str, int] = {}
-    _require(root / "images", "the images/ folder", name)
-    files = _image_files(root / "images")
-    ids = meta["img_id"].map(lambda s: Path(str(s)).stem)
-    keep = _match_files(ids, files, name, problems, strict, csv.name)
-    meta, ids = meta[keep], ids[keep]
-    df = pd.DataFrame({
-        "image_id": ids, "path": [files[i].relative_to(root).as_posix() for i in ids],
-        "label": meta["diagnostic"].map(PAD_UFES_20_LABELS), "diagnosis": meta["diagnostic"],
-        # Split by patient: several lesions (and photos) of one patient never straddle splits.
-        "group": name + ":" + meta["patient_id"].astype(str), "split": "train",
-    })
-    return Source(INFO[name], root, _records(df, name), problems)
+    """PAD-UFES-20 smartphone photos (clinical, NOT dermoscopy): ``metadata.csv`` and ``images/``.
+
+    Grouped by patient: several lesions (and photos) of one patient never straddle splits.
+    """
+    return _metadata_source(root, "pad_ufes_20", "metadata.csv", id_col="img_id", dx_col="diagnostic",
+                            group_col="patient_id", labels=PAD_UFES_20_LABELS, strict=strict)
 
 
 def read_folder(root: Path, *, name: str | None = None, strict: bool = False) -> Source:

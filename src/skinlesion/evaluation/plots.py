@@ -68,26 +68,36 @@ def class_grids(root: str | os.PathLike[str], files: pd.DataFrame, n: int = 8, s
     return fig
 
 
-def pair_grid(root: str | os.PathLike[str], pairs: pd.DataFrame, *, title: str | None = None) -> Figure:
-    """Test image beside its train duplicate, one pair per column, with the match details."""
-    n = max(1, len(pairs))
-    fig, axes = _fig(1.9 * n, 4.2, 2, n)
+def _pair_columns(columns: list[tuple[tuple[Path, str], tuple[Path, str], str]], *, title: str | None,
+                  height: float) -> Figure:
+    """Two images per column (top, bottom), each with a caption, and a note under each column."""
+    n = max(1, len(columns))
+    fig, axes = _fig(1.9 * n, height, 2, n)
     for c in range(n):
         for r in range(2):
             axes[r][c].set_axis_off()
-        if c >= len(pairs):
+        if c >= len(columns):
             continue
-        row = pairs.iloc[c]
-        for r, (key, lab) in enumerate((("test_path", "test_label"), ("train_path", "train_label"))):
-            axes[r][c].imshow(_thumb(Path(root) / row[key]))
-            axes[r][c].set_title(f"{Path(row[key]).parent.parent.name}/{CLASS_NAMES[int(row[lab])]}\n"
-                                 f"{Path(row[key]).name}", fontsize=7)
-        axes[1][c].text(0.5, -0.12, f"{row['kind']}: pHash {int(row['phash_distance'])}, "
-                        f"r={row['thumb_correlation']:.2f}", transform=axes[1][c].transAxes,
-                        ha="center", va="top", fontsize=7)
+        *images, note = columns[c]
+        for r, (path, caption) in enumerate(images):
+            axes[r][c].imshow(_thumb(path))
+            axes[r][c].set_title(caption, fontsize=7)
+        axes[1][c].text(0.5, -0.12, note, transform=axes[1][c].transAxes, ha="center", va="top", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
+
+
+def pair_grid(root: str | os.PathLike[str], pairs: pd.DataFrame, *, title: str | None = None) -> Figure:
+    """Test image beside its train duplicate, one pair per column, with the match details."""
+    def side(row: pd.Series, key: str, lab: str) -> tuple[Path, str]:
+        p = Path(row[key])
+        return Path(root) / p, f"{p.parent.parent.name}/{CLASS_NAMES[int(row[lab])]}\n{p.name}"
+
+    columns = [(side(row, "test_path", "test_label"), side(row, "train_path", "train_label"),
+                f"{row['kind']}: pHash {int(row['phash_distance'])}, r={row['thumb_correlation']:.2f}")
+               for _, row in pairs.iterrows()]
+    return _pair_columns(columns, title=title, height=4.2)
 
 
 def stat_histograms(stats: pd.DataFrame, columns: Sequence[str], *, by: str = "class",
@@ -173,22 +183,15 @@ def duplicate_pairs_grid(pairs: pd.DataFrame, records: pd.DataFrame, roots: dict
     ``thumb64_correlation``).
     """
     idx = records.set_index(["source", "image_id"])
-    n = max(1, len(pairs))
-    fig, axes = _fig(1.9 * n, 4.4, 2, n)
-    for c in range(n):
-        for r in range(2):
-            axes[r][c].set_axis_off()
-        if c >= len(pairs):
-            continue
-        row = pairs.iloc[c]
-        for r, side in enumerate(("a", "b")):
-            rec = idx.loc[(row[f"source_{side}"], row[f"image_{side}"])]
-            axes[r][c].imshow(_thumb(roots[row[f"source_{side}"]] / rec["path"]))
-            axes[r][c].set_title(f"{row[f'source_{side}']} · {rec['diagnosis']}\n{Path(str(row[f'image_{side}'])).name[:22]}",
-                                 fontsize=7)
+
+    def side(row: pd.Series, s: str) -> tuple[Path, str]:
+        rec = idx.loc[(row[f"source_{s}"], row[f"image_{s}"])]
+        return (roots[row[f"source_{s}"]] / rec["path"],
+                f"{row[f'source_{s}']} · {rec['diagnosis']}\n{Path(str(row[f'image_{s}'])).name[:22]}")
+
+    columns = []
+    for _, row in pairs.iterrows():
         extra = f", r64={row['thumb64_correlation']:.2f}" if "thumb64_correlation" in row else ""
-        axes[1][c].text(0.5, -0.12, f"pHash {int(row['phash_distance'])}, r16={row['thumb_correlation']:.2f}{extra}",
-                        transform=axes[1][c].transAxes, ha="center", va="top", fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    return fig
+        columns.append((side(row, "a"), side(row, "b"),
+                        f"pHash {int(row['phash_distance'])}, r16={row['thumb_correlation']:.2f}{extra}"))
+    return _pair_columns(columns, title=title, height=4.4)
