@@ -126,7 +126,8 @@ def test_model_card_page(app_page):
     with app_page.expect_navigation():
         app_page.get_by_role("link", name="Model card").click()
     assert app_page.get_by_role("heading", name="Model card").is_visible()
-    for heading in ("Threshold policy", "Calibration", "Limitations", "Validation metrics"):
+    # The same sections the CLI's model card writes (one model card, rendered twice).
+    for heading in ("Decision policy", "Calibration", "Limitations", "Evaluation", "Generalisation and robustness"):
         assert app_page.get_by_role("heading", name=heading).is_visible()
     assert "not a medical device" in app_page.locator("footer").inner_text()
     _screenshot(app_page, "webapp-model-card.png")
