@@ -56,10 +56,10 @@ def make_ensemble(
         raise BundleError("the members were trained on different splits; an ensemble needs one shared split")
     val = ensemble_validation_probabilities(paths)
     y, p = val["label"].to_numpy(), val["prob"].to_numpy()
-    T = calibration.fit_temperature(y, p)
-    p_cal = calibration.apply_temperature(p, T)
-    policy = calibration.fit_decision_policy(y, p_cal, target_sensitivity=target_sensitivity, temperature=T)
-    summary = metrics.summarize(y, p_cal, threshold=policy.threshold)
+    # The same policy fit as a single bundle's (temperature, then threshold and refer band).
+    policy = calibration.build_decision_policy(y, p, target_sensitivity)
+    T = policy.temperature
+    summary = metrics.summarize(y, calibration.apply_temperature(p, T), threshold=policy.threshold)
     first = members[0]
     out_dir = Path(out_dir) if out_dir else first.path.parent
     names = "+".join(str(m.meta.backbone) for m in members)
