@@ -35,10 +35,10 @@ def _features(extractor, name: str, weights_tag: str, frame: pd.DataFrame) -> np
 
 
 def main() -> None:
-    import keras
 
     from skinlesion import config
     from skinlesion.bundle.format import load
+    from skinlesion.evaluation.generalise import head_model
     from skinlesion.models import backbones
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -57,7 +57,7 @@ def main() -> None:
         x_site = _features(extractor, name, str(b.meta.weights), test)
         x_train = _features(extractor, name, str(b.meta.weights),
                             table[table["split"] == "train"].sample(3000, random_state=args.seed))
-        head = keras.Model(b.model.get_layer(b.meta.feature_layer).output, b.model.output)
+        head = head_model(b)
         y = test["label"].to_numpy()
         print(f"{held}: no adaptation: {_scores(head, b.meta.decision, x_site, y)}")
         rng = np.random.default_rng(args.seed)

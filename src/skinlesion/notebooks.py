@@ -457,7 +457,7 @@ def generalisation_tables(folder: str | os.PathLike[str] | None = None) -> tuple
     root = Path(folder) if folder else config.reports_dir() / "generalisation"
     if not (root / "summary.json").is_file():
         return pd.DataFrame(), pd.DataFrame(), ""
-    recipe = json.loads((root / "summary.json").read_text())["recipe"]
+    recipe = published_recipe(root)
     details = json.loads((root / recipe / "details.json").read_text())
 
     def table(block: dict[str, Any]) -> pd.DataFrame:
@@ -503,9 +503,9 @@ def site_curves(recipe: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def published_recipe() -> str:
+def published_recipe(folder: str | os.PathLike[str] | None = None) -> str:
     """The recipe of ``reports/generalisation/summary.json`` (the default's), or "" before one is published."""
     import json
 
-    path = config.reports_dir() / "generalisation" / "summary.json"
+    path = Path(folder or config.reports_dir() / "generalisation") / "summary.json"
     return str(json.loads(path.read_text())["recipe"]) if path.is_file() else ""

@@ -23,8 +23,6 @@ import pandas as pd
 from skinlesion.data.datasets import DataError
 
 SPLIT_TABLE_COLUMNS = ["source", "image_id", "path", "label", "diagnosis", "group", "split", "reason"]
-TRAINING_SPLITS = ("train", "val")  # images the model learns from or is selected on
-SPLITS = ("train", "val", "test", "excluded", "unused")
 
 
 def duplicate_groups(records: pd.DataFrame, pairs: pd.DataFrame | None = None) -> np.ndarray:

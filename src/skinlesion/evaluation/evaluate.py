@@ -72,7 +72,7 @@ def _multi_source_test_sets(splits_file: Path, data_dir: str | os.PathLike[str] 
     from skinlesion.data.training_data import roots_for
 
     table = pd.read_csv(splits_file)
-    roots = roots_for(table, data_dir) if data_dir else roots_for(table)
+    roots = roots_for(table, data_dir)
     sets: list[EvalSet] = []
     for src in table["source"].unique():
         rows = table[table["source"] == src]

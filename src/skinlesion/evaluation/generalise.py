@@ -31,6 +31,13 @@ EXPERIMENT_COLUMNS = ("recipe", "LOSO AUC per held-out source", "mean", "worst",
                       "specificity at frozen threshold (sens)", "Kaggle test AUC", "wall time", "command")
 
 
+def head_model(bundle: Any) -> Any:
+    """The part of a loaded bundle's model after its pooled features: features -> P(malignant)."""
+    import keras
+
+    return keras.Model(bundle.model.get_layer(bundle.meta.feature_layer).output, bundle.model.output)
+
+
 def stage1_probabilities(bundle_path: Path, files: list[Path], *, progress: bool = False) -> pd.DataFrame | None:
     """Calibrated probabilities of a stage-1 bundle from cached backbone features, or None.
 
@@ -40,7 +47,6 @@ def stage1_probabilities(bundle_path: Path, files: list[Path], *, progress: bool
     score tens of thousands of held-out images per run; this makes that seconds instead of
     minutes on a CPU. Anything else (fine-tuned, ensembles, random weights) returns None.
     """
-    import keras
 
     from skinlesion.bundle.format import load
     from skinlesion.models import backbones
@@ -60,7 +66,7 @@ def stage1_probabilities(bundle_path: Path, files: list[Path], *, progress: bool
     views = tuple(VIEWS) if meta.raw.get("tta") == "dihedral" else ("id",)
     feats, ok, errors = extract_features(extractor, files, backbone=backbone + ("+sog" if cc else ""),
                                          weights_tag=meta.weights, views=views, progress=progress)
-    head = keras.Model(b.model.get_layer(meta.feature_layer).output, b.model.output)
+    head = head_model(b)
     raw = np.full(len(files), np.nan)
     if ok.any():
         # Mean of the raw outputs over the views, then calibration: the Predictor's TTA rule.
