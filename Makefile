@@ -38,8 +38,8 @@ test: $(STAMP) lint ## Lint, then the whole test suite (unit, real-data integrat
 test-fast: $(STAMP) ## Unit tests only: no training, real data, notebooks or browser (under 2 minutes)
 	$(PY) -m pytest tests -m "not realdata and not browser and not slow"
 
-webapp: $(STAMP) ## Serve the Flask web app with gunicorn on 127.0.0.1:$(PORT)
-	$(VENV)/bin/gunicorn --workers 2 --bind 127.0.0.1:$(PORT) --timeout 120 'webapp:create_app()'
+webapp: $(STAMP) ## Serve the Flask web app with gunicorn on 127.0.0.1:$(PORT) (workers warmed up before traffic)
+	$(VENV)/bin/gunicorn -c gunicorn.conf.py --bind 127.0.0.1:$(PORT)
 
 dashboard: $(STAMP) ## Start the Voila dashboard
 	$(VENV)/bin/voila dashboards/lesion_uploader.ipynb --Voila.config_file_paths=dashboards --port=8866 --no-browser
@@ -47,11 +47,13 @@ dashboard: $(STAMP) ## Start the Voila dashboard
 notebooks: $(STAMP) ## Re-execute every notebook on the full data and rewrite the outputs
 	$(PY) tools/notebooks.py run-all
 
-benchmark: $(STAMP) ## Print speed figures (feature pipeline, Grad-CAM latency, web app under load, TTA cost)
+benchmark: $(STAMP) ## Print speed figures (feature pipeline, Grad-CAM latency, web app under load, TTA cost, image-type gate cost, Keras vs TFLite)
 	$(PY) benchmarks/feature_pipeline.py
 	$(PY) benchmarks/explain_latency.py
 	$(PY) benchmarks/webapp_load.py
 	$(PY) benchmarks/tta_cost.py
+	$(PY) benchmarks/gate_cost.py
+	$(PY) benchmarks/export_backends.py
 
 audit: $(STAMP) ## Leakage audit of test vs train (writes reports/audit)
 	$(VENV)/bin/skinlesion data audit

@@ -19,15 +19,15 @@ import numpy as np
 
 def main() -> None:
     from skinlesion import config
-    from skinlesion.bundle.format import default_bundle
+    from skinlesion.bundle.format import resolve_default_bundle
     from skinlesion.data.intake import load_for_model
     from skinlesion.serving.inference import Predictor
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", type=Path, default=None, help="bundle (default: SKINLESION_MODEL or the newest)")
+    ap.add_argument("--model", type=Path, default=None, help="bundle (default: the default model, SKINLESION_MODEL or models/<DEFAULT_MODEL>)")
     ap.add_argument("--runs", type=int, default=30)
     args = ap.parse_args()
-    predictor = Predictor.from_bundle(args.model or default_bundle())
+    predictor = Predictor.from_bundle(args.model or resolve_default_bundle())
     found = sorted((config.shared_dataset() / "test" / "malignant").glob("*.jpg"))[:1]
     rng = np.random.default_rng(0)
     image = (load_for_model(found[0].read_bytes(), predictor.input_size) if found

@@ -1,16 +1,22 @@
 """Benchmark: the web app's JSON API under gunicorn on loopback.
 
     python benchmarks/webapp_load.py [--model BUNDLE] [--workers 2] [--sequential 30]
-                                     [--threads 4] [--per-thread 25] [--method gradcam]
+                                     [--threads 4] [--per-thread 25] [--method gradcam] [--no-cold]
 
-Starts ``gunicorn 'webapp:create_app()'`` on a free 127.0.0.1 port with the newest bundle
-(or ``--model``), then measures
+Starts gunicorn as ``make webapp`` does (``-c gunicorn.conf.py``: every worker loads the model and
+runs one prediction and one Grad-CAM before it takes traffic) on a free 127.0.0.1 port with the
+default model (``resolve_default_bundle``; or ``--model``), then measures
 
-1. single-request latency, one request at a time: ``predict`` and ``predict + explain``;
-2. a bounded concurrent load: ``--threads`` clients each sending ``--per-thread`` predict
-   requests of real dataset images (generated ones when the dataset is absent),
+1. the first requests after start (``predict + explain``, one at a time, ``--first`` of them:
+   by default two per worker, so each worker most likely serves its first request among them);
+2. single-request latency, one request at a time: ``predict`` and ``predict + explain``;
+3. a bounded concurrent load: ``--threads`` clients each sending ``--per-thread`` predict
+   requests of real dataset images (generated ones when the dataset is absent);
+4. unless ``--no-cold``, the same first requests on a server started *without* the warm-up
+   (``gunicorn 'webapp:create_app()'``, the model loaded by the first request), for contrast.
 
-prints p50/p95/p99 latency, throughput and the error count, and stops the server.
+prints p50/p95/p99 latency, throughput and the error count, the first request against the
+steady-state p50/p99 of the same kind of request (the goal: first <= p99), and stops the servers.
 Nothing leaves the machine. Numbers depend heavily on the CPU and on what else runs on it.
 """
 from __future__ import annotations
@@ -153,44 +159,73 @@ def report(runs: list[Run]) -> str:
     return "\n".join(lines)
 
 
+def first_requests(url: str, images: list[bytes], n: int, method: str | None, warm: bool) -> Run:
+    """The first ``n`` requests a fresh server gets, one at a time (latencies kept in order)."""
+    return sequential(f"first {n} (warm-up {'on' if warm else 'off'})", url, images, n, method)
+
+
+def first_vs_steady(first: Run, steady: Run, cold: Run | None) -> str:
+    """The first request's latency against the steady-state p50/p99 of the same request kind."""
+    p50, p99 = steady.percentile(50), steady.percentile(99)
+    lines = [f"steady state ({steady.name}): p50 {p50:.1f} ms, p99 {p99:.1f} ms"]
+    for run in (first, cold):
+        if run is None or not run.latencies:
+            continue
+        one, worst = 1000 * run.latencies[0], 1000 * max(run.latencies)
+        lines.append(f"{run.name}: first request {one:.1f} ms = {one / p99:.2f} x p99 "
+                     f"({one / p50:.2f} x p50); slowest of the first {run.n}: {worst:.1f} ms = {worst / p99:.2f} x p99")
+    met = first.latencies and 1000 * max(first.latencies) <= p99
+    lines.append(f"goal (warm-up on: every first request <= steady p99): {'met' if met else 'NOT met'}")
+    return "\n".join(lines)
+
+
 def main() -> None:
-    from skinlesion.bundle.format import default_bundle
+    from skinlesion.bundle.format import BundleError, resolve_default_bundle
     from tools.webapp_server import gunicorn_server
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", help="bundle folder (default: SKINLESION_MODEL, else the newest under models/)")
+    ap.add_argument("--model", help="bundle folder (default: the default model, SKINLESION_MODEL else models/<DEFAULT_MODEL>)")
     ap.add_argument("--data-dir", help="dataset root for the request images (default: the real dataset)")
     ap.add_argument("--workers", type=int, default=2, help="gunicorn workers (as `make webapp`)")
     ap.add_argument("--sequential", type=int, default=30, help="requests per sequential scenario")
     ap.add_argument("--threads", type=int, default=4, help="concurrent clients (bounded load)")
     ap.add_argument("--per-thread", type=int, default=25, help="requests per concurrent client")
     ap.add_argument("--method", default="gradcam", help="explanation method for the explain scenario")
+    ap.add_argument("--first", type=int, default=None, help="first requests timed after start (default 2 x workers)")
+    ap.add_argument("--no-cold", action="store_true", help="skip the server started without warm-up")
     args = ap.parse_args()
+    n_first = args.first or 2 * args.workers
 
-    model = args.model or default_bundle()
-    if model is None:
-        raise SystemExit("no trained model: train one with `make run`, or pass --model BUNDLE_DIR")
+    try:
+        model = args.model or resolve_default_bundle()
+    except BundleError as exc:
+        raise SystemExit(f"{exc} Or pass --model BUNDLE_DIR.") from exc
     images, source = load_images(max(args.threads * args.per_thread, args.sequential), args.data_dir)
     print(f"model {model}\nimages: {source}\nserver: gunicorn, {args.workers} worker(s), loopback; "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
 
     t = time.perf_counter()
-    with gunicorn_server(model, workers=args.workers) as url:
-        print(f"listening on {url} after {time.perf_counter() - t:.1f} s")
-        # Warm-up outside the timings: every worker loads the model and traces the explainer
-        # on its first requests; several in parallel so each worker most likely gets some.
-        t = time.perf_counter()
-        warm = concurrent(url, images, 2 * args.workers, 2, args.method)
-        print(f"warm-up (model load in each worker): {time.perf_counter() - t:.1f} s, {warm.errors} errors")
-        if warm.errors:
-            print(f"  first error: {warm.first_error}")
+    with gunicorn_server(model, workers=args.workers, warm=True, startup_timeout=300) as url:
+        print(f"listening on {url}, every worker warmed up, after {time.perf_counter() - t:.1f} s")
+        first = first_requests(url, images, n_first, args.method, warm=True)
+        steady = sequential(f"predict + {args.method} (sequential)", url, images, args.sequential, args.method)
         runs = [
+            first,
             sequential("predict (sequential)", url, images, args.sequential, None),
-            sequential(f"predict + {args.method} (sequential)", url, images, args.sequential, args.method),
+            steady,
             concurrent(url, images, args.threads, args.per_thread),
         ]
+    cold = None
+    if not args.no_cold:
+        t = time.perf_counter()
+        with gunicorn_server(model, workers=args.workers) as url:
+            print(f"cold server (no warm-up) listening on {url} after {time.perf_counter() - t:.1f} s")
+            cold = first_requests(url, images, n_first, args.method, warm=False)
+        runs.append(cold)
     print()
     print(report(runs))
+    print()
+    print(first_vs_steady(first, steady, cold))
     for r in runs:
         if r.first_error:
             print(f"{r.name}: first error {r.first_error}")

@@ -210,7 +210,8 @@ def test_list_bundles_newest_first_with_skinlesion_model_on_top(tmp_path, monkey
     assert list_bundles(tmp_path / "missing", model="") == []
 
 
-def test_dropdown_preselects_the_newest_bundle(tmp_path, monkeypatch) -> None:
+def test_dropdown_preselects_the_newest_bundle_when_the_default_is_not_trained(tmp_path, monkeypatch) -> None:
+    # With models/<DEFAULT_MODEL> present it comes first instead: tests/test_default_model.py.
     monkeypatch.delenv("SKINLESION_MODEL", raising=False)
     _fake_bundle(tmp_path, "old", "2026-01-01T00:00:00+00:00")
     new = _fake_bundle(tmp_path, "new", "2026-02-01T00:00:00+00:00")

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from test_sources import make_ham, make_isic, make_kaggle
 
+from skinlesion import config
 from skinlesion.evaluation.generalise import SUMMARY_KEYS, held_out_frame, report_markdown
 
 
@@ -140,6 +141,7 @@ def test_run_trains_the_default_recipe_on_all_sources(fake_sources, tmp_path, mo
     assert r.exit_code == 0, r.output
     assert "data: kaggle" in r.output and "test:isic2017" in r.output and "Research tool" in r.output
     (bundle,) = (tmp_path / "models").iterdir()
+    assert bundle.name == config.DEFAULT_MODEL  # the bundle the web app, dashboard and CLI serve
     cfg = json.loads((bundle / "bundle.json").read_text())["training"]["config"]
     assert cfg["sources"] == ["kaggle", "ham10000", "isic2017"]
     assert all(cfg[k] == (list(v) if isinstance(v, tuple) else v) for k, v in DEFAULT_RECIPE.items())

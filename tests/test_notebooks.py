@@ -69,7 +69,7 @@ def test_committed_outputs_are_real_clean_and_small():
         assert "SYNTHETIC" not in text, f"{path.name} outputs come from synthetic data"
         assert "sample per class: all images" in text, f"{path.name} outputs are not from the full data"
         assert '"ename"' not in text, f"{path.name} has an error output"
-        assert "/home/" not in text and "I0000 " not in text
+        assert "I0000 " not in text  # absolute paths: tests/test_report_hygiene.py scans every file
 
 
 def test_env_param_casts_to_the_default_type(monkeypatch):
@@ -162,4 +162,4 @@ def test_duplicate_summary_counts_distinct_test_images():
 
 def test_show_path_is_relative_to_the_project():
     assert nb.show_path(project_root() / "models" / "x") == "models/x"
-    assert not nb.show_path(Path("/")).startswith("/work")
+    assert not nb.show_path(Path("/")).startswith(project_root().as_posix())

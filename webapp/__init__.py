@@ -1,14 +1,16 @@
 """Flask web app for the skinlesion classifier (research tool, not a medical device).
 
 Run it with ``make webapp`` (gunicorn) or, for development, ``flask --app webapp run``.
-The model is the bundle in config ``SKINLESION_MODEL`` / env ``SKINLESION_MODEL``, else the
-newest bundle under ``models/``; each process loads it once, on the first request that needs it.
+The model is the bundle in config ``SKINLESION_MODEL`` / env ``SKINLESION_MODEL``, else the default
+model ``models/<skinlesion.config.DEFAULT_MODEL>`` (``skinlesion.bundle.format.resolve_default_bundle``);
+each process loads it once, on the first request that needs it.
 """
 from __future__ import annotations
 
 import io
 import math
 from collections.abc import Mapping
+from functools import partial
 from typing import IO, Any
 
 from flask import Flask, Request, request
@@ -16,6 +18,7 @@ from flask import Flask, Request, request
 from skinlesion import DISCLAIMER, config
 from skinlesion.data.intake import MAX_BYTES
 from skinlesion.explain.common import METHODS
+from skinlesion.serving.inference import Predictor
 from skinlesion.serving.presentation import method_label
 from webapp.analysis import percent
 from webapp.errors import register_error_handlers
@@ -56,17 +59,24 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.request_class = InMemoryRequest
     app.config.from_mapping(
         SKINLESION_MODEL=config.model_env(),
+        # keras | tflite | tflite-dynamic (the bundle's TFLite export; skinlesion.serving.backends).
+        SKINLESION_BACKEND=config.backend(),
         MAX_CONTENT_LENGTH=MAX_CONTENT_LENGTH,
         # Form fields (not files) are held in memory up to this size: room for the base64 copy.
         MAX_FORM_MEMORY_SIZE=math.ceil(RERUN_INLINE_MAX_BYTES * 4 / 3) + 2**16,
         RERUN_INLINE_MAX_BYTES=RERUN_INLINE_MAX_BYTES,
         EXPLAIN_METHODS=tuple(METHODS),
         DEFAULT_EXPLAIN_METHOD="gradcam",
+        # Score-CAM and SmoothGrad take seconds to tens of seconds on a CPU: past this budget a
+        # request gets a 503 and the computation is abandoned (skinlesion.serving.budget).
+        EXPLAIN_TIME_BUDGET_S=config.explain_time_budget_s(),
+        EXPLAIN_BUDGETED_METHODS=("scorecam", "smoothgrad"),
     )
     if test_config is not None:
         app.config.from_mapping(test_config)
 
-    app.extensions["skinlesion_model"] = ModelHolder(app.config["SKINLESION_MODEL"])
+    app.extensions["skinlesion_model"] = ModelHolder(
+        app.config["SKINLESION_MODEL"], loader=partial(Predictor.from_bundle, backend=app.config["SKINLESION_BACKEND"]))
 
     from webapp import api, views
 

@@ -11,12 +11,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from skinlesion.data.intake import MAX_BYTES
-from skinlesion.serving.inference import Prediction
-from skinlesion.serving.presentation import preview_jpeg
+from skinlesion.data.intake import MAX_BYTES, ImageRejected
+from skinlesion.serving.budget import Deadline
+from skinlesion.serving.explanation import ExplanationCaption, explained_model_text, explanation_caption
+from skinlesion.serving.inference import Prediction, Predictor
+from skinlesion.serving.presentation import MAX_PHOTOS, method_label, preview_jpeg
 from webapp.model import ModelHolder
 
 PREVIEW_MAX_SIDE = 640
+# Photos of one lesion analysed together per request (the multipart field ``image`` repeated).
+MAX_IMAGES = MAX_PHOTOS
 
 
 class UserError(Exception):
@@ -36,6 +40,9 @@ class Analysis:
     method: str | None
     overlay_png: bytes | None
     preview_jpeg: bytes | None
+    # How to word the heat map for this decision, and which model (members) it explains.
+    caption: ExplanationCaption | None = None
+    explained_model: str = ""
 
 
 def check_method(name: str, allowed: Sequence[str]) -> str:
@@ -69,12 +76,93 @@ def uploaded_bytes(files: Mapping[str, Any], form: Mapping[str, str], *, allow_i
     raise UserError(400, "No image was sent. Send the file in the multipart/form-data field 'image'.")
 
 
-def analyse(holder: ModelHolder, data: bytes, method: str | None, *, preview: bool = False) -> Analysis:
-    """Predict (and, with ``method``, explain) one upload; intake errors propagate as ImageRejected."""
+def uploaded_files(files: Any, form: Mapping[str, str], *, allow_inline: bool = False,
+                   limit: int = MAX_IMAGES) -> list[tuple[str, bytes]]:
+    """(file name, bytes) of every file in the multipart field ``image``: 1 to ``limit`` photos of one lesion.
+
+    One file (or none, or the result page's carried copy) is exactly :func:`uploaded_bytes`; more
+    than ``limit`` is a 413 that says how many are allowed. ``files`` is Werkzeug's MultiDict.
+    """
+    named = [u for u in files.getlist("image") if u.filename] if hasattr(files, "getlist") else []
+    if len(named) > limit:
+        raise UserError(413, f"Too many images: {len(named)} files were sent, and at most {limit} photos of one "
+                             f"lesion are analysed together. Send {limit} or fewer.")
+    if len(named) <= 1:
+        name = named[0].filename if named else "image"
+        return [(name, uploaded_bytes(files, form, allow_inline=allow_inline))]
+    # One byte over the limit is enough for intake to refuse that file with its own 413.
+    return [(u.filename, u.read(MAX_BYTES + 1)) for u in named]
+
+
+@dataclass
+class Item:
+    """One photo of a several-photo request: its analysis, or why it has none."""
+
+    name: str
+    analysis: Analysis | None = None
+    status: int | None = None
+    message: str | None = None
+
+    def error(self) -> dict[str, Any] | None:
+        """``{"status", "message"}`` when this photo was refused, else None."""
+        return None if self.analysis is not None else {"status": self.status, "message": self.message}
+
+
+def analyse_many(holder: ModelHolder, uploads: Sequence[tuple[str, bytes]], method: str | None, *,
+                 preview: bool = False, deadline: Deadline | None = None) -> list[Item]:
+    """Analyse each photo; a refused file becomes that photo's error and the others are still scored.
+
+    One ``deadline`` covers the request's slow explanations together; when it passes the whole
+    request fails (:class:`~skinlesion.serving.budget.BudgetExceeded`).
+    """
+    items = []
+    for name, data in uploads:
+        try:
+            items.append(Item(name, analyse(holder, data, method, preview=preview, deadline=deadline)))
+        except ImageRejected as exc:
+            items.append(Item(name, status=exc.status, message=exc.message))
+    return items
+
+
+def none_analysed(items: Sequence[Item]) -> UserError | None:
+    """The error to answer with when no photo could be read at all (None when some could)."""
+    if any(i.analysis is not None for i in items):
+        return None
+    statuses = {i.status for i in items}
+    status = statuses.pop() if len(statuses) == 1 else 400
+    details = "; ".join(f"{i.name}: {i.message}" for i in items)
+    return UserError(int(status or 400), f"None of the {len(items)} images could be analysed. {details}")
+
+
+def explain_deadline(method: str | None, config: Mapping[str, Any]) -> Deadline | None:
+    """A deadline ``EXPLAIN_TIME_BUDGET_S`` from now when ``method`` is one of the slow
+    ``EXPLAIN_BUDGETED_METHODS``; None (no limit) otherwise. Start it when the request starts."""
+    if method is None or method not in config["EXPLAIN_BUDGETED_METHODS"]:
+        return None
+    return Deadline(float(config["EXPLAIN_TIME_BUDGET_S"]))
+
+
+def analyse(holder: ModelHolder, data: bytes, method: str | None, *, preview: bool = False,
+            deadline: Deadline | None = None) -> Analysis:
+    """Predict (and, with ``method``, explain) one upload; intake errors propagate as ImageRejected.
+
+    With ``deadline`` the explanation runs under it and raises
+    :class:`~skinlesion.serving.budget.BudgetExceeded` when it passes (a 503 for the client).
+    """
+    def explain(predictor: Predictor) -> bytes:
+        return predictor.explain(data, method, prediction=prediction)[1]
+
     with holder.inference() as predictor:
         prediction = predictor.predict(data)
-        overlay = predictor.explain(data, method)[1] if method else None
-    return Analysis(prediction, method, overlay, preview_jpeg(data, PREVIEW_MAX_SIDE) if preview else None)
+        # An image the gate set aside gets no decision, so no map of "malignant evidence" either.
+        method = method if prediction.assessed else None
+        overlay = explain(predictor) if method and deadline is None else None
+    if method and deadline is not None:
+        overlay = holder.within(deadline, f"The {method_label(method)} heat map", explain)
+    caption = explanation_caption(prediction.decision, method) if method else None
+    explained = explained_model_text(predictor.name, predictor.member_run_ids, predictor.member_weights())
+    return Analysis(prediction, method, overlay, preview_jpeg(data, PREVIEW_MAX_SIDE) if preview else None,
+                    caption, explained)
 
 
 def percent(value: float, digits: int = 1) -> str:

@@ -5,6 +5,7 @@ from flask import Flask, current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from skinlesion.data.intake import MAX_BYTES, ImageRejected
+from skinlesion.serving.budget import BudgetExceeded
 from webapp.analysis import UserError
 from webapp.model import ModelUnavailable
 
@@ -27,7 +28,7 @@ _HTTP_MESSAGES = {
 
 def wants_json() -> bool:
     """API clients get JSON errors; people using the pages get HTML."""
-    return request.path.startswith("/api/") or request.path == "/healthz"
+    return request.path.startswith("/api/") or request.path in ("/healthz", "/readyz")
 
 
 def error_response(status: int, message: str):
@@ -48,6 +49,18 @@ def _http_error(exc: HTTPException):
     return error_response(status, message)
 
 
+def _over_budget(exc: BudgetExceeded):
+    # 503, not 504: this server (not a gateway) ran out of the time it allows itself.
+    message = (
+        f"{exc.what} did not finish within this server's {exc.budget_s:g} s time budget, so there is "
+        "no result. Grad-CAM takes well under a second: choose it, or try again when the server is less busy."
+    )
+    response, status = error_response(503, message)
+    response = current_app.make_response((response, status))
+    response.headers["Retry-After"] = "30"
+    return response
+
+
 def _unexpected(exc: Exception):
     current_app.logger.exception("unhandled error on %s %s", request.method, request.path)
     return error_response(500, INTERNAL_MESSAGE)
@@ -58,5 +71,6 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(ImageRejected, lambda e: error_response(e.status, e.message))
     app.register_error_handler(UserError, lambda e: error_response(e.status, e.message))
     app.register_error_handler(ModelUnavailable, lambda e: error_response(503, e.message))
+    app.register_error_handler(BudgetExceeded, _over_budget)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)

@@ -73,9 +73,56 @@ def source_root(name: str) -> Path:
     return shared_data_dir() / SOURCE_FOLDER[name]
 
 
+# The documented default model: the run id ``skinlesion run`` (``make run``) gives the default
+# recipe (training.train.DEFAULT_RECIPE) trained on the three dermoscopic sources, i.e. the bundle
+# ``models/<DEFAULT_MODEL>``; chosen by leave-one-source-out (reports/generalisation/summary.json
+# names the same recipe, and a test checks they agree). Served when SKINLESION_MODEL is unset:
+# skinlesion.bundle.format.resolve_default_bundle is the one place that decides.
+DEFAULT_MODEL = "lite0-s1-idfh-linear-tta"
+
+
 def model_env() -> str | None:
-    """``SKINLESION_MODEL``: the bundle the web app, dashboard and CLI serve (None when unset)."""
+    """``SKINLESION_MODEL``: the bundle the web app, dashboard and CLI serve instead of
+    ``models/<DEFAULT_MODEL>`` (None when unset)."""
     return os.environ.get("SKINLESION_MODEL") or None
+
+
+# Inference backends, defined here (the bottom layer) so that reading the variable needs no
+# serving code; skinlesion.serving.backends implements them.
+BACKENDS = ("keras", "tflite", "tflite-dynamic")
+
+
+def backend() -> str:
+    """``SKINLESION_BACKEND``: how the web app runs the model: ``keras`` (default), ``tflite`` or
+    ``tflite-dynamic`` (the bundle's TFLite export, made with ``skinlesion export``)."""
+    raw = os.environ.get("SKINLESION_BACKEND", "").strip().lower() or "keras"
+    if raw not in BACKENDS:
+        raise ValueError(f"SKINLESION_BACKEND must be one of {', '.join(BACKENDS)}, got {raw!r}")
+    return raw
+
+
+def tf_config() -> str | None:
+    """``TF_CONFIG``: TensorFlow's standard cluster description (JSON) for ``skinlesion train
+    --distributed``; TensorFlow's MultiWorkerMirroredStrategy reads the same variable itself."""
+    return os.environ.get("TF_CONFIG") or None
+
+
+DEFAULT_EXPLAIN_TIME_BUDGET_S = 20.0
+
+
+def explain_time_budget_s() -> float:
+    """``SKINLESION_EXPLAIN_TIME_BUDGET_S``: seconds a slow explanation (Score-CAM, SmoothGrad) may
+    take per web request before the server answers 503 (default 20; must be > 0)."""
+    raw = os.environ.get("SKINLESION_EXPLAIN_TIME_BUDGET_S", "").strip()
+    if not raw:
+        return DEFAULT_EXPLAIN_TIME_BUDGET_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise ValueError(f"SKINLESION_EXPLAIN_TIME_BUDGET_S must be a number of seconds > 0, got {raw!r}")
+    return value
 
 
 def resolve_data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:

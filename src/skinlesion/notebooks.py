@@ -223,6 +223,29 @@ def duplicate_summary(pairs: pd.DataFrame, n_test: int, n_dedup: int) -> pd.Data
     }})
 
 
+def copies_by_diagnosis(pairs: pd.DataFrame, records: pd.DataFrame, source: str = "kaggle") -> pd.DataFrame:
+    """Images of every other source with a copy (``exact`` or ``near``) in ``source``, per diagnosis.
+
+    Columns: ``in source`` (images of that diagnosis), ``with a copy`` (how many have a copy in
+    ``source``) and ``copies labelled malignant there`` (of those, how many have only malignant
+    copies in ``source``): the facts behind "the Kaggle malignant class is other collections' melanomas".
+    """
+    copies = pairs[pairs["kind"].isin(["exact", "near"])]
+    sides = []
+    for mine, other in (("a", "b"), ("b", "a")):
+        sel = copies[(copies[f"source_{mine}"] == source) & (copies[f"source_{other}"] != source)]
+        sides.append(pd.DataFrame({"source": sel[f"source_{other}"].to_numpy(), "image_id": sel[f"image_{other}"].to_numpy(),
+                                   "malignant there": sel[f"label_{mine}"].to_numpy().astype(int)}))
+    found = pd.concat(sides, ignore_index=True).groupby(["source", "image_id"])["malignant there"].min().reset_index()
+    diagnosis = records.set_index(["source", "image_id"])["diagnosis"]
+    found["diagnosis"] = [diagnosis.loc[(s, i)] for s, i in zip(found["source"], found["image_id"])]
+    per = found.groupby(["source", "diagnosis"]).agg(**{"with a copy": ("image_id", "size"),
+                                                        "copies labelled malignant there": ("malignant there", "sum")})
+    totals = records[records["source"] != source].groupby(["source", "diagnosis"]).size().rename("in source")
+    out = pd.concat([totals, per], axis=1).fillna(0).astype(int)
+    return out[out["with a copy"] > 0].sort_values("with a copy", ascending=False)
+
+
 def ita_for_files(root: str | os.PathLike[str], files: pd.DataFrame) -> pd.DataFrame:
     """ITA skin-tone estimate and category per image (see :mod:`skinlesion.evaluation.skintone`)."""
     from skinlesion.evaluation.skintone import image_ita
@@ -260,8 +283,43 @@ def train_backbones(backbones: Sequence[str], out_dir: str | os.PathLike[str], *
     return bundles, skipped
 
 
-def validation_table(bundles: dict[str, Path]) -> pd.DataFrame:
-    """One row per bundle: backbone, stage, weights, size, validation AUC and operating point."""
+RECORDED_VALIDATION = "kaggle-only/validation.csv"  # under reports/: see recorded_validation
+
+
+def _input_sizes(meta: Any, path: Path) -> str:
+    """The input side of a bundle; an ensemble's members' sides, e.g. "224/260"."""
+    from skinlesion.bundle.format import BundleError, load_meta
+
+    if meta.kind != "ensemble":
+        return str(meta.input_size)
+    sizes = []
+    for rel in meta.all_members:
+        member = Path(rel) if Path(rel).is_absolute() else (path / rel).resolve()
+        try:
+            sizes.append(str(load_meta(member).input_size))
+        except BundleError:  # a missing member still leaves the table readable
+            sizes.append("?")
+    return "/".join(dict.fromkeys(sizes)) or str(meta.input_size)
+
+
+def recorded_validation(names: Sequence[str]) -> pd.DataFrame:
+    """Validation rows of reference bundles that are not on this machine, as recorded in
+    ``reports/kaggle-only/validation.csv`` (with a ``recorded_from`` column saying where from)."""
+    path = config.reports_dir() / RECORDED_VALIDATION
+    if not path.is_file():
+        return pd.DataFrame()
+    table = pd.read_csv(path, dtype={"input": str})
+    return table[table["model"].isin(list(names))].set_index("model")
+
+
+def validation_table(bundles: dict[str, Path], skipped: dict[str, str] | None = None,
+                     recorded: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per model: backbone, stage, input size, validation AUC and operating point.
+
+    ``bundles`` are read from their bundle.json; ``skipped`` ({backbone: why}) become rows that
+    say so (no numbers); ``recorded`` rows (:func:`recorded_validation`) stand in for bundles that
+    are not here and are marked in the ``from`` column.
+    """
     from skinlesion.bundle.format import load_meta
 
     rows = []
@@ -270,13 +328,26 @@ def validation_table(bundles: dict[str, Path]) -> pd.DataFrame:
         val = meta.val_metrics
         rows.append({
             "model": label, "backbone": meta.backbone or "ensemble", "stage": meta.stage or meta.kind,
-            "input": meta.input_size, "train images": meta.training.n_train,
+            "input": _input_sizes(meta, Path(path)), "train images": meta.training.n_train,
             "views": ",".join(meta.training.views) or None,
             "val AUC": val.get("roc_auc"), "val sensitivity": val.get("sensitivity"),
             "val specificity": val.get("specificity"),
-            "threshold": meta.decision.threshold if meta.decision else None,
+            "threshold": meta.decision.threshold if meta.decision else None, "from": "bundle.json",
         })
-    return pd.DataFrame(rows).set_index("model").sort_values("val AUC", ascending=False)
+    for name, row in (recorded if recorded is not None else pd.DataFrame()).iterrows():
+        if name not in bundles:
+            rows.append({"model": name, **{k: row[k] for k in ("backbone", "stage", "input", "train images", "views",
+                                                               "val AUC", "val sensitivity", "val specificity",
+                                                               "threshold")},
+                         "from": f"recorded ({show_path(config.reports_dir() / RECORDED_VALIDATION)})"})
+    from skinlesion.models.registry import get_spec
+
+    for name, why in (skipped or {}).items():
+        offline = "could not be downloaded" in why or "offline" in why.lower()
+        rows.append({"model": f"nb-{name}", "backbone": name,
+                     "stage": "skipped: ImageNet weights unavailable offline" if offline else f"skipped: {why[:80]}",
+                     "input": str(get_spec(name).input_size), "from": "not trained"})
+    return pd.DataFrame(rows).set_index("model").sort_values("val AUC", ascending=False, na_position="last")
 
 
 def reference_bundles(names: Sequence[str]) -> dict[str, Path]:
@@ -322,12 +393,63 @@ def metrics_table(results: dict[str, dict[str, Any]], set_name: str = "test",
 
 
 def most_confident_mistakes(preds: pd.DataFrame, threshold: float, k: int = 8) -> pd.DataFrame:
-    """The ``k`` wrong predictions the model was most sure of (by distance from the threshold)."""
+    """The wrong calls the model was most sure of: up to ``k`` missed malignant lesions, then up to
+    ``k`` false alarms, each ranked by the probability it gave the wrong class.
+
+    ``wrong_class_probability`` is 1 - P(malignant) for a missed malignant lesion and P(malignant)
+    for a false alarm. (Ranking by distance from the threshold instead would hide the worst misses:
+    with a low threshold a melanoma at P = 0.01 is only 0.2 from it, a benign lesion at 0.99 is 0.8.)
+    """
     ok = preds[preds["error"].fillna("") == ""].copy()
     ok["predicted"] = (ok["probability"] >= threshold).astype(int)
     wrong = ok[ok["predicted"] != ok["y_true"]].copy()
-    wrong["confidence"] = (wrong["probability"] - threshold).abs()
-    return wrong.sort_values("confidence", ascending=False).head(k)
+    missed = wrong["y_true"] == 1
+    wrong["mistake"] = np.where(missed, "missed malignant", "false alarm")
+    wrong["wrong_class_probability"] = np.where(missed, 1.0 - wrong["probability"], wrong["probability"])
+    parts = [wrong[wrong["mistake"] == kind].sort_values("wrong_class_probability", ascending=False).head(k)
+             for kind in ("missed malignant", "false alarm")]
+    return pd.concat(parts)
+
+
+def sensitivity_against_target(results: dict[str, dict[str, Any]], set_name: str = "test",
+                               target: float | None = None) -> pd.DataFrame:
+    """Per model: sensitivity at the frozen threshold with its 95 % CI, against the validation
+    target (default ``DEFAULT_TARGET_SENSITIVITY``, what the thresholds were fitted for)."""
+    from skinlesion.metrics.classification import DEFAULT_TARGET_SENSITIVITY
+
+    target = DEFAULT_TARGET_SENSITIVITY if target is None else float(target)
+    rows = {}
+    for name, res in results.items():
+        s = ((res.get("sets") or {}).get(set_name) or {}).get("at_threshold", {}).get("sensitivity")
+        if not s or s.get("value") is None:
+            continue
+        low, high = s.get("low"), s.get("high")
+        verdict = ("no CI" if low is None or high is None else "CI below the target" if high < target
+                   else "CI above the target" if low > target else "CI includes the target")
+        rows[name] = {"sensitivity": s["value"], "low": low, "high": high, "target": target, "verdict": verdict}
+    return pd.DataFrame(rows).T
+
+
+def calibration_effect(evaluations: dict[str, tuple[dict[str, Any], dict[str, pd.DataFrame]]],
+                       set_name: str = "test") -> pd.DataFrame:
+    """Per model: ECE and Brier score of the raw and of the temperature-scaled probabilities on
+    one set (same ECE binning as the reports), and whether scaling lowered the ECE."""
+    from skinlesion.metrics.calibration import brier_score, expected_calibration_error
+
+    rows = {}
+    for name, (_, preds) in evaluations.items():
+        df = preds.get(set_name)
+        if df is None or "raw_probability" not in df.columns:
+            continue
+        ok = df[(df["error"].fillna("") == "") & df["raw_probability"].notna()]
+        y = ok["y_true"].to_numpy().astype(int)
+        raw, cal = ok["raw_probability"].to_numpy(float), ok["probability"].to_numpy(float)
+        rows[name] = {"ECE raw": expected_calibration_error(y, raw), "ECE scaled": expected_calibration_error(y, cal),
+                      "Brier raw": brier_score(y, raw), "Brier scaled": brier_score(y, cal)}
+    table = pd.DataFrame(rows).T
+    if not table.empty:
+        table["scaling lowered ECE"] = table["ECE scaled"] < table["ECE raw"]
+    return table
 
 
 # ---------------------------------------------------------------------------- 04 explanations
@@ -470,6 +592,40 @@ def generalisation_tables(folder: str | os.PathLike[str] | None = None) -> tuple
 
     exp = root / "experiments.md"
     return table(details["held_out"]), table(details.get("reference", {})), exp.read_text() if exp.is_file() else ""
+
+
+def loso_recipes(folder: str | os.PathLike[str] | None = None) -> pd.DataFrame:
+    """Every recipe under ``reports/generalisation/<recipe>/summary.json``: held-out ROC AUC and
+    95 % CI per source, their mean, the worst source and (from ``details.json``) the in-source
+    Kaggle test AUC of the model trained on every source and the recipe in words (empty before
+    any LOSO run)."""
+    import json
+
+    root = Path(folder) if folder else config.reports_dir() / "generalisation"
+    rows = {}
+    for path in sorted(root.glob("*/summary.json")):
+        held = json.loads(path.read_text()).get("held_out") or {}
+        if not held:
+            continue
+        details_file = path.with_name("details.json")
+        details = json.loads(details_file.read_text()) if details_file.is_file() else {}
+        reference, cfg = details.get("reference") or {}, details.get("config") or {}
+        aucs = {s: float(v["roc_auc"]) for s, v in held.items()}
+        worst = min(aucs, key=aucs.__getitem__)
+        row: dict[str, Any] = {"mean": float(np.mean(list(aucs.values()))), "worst": aucs[worst], "worst source": worst}
+        for s, v in held.items():
+            row[s] = aucs[s]
+            row[f"{s} CI"] = tuple(float(x) for x in v["roc_auc_ci"])
+        if "kaggle" in reference:  # the model trained on every source, on the Kaggle test split
+            row["kaggle in-source"] = float(reference["kaggle"]["roc_auc"])
+        if cfg:
+            head = "a linear head" if not cfg.get("head_units") else f"a {cfg['head_units']}-unit head"
+            row["recipe"] = (f"{cfg.get('backbone')} stage {2 if cfg.get('fine_tune') else 1} on views "
+                             f"{'+'.join(cfg.get('views') or [])}, {head}"
+                             + (", dihedral TTA (threshold fitted on it)" if cfg.get("tta") else "")
+                             + (f", {cfg['balance']}-balanced" if cfg.get("balance", "class") != "class" else ""))
+        rows[path.parent.name] = row
+    return pd.DataFrame(rows).T.sort_values("mean", ascending=False) if rows else pd.DataFrame()
 
 
 def robustness_table(run_id: str, folder: str | os.PathLike[str] | None = None) -> pd.DataFrame:

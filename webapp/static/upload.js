@@ -7,9 +7,19 @@
   var shown = document.getElementById("file-name");
   if (!zone || !input) { return; }
 
+  // Several photos of one lesion are analysed together, up to the server's limit.
+  var maxFiles = parseInt(input.getAttribute("data-max-files") || "1", 10);
+
   function showName() {
     // textContent, never innerHTML: file names are user input.
-    shown.textContent = input.files.length ? "Selected: " + input.files[0].name : "";
+    var names = Array.prototype.map.call(input.files, function (f) { return f.name; });
+    var text = names.length ? "Selected: " + names.join(", ") : "";
+    if (names.length > maxFiles) {
+      text += " (too many: at most " + maxFiles + " photos of one lesion)";
+    }
+    shown.textContent = text;
+    // The browser then refuses to submit and says why; the server checks the limit too.
+    input.setCustomValidity(names.length > maxFiles ? "Choose at most " + maxFiles + " photos of one lesion." : "");
   }
 
   ["dragenter", "dragover"].forEach(function (type) {

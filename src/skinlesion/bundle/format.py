@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import json
 import os
 import platform
 import shutil
@@ -27,7 +26,7 @@ from typing import Any
 
 from skinlesion import CLASS_NAMES, config
 from skinlesion.bundle.meta import BundleMeta
-from skinlesion.io import dumps_json, read_json, sha256_file
+from skinlesion.io import atomic_write_text, dumps_json, read_json, sha256_file
 
 SCHEMA_VERSION = 1
 BUNDLE_FILE = "bundle.json"
@@ -156,6 +155,29 @@ def write_bundle(
     return final
 
 
+def add_to_bundle(path: str | os.PathLike[str], files: Mapping[str, Any], meta_update: Mapping[str, Any]) -> None:
+    """Add (or replace) artefacts of an existing single bundle: write ``files`` with the same
+    writers as :func:`write_bundle`, then rewrite ``bundle.json`` with their checksums and
+    ``meta_update`` merged in. The model itself is never touched."""
+    folder = Path(path)
+    meta = read_meta(folder)
+    checksums = dict(meta.get("files") or {})
+    for name, obj in files.items():
+        if name in (BUNDLE_FILE, "model.keras"):
+            raise BundleError(f"refusing to overwrite {name} of {folder}")
+        tmp = folder / f".tmp{os.getpid()}.{name}"   # keeps the suffix (np.savez appends .npz otherwise)
+        if callable(obj):
+            obj(tmp)
+        elif isinstance(obj, (bytes, bytearray)):
+            tmp.write_bytes(obj)
+        else:
+            raise TypeError(f"don't know how to write {name!r} ({type(obj).__name__})")
+        os.replace(tmp, folder / name)
+        checksums[name] = sha256_file(folder / name)
+    full = {**meta, **meta_update, "files": checksums}
+    atomic_write_text(folder / BUNDLE_FILE, dumps_json(full) + "\n")
+
+
 def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     """bundle.json of ``path`` after checking the schema and every file's checksum."""
     path = Path(path)
@@ -214,24 +236,36 @@ def load(path: str | os.PathLike[str]) -> Bundle:
     return Bundle(path=folder, meta=load_meta(path))
 
 
-def default_bundle() -> Path | None:
-    """The bundle served when none is named: ``SKINLESION_MODEL``, else :func:`latest_bundle`."""
+def resolve_default_bundle(
+    models_dir: str | os.PathLike[str] | None = None, *, must_exist: bool = True
+) -> Path:
+    """The bundle served when none is named; the one rule the web app, dashboard, CLI and notebooks use.
+
+    1. ``SKINLESION_MODEL`` (a bundle folder or its bundle.json), when set;
+    2. else ``models/<config.DEFAULT_MODEL>`` (``models_dir`` overrides ``models/``): the bundle
+       ``make run`` trains.
+
+    There is no "newest bundle" fallback: which model answers must not depend on what was trained
+    last. With ``must_exist`` (the default) a missing bundle is a :class:`BundleError` saying how
+    to get one and which bundles are there instead; ``must_exist=False`` returns the path anyway
+    (e.g. to name the default's report folder before it is trained). Checksums are verified
+    later, by :func:`load`.
+    """
     env = config.model_env()
-    return Path(env) if env else latest_bundle()
-
-
-def latest_bundle(models_dir: str | os.PathLike[str] | None = None) -> Path | None:
-    """The newest complete bundle under ``models/`` (by creation time in bundle.json)."""
     root = Path(models_dir) if models_dir else config.models_dir()
-    if not root.is_dir():
-        return None
-    found = []
-    for meta_file in root.glob(f"*/{BUNDLE_FILE}"):
-        if meta_file.parent.name.startswith("."):
-            continue
-        try:
-            created = json.loads(meta_file.read_text()).get("created", "")
-        except (OSError, json.JSONDecodeError):
-            continue
-        found.append((created, meta_file.parent))
-    return max(found)[1] if found else None
+    path = Path(env).expanduser() if env else root / config.DEFAULT_MODEL
+    if path.name == BUNDLE_FILE:
+        path = path.parent
+    if not must_exist or (path / BUNDLE_FILE).is_file():
+        return path
+    if env:
+        raise BundleError(f"SKINLESION_MODEL={env} is not a model bundle (no {BUNDLE_FILE} there); "
+                          "point it at a bundle folder, or unset it to serve the default model.")
+    others = sorted(p.parent.name for p in root.glob(f"*/{BUNDLE_FILE}") if not p.parent.name.startswith("."))
+    hint = (f" Bundles found there: {', '.join(others)} (serve one with SKINLESION_MODEL={root}/<name>)."
+            if others else "")
+    raise BundleError(
+        f"no trained model found at {path} (the default model, {config.DEFAULT_MODEL!r} in "
+        f"skinlesion.config). Train it with `make run` (or `skinlesion run`), or set SKINLESION_MODEL "
+        f"to a bundle folder.{hint}"
+    )

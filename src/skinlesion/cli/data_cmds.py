@@ -47,13 +47,12 @@ def data_synth(out, n_train, n_test, size, seed, overwrite) -> None:
 @friendly
 def data_sources(as_json) -> None:
     """List every data source found, with images per label and per split."""
-    import json
-
     from skinlesion.data.sources import find_sources
+    from skinlesion.io import dumps_json
 
     found, missing = find_sources()
     if as_json:
-        click.echo(json.dumps({"found": {n: s.summary() for n, s in found.items()}, "missing": missing}, indent=2))
+        click.echo(dumps_json({"found": {n: s.summary() for n, s in found.items()}, "missing": missing}))
         return
     for name, src in found.items():
         d = src.summary()

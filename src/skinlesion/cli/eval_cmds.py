@@ -1,23 +1,28 @@
 """Commands that score models: evaluate, compare, model-card and the main job ``run``."""
 from __future__ import annotations
 
+import shutil
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import click
 
 from skinlesion import DISCLAIMER, config
 from skinlesion.cli.base import friendly, main
+from skinlesion.metrics.stats import N_BOOTSTRAP
 
 
 @main.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Where the bundle's test images are (default: as trained).")
-@click.option("--external", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path), help="Extra folder-per-class evaluation set (repeatable).")
+@click.option("--external", multiple=True, help="Extra evaluation set (repeatable): a folder-per-class directory, or a "
+              "registered source scored whole, e.g. pad_ufes_20 (phone photos: shows what the image-type gate sets aside).")
 @click.option("--no-test", is_flag=True, help="Only evaluate the --external sets.")
 @click.option("--tta/--no-tta", default=None, help="Test-time augmentation over the 8 dihedral views (default: as the bundle was calibrated).")
-@click.option("--resamples", default=2000, show_default=True, help="Bootstrap resamples for the CIs.")
+@click.option("--resamples", default=N_BOOTSTRAP, show_default=True, help="Bootstrap resamples for the CIs.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Report folder (default reports/<run-id>).")
 @click.option("--no-skin-tone", is_flag=True, help="Skip the ITA skin-tone subgroup table (about 40 ms an image).")
 @click.option("--quiet", is_flag=True)
@@ -31,11 +36,18 @@ def evaluate(bundle, data_dir, external, no_test, tta, resamples, out, no_skin_t
                                      n_resamples=resamples, include_test=not no_test, progress=not quiet)
     path = save_results(results, preds, out)
     # Same roots as evaluation_sets uses, so the skin-tone table reads the images that were scored.
-    roots = {f"external:{Path(e).name}": Path(e) for e in external}
+    from skinlesion.data.sources import READERS, load_source
+
+    roots: dict[str, Path] = {}
+    for e in external:
+        if e in READERS and not Path(e).exists():
+            roots[f"external:{e}"] = load_source(e).root
+        else:
+            roots[f"external:{Path(e).name}"] = Path(e)
     if data_dir:
         roots.update(test=Path(data_dir), test_dedup=Path(data_dir))
     report = write_report(results, preds, bundle, path, skin_tone=not no_skin_tone, roots=roots,
-                          n_resamples=min(resamples, 1000))
+                          n_resamples=resamples)
     click.echo(format_results(results))
     click.echo(f"report: {report}")
     click.echo(f"model card: skinlesion model-card {bundle} --report {path}")
@@ -45,7 +57,7 @@ def evaluate(bundle, data_dir, external, no_test, tta, resamples, out, no_skin_t
 @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--set", "set_name", default="test", show_default=True, help="Evaluation set to compare (test, test_dedup, external:NAME).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Folder for compare.md and compare.json (default reports/compare).")
-@click.option("--resamples", default=2000, show_default=True, help="Bootstrap resamples for the AUC-difference CIs.")
+@click.option("--resamples", default=N_BOOTSTRAP, show_default=True, help="Bootstrap resamples for the AUC-difference CIs.")
 @friendly
 def compare_cmd(runs, set_name, out, resamples) -> None:
     """Compare evaluated runs (report folders or bundles) on the same images, with paired AUC tests."""
@@ -89,7 +101,9 @@ def run(data_dir, backbone, quiet) -> None:
     """The main job: find data (or download, or synthesise), train the default recipe, evaluate, report.
 
     With the three dermoscopic sources present (Kaggle, HAM10000, ISIC 2017: `skinlesion data
-    sources`) it trains the default recipe on all of them; otherwise on the one dataset found.
+    sources`) it trains the default recipe on all of them into models/<DEFAULT_MODEL> (the default
+    model, replaced once the new one is written); otherwise on the one dataset found, under a
+    time-stamped run id that is served only when named (SKINLESION_MODEL, --model).
     """
     from skinlesion.data.datasets import DataError, download
     from skinlesion.data.sources import DERMOSCOPIC_SOURCES, find_sources
@@ -120,17 +134,29 @@ def run(data_dir, backbone, quiet) -> None:
         cfg = default_recipe(data_dir=str(root), progress=not quiet)
     if backbone:
         cfg = replace(cfg, backbone=backbone)
-    bundle_path = run_train(cfg)
+    # The default recipe on the three sources *is* the default model, so it gets the run id the web
+    # app, dashboard and CLI serve. Any other run (one folder, synthetic data, another backbone) is
+    # a different model and must not take that name.
+    is_default = bool(cfg.sources) and not backbone
+    if is_default:
+        bundle_path = _train_replacing(run_train, replace(cfg, run_id=config.DEFAULT_MODEL))
+    else:
+        bundle_path = run_train(cfg)
+    _fit_gate(bundle_path, quiet)
     results, preds = evaluate_bundle(bundle_path, progress=not quiet)
-    report = write_report(results, preds, bundle_path, save_results(results, preds), n_resamples=1000)
+    report = write_report(results, preds, bundle_path, save_results(results, preds))
     click.echo("")
     click.echo(format_results(results))
     click.echo(f"\nbundle: {bundle_path}\nreport: {report}\nwall time: {time.perf_counter() - t0:.0f} s")
+    serve = "" if is_default else f"SKINLESION_MODEL={config.display_path(bundle_path)} "
+    if not is_default:
+        click.echo(f"not the default model ({config.DEFAULT_MODEL}: the default recipe on "
+                   f"{', '.join(DERMOSCOPIC_SOURCES)}); serve this one by naming it, as below.")
     click.echo(
         "next:\n"
         f"  skinlesion predict path/to/image.jpg --model {bundle_path}\n"
-        "  make webapp      # Flask app on http://127.0.0.1:8000\n"
-        "  make dashboard   # Voila dashboard\n"
+        f"  {serve}make webapp      # Flask app on http://127.0.0.1:8000\n"
+        f"  {serve}make dashboard   # Voila dashboard\n"
         f"  skinlesion info {bundle_path}"
     )
     if results.get("synthetic"):
@@ -138,3 +164,36 @@ def run(data_dir, backbone, quiet) -> None:
     click.echo(DISCLAIMER)
 
 
+def _fit_gate(bundle_path: Path, quiet: bool) -> None:
+    """Give the new bundle its image-type gate when the clinical photos (PAD-UFES-20) are found;
+    without them the bundle is served ungated, and the run says so."""
+    from skinlesion.bundle.format import BundleError
+    from skinlesion.data.datasets import DataError
+    from skinlesion.training.gate import attach_gate
+
+    try:
+        entry = attach_gate(bundle_path, progress=not quiet)
+    except (DataError, BundleError) as exc:
+        click.echo(f"no image-type gate for this bundle ({exc}); phone photos will get an answer too", err=True)
+        return
+    click.echo(f"image-type gate fitted: dermoscopic when P >= {entry['threshold']:.2f} ({entry['images']})")
+
+
+def _train_replacing(train_fn: Callable[[Any], Path], cfg: Any) -> Path:
+    """``train_fn(cfg)`` into ``<models>/<cfg.run_id>``, replacing a bundle already there only once
+    the new one is written (a failed run puts the old one back)."""
+    target = (Path(cfg.out_dir) if cfg.out_dir else config.models_dir()) / cfg.run_id
+    if not target.exists():
+        return train_fn(cfg)
+    aside = target.with_name(f".previous-{target.name}")  # hidden: never listed or served
+    shutil.rmtree(aside, ignore_errors=True)
+    click.echo(f"replacing {config.display_path(target)} (kept aside until the new bundle is written)")
+    target.rename(aside)
+    try:
+        path = train_fn(cfg)
+    except BaseException:
+        if not target.exists():
+            aside.rename(target)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+    return path

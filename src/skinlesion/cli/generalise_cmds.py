@@ -9,12 +9,13 @@ import click
 
 from skinlesion.cli.base import friendly, main
 from skinlesion.cli.model_cmds import _config, _train_options
+from skinlesion.metrics.stats import N_BOOTSTRAP
 
 
 @main.command()
 @click.option("--recipe", required=True, help="Name of the recipe (folder under reports/generalisation/, row in experiments.md).")
 @click.option("--publish", is_flag=True, help="Also write reports/generalisation/summary.json and report.md (the headline numbers).")
-@click.option("--resamples", default=2000, show_default=True, help="Bootstrap resamples for the CIs.")
+@click.option("--resamples", default=N_BOOTSTRAP, show_default=True, help="Bootstrap resamples for the CIs.")
 @click.option("--report-dir", type=click.Path(path_type=Path), default=None, help="Default reports/generalisation.")
 @_train_options
 @friendly

@@ -1,12 +1,11 @@
 """Commands that make or use models: train, predict, ensemble, info."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
-from skinlesion import DISCLAIMER
+from skinlesion import DISCLAIMER, config
 from skinlesion.cli.base import friendly, main
 
 
@@ -75,27 +74,49 @@ def _config(**kw):
 
 @main.command()
 @_train_options
+@click.option("--distributed", is_flag=True, help="Stage 1 on several machines: run the same command on each, with "
+              "TF_CONFIG naming the cluster and this machine's task (tf.distribute.MultiWorkerMirroredStrategy). "
+              "Each machine extracts its share of the features; the chief writes the bundle.")
 @friendly
-def train(**kw) -> None:
+def train(distributed: bool = False, **kw) -> None:
     """Train a classifier (stage 1 on cached features; --fine-tune N for stage 2)."""
+    import dataclasses
+
     from skinlesion.training.train import train as run_train
 
-    path = run_train(_config(**kw))
+    path = run_train(dataclasses.replace(_config(**kw), distributed=distributed))
     click.echo(str(path))
 
 
 @main.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None, help="Bundle (default SKINLESION_MODEL or the newest in models/).")
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None, help="Bundle (default: SKINLESION_MODEL, else models/<skinlesion.config.DEFAULT_MODEL>).")
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
 @click.option("--output", type=click.Path(path_type=Path), default=None, help="Write here instead of stdout.")
 @click.option("--tta/--no-tta", default=None, help="Dihedral TTA (default: as the bundle was calibrated).")
+@click.option("--backend", type=click.Choice(config.BACKENDS), default="keras", show_default=True, help="Run the model with Keras or the bundle's TFLite export (`skinlesion export BUNDLE --format tflite [--quantize dynamic]`).")
+@click.option("--group-by", "group_by", type=click.Path(path_type=Path), default=None, help="CSV with columns path,lesion_id (one row per photo; relative paths from the CSV's folder): one combined row per lesion instead of PATHS.")
 @friendly
-def predict(paths, model_path, fmt, output, tta) -> None:
-    """Predict image files or folders (recursively); unreadable files get an error row."""
+def predict(paths, model_path, fmt, output, tta, backend, group_by) -> None:
+    """Predict image files or folders (recursively); unreadable files get an error row.
+
+    With --group-by, several photos of one lesion are combined into one probability (sigmoid of the
+    mean logit of their calibrated probabilities; skinlesion.serving.combine) and one decision.
+    """
     from skinlesion.data.datasets import IMAGE_SUFFIXES
     from skinlesion.serving.inference import Predictor
 
+    if group_by is not None:
+        if paths:
+            raise click.UsageError("give image PATHS or --group-by CSV, not both")
+        from skinlesion.serving.combine import predict_groups, read_group_csv
+
+        table = read_group_csv(group_by)
+        df = predict_groups(Predictor.from_bundle(model_path, backend=backend), table, tta=tta)
+        _write_table(df, fmt, output)
+        return
+    if not paths:
+        raise click.UsageError("give image files or folders (PATHS), or --group-by CSV")
     files: list[Path] = []
     for p in paths:
         if p.is_dir():
@@ -104,8 +125,13 @@ def predict(paths, model_path, fmt, output, tta) -> None:
             files.append(p)
     if not files:
         raise click.ClickException("no image files found in the given paths")
-    predictor = Predictor.from_bundle(model_path)
+    predictor = Predictor.from_bundle(model_path, backend=backend)
     df = predictor.predict_batch(files, tta=tta)
+    _write_table(df, fmt, output)
+
+
+def _write_table(df, fmt: str, output: Path | None) -> None:
+    """Predictions as CSV or JSON, to ``output`` or stdout, then the disclaimer on stderr."""
     text = df.to_json(orient="records", indent=2) if fmt == "json" else df.to_csv(index=False)
     if output:
         output.write_text(text)
@@ -132,10 +158,11 @@ def ensemble(bundles, out_dir, run_id) -> None:
 def info(bundle) -> None:
     """Verify a bundle and print its metadata."""
     from skinlesion.bundle.format import read_meta
+    from skinlesion.io import dumps_json
 
     meta = read_meta(bundle)
     if meta.get("synthetic"):
         click.echo("SYNTHETIC MODEL: trained on generated images.", err=True)
-    click.echo(json.dumps(meta, indent=2))
+    click.echo(dumps_json(meta))
 
 

@@ -19,9 +19,6 @@ from skinlesion.bundle.meta import BundleMeta
 from skinlesion.data.datasets import DataError
 from skinlesion.io import read_json
 
-# 95 % CIs in reports; each bootstrap here is vectorised, so 1000 resamples take well under a second.
-REPORT_RESAMPLES = 1000
-
 SKIN_TONE_MIN_N = 30
 
 RELIABILITY_BINS = 15  # as evaluate.score_predictions, so the legend ECE matches the table

@@ -1,7 +1,9 @@
 """Several evaluated runs side by side, with a paired test of each pair's ROC AUC on the same
-images (DeLong p-value, paired bootstrap CI of the difference)."""
+images (DeLong p-value, Holm-adjusted over all the pairs, and a paired bootstrap CI of the
+difference)."""
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from itertools import combinations
@@ -17,11 +19,12 @@ from skinlesion.evaluation.common import (
     fmt_ci,
     load_evaluation,
     md_table,
+    num,
     scored_rows,
     set_file_stem,
 )
 from skinlesion.io import clean_json, read_json, write_json
-from skinlesion.metrics.stats import paired_auc_test
+from skinlesion.metrics.stats import N_BOOTSTRAP, holm_adjust, paired_auc_test
 
 
 def resolve_report_dir(path: str | os.PathLike[str]) -> Path:
@@ -42,7 +45,7 @@ def compare_runs(
     runs: Sequence[str | os.PathLike[str]],
     set_name: str = "test",
     *,
-    n_resamples: int = 2000,
+    n_resamples: int = N_BOOTSTRAP,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Headline metrics of several evaluated runs on one set, plus a paired ROC AUC test per pair.
@@ -110,7 +113,7 @@ def compare_runs(
     for name, d, results, df in loaded:
         r = results["sets"][set_name]
         run_rows.append({
-            "name": name, "report_dir": str(d), "backbone": results.get("backbone"),
+            "name": name, "report_dir": config.display_path(d), "backbone": results.get("backbone"),
             "synthetic": bool(results.get("synthetic")), "tta": bool(results.get("tta")),
             "threshold": results.get("threshold"), "n": r.get("n"), "n_unreadable": r.get("n_unreadable", 0),
             "at_threshold": r.get("at_threshold", {}), "at_0.5": r.get("at_0.5", {}),
@@ -128,8 +131,15 @@ def compare_runs(
         except ValueError as exc:
             pair["note"] = f"paired AUC test undefined: {exc}"
         pairs.append(pair)
-    if len(pairs) > 1:
-        notes.append(f"{len(pairs)} pairwise tests: p-values are not corrected for multiple comparisons")
+    # Several models compared pairwise means several tests on the same images: Holm keeps the
+    # chance of any false "significant" difference at 5 % (family-wise), whatever their correlation.
+    tested = [p for p in pairs if "p_value" in p]
+    for pair, adjusted in zip(tested, holm_adjust([p["p_value"] for p in tested])):
+        pair["p_holm"] = float(adjusted)
+    if len(tested) > 1:
+        notes.append(f"p (Holm): the DeLong p-values adjusted with Holm's step-down method over the {len(tested)} "
+                     "pairwise tests (family-wise error rate); the bootstrap CIs of the differences are "
+                     "per-pair 95 % intervals, not adjusted")
     return clean_json({"set": set_name, "n_images": len(order), "runs": run_rows, "pairs": pairs, "notes": notes})
 
 
@@ -152,23 +162,29 @@ def comparison_markdown(data: Mapping[str, Any]) -> str:
     rows = []
     for p in data["pairs"]:
         if "note" in p:
-            rows.append([p["a"], p["b"], "n/a", "n/a", "n/a", "n/a", p["note"]])
+            rows.append([p["a"], p["b"], "n/a", "n/a", "n/a", "n/a", "n/a", p["note"]])
             continue
         rows.append([p["a"], p["b"], fmt(p["auc_a"]), fmt(p["auc_b"]),
                      f"{p['diff']:+.3f} [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]",
-                     f"{p['p_value']:.3g}", ""])
-    out += [md_table(["A", "B", "AUC A", "AUC B", "A - B [95% CI]", "p (DeLong)", "note"], rows), ""]
+                     f"{p['p_value']:.3g}", fmt_p(p.get("p_holm")), ""])
+    out += [md_table(["A", "B", "AUC A", "AUC B", "A - B [95% CI]", "p (DeLong)", "p (Holm)", "note"], rows), ""]
     methods = {p["method"] for p in data["pairs"] if "method" in p}
     out += [f"Method: {m}." for m in methods] + ([""] if methods else [])
     if data.get("notes"):
         out += ["## Notes", ""] + [f"* {n}" for n in data["notes"]] + [""]
     return "\n".join(out).rstrip() + "\n"
 
+def fmt_p(value: Any) -> str:
+    """A p-value to three significant digits ("n/a" when missing)."""
+    v = num(value)
+    return f"{v:.3g}" if math.isfinite(v) else "n/a"
+
+
 def compare(
     runs: Sequence[str | os.PathLike[str]],
     set_name: str = "test",
     *,
-    n_resamples: int = 2000,
+    n_resamples: int = N_BOOTSTRAP,
     seed: int = 0,
 ) -> tuple[str, dict[str, Any]]:
     """(markdown, JSON-ready dict) comparing evaluated runs; see :func:`compare_runs`."""

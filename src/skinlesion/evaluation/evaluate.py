@@ -14,6 +14,7 @@ from skinlesion import config
 from skinlesion.bundle.meta import BundleMeta
 from skinlesion.data.datasets import DataError, scan_class_folders
 from skinlesion.io import write_json
+from skinlesion.metrics.stats import N_BOOTSTRAP
 
 
 @dataclass
@@ -58,6 +59,14 @@ def evaluation_sets(
             if len(clean):
                 sets.append(EvalSet("test_dedup", root, clean["path"].tolist(), clean["label"].to_numpy()))
     for ext in external:
+        from skinlesion.data.sources import READERS, load_source
+
+        if ext in READERS and not Path(ext).exists():
+            # A registered source (e.g. pad_ufes_20, the phone photos the gate should set aside): all its images.
+            src = load_source(ext)
+            sets.append(EvalSet(f"external:{ext}", src.root, src.records["path"].tolist(),
+                                src.records["label"].to_numpy()))
+            continue
         scan = scan_class_folders(ext, require_both=False)
         root = Path(ext)
         sets.append(EvalSet(f"external:{root.name}", root, [p.relative_to(root).as_posix() for p in scan.paths],
@@ -97,17 +106,35 @@ def predict_set(predictor, s: EvalSet, *, tta: bool | None = None, progress: boo
     return df
 
 
-def score_predictions(df: pd.DataFrame, threshold: float, *, n_resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
-    """Metrics at the frozen threshold and at 0.5 (the seed's convention), with bootstrap CIs."""
-    from skinlesion.metrics import stats
-    from skinlesion.metrics.classification import summarize
-
+def score_predictions(df: pd.DataFrame, threshold: float, *, n_resamples: int = N_BOOTSTRAP, seed: int = 0) -> dict[str, Any]:
+    """Metrics at the frozen threshold and at 0.5 (the seed's convention), with bootstrap CIs;
+    with an image-type gate, also how many images it set aside and the metrics without them."""
     ok = df[df["error"].fillna("") == ""]
-    y, p = ok["y_true"].to_numpy().astype(int), ok["probability"].to_numpy()
     out: dict[str, Any] = {"n": int(len(ok)), "n_unreadable": int(len(df) - len(ok))}
     if len(ok) == 0:
         out["notes"] = ["no readable images"]
         return out
+    out.update(_score(ok, threshold, n_resamples=n_resamples, seed=seed))
+    if "image_type" in ok and (ok["image_type"].fillna("unknown") != "unknown").any():
+        # The image-type gate: how many it set aside, and the metrics on the images it let through
+        # (the headline metrics above stay on all readable images, so runs with and without a gate compare).
+        types = ok["image_type"].fillna("unknown").astype(str)
+        kept = types.isin(["dermoscopic", "unknown"])
+        out["gate"] = {"n": int(len(ok)), "set_aside": int((~kept).sum()), "set_aside_rate": float((~kept).mean()),
+                       "by_type": {str(k): int(v) for k, v in types.value_counts().items()}}
+        if (~kept).any() and kept.any():
+            out["dermoscopic_only"] = {"n": int(kept.sum()),
+                                       **_score(ok[kept.to_numpy()], threshold, n_resamples=n_resamples, seed=seed)}
+    return out
+
+
+def _score(ok: pd.DataFrame, threshold: float, *, n_resamples: int, seed: int) -> dict[str, Any]:
+    """Metrics of readable rows at the frozen threshold and at 0.5, calibration and notes."""
+    from skinlesion.metrics import stats
+    from skinlesion.metrics.classification import summarize
+
+    y, p = ok["y_true"].to_numpy().astype(int), ok["probability"].to_numpy()
+    out: dict[str, Any] = {}
     out["at_threshold"] = stats.summarize_with_ci(y, p, threshold=threshold, n_resamples=n_resamples, seed=seed)
     out["at_0.5"] = stats.summarize_with_ci(y, p, threshold=0.5, n_resamples=n_resamples, seed=seed)
     out["threshold"] = threshold
@@ -127,7 +154,7 @@ def evaluate_bundle(
     data_dir: str | os.PathLike[str] | None = None,
     external: tuple[str, ...] = (),
     tta: bool | None = None,
-    n_resamples: int = 2000,
+    n_resamples: int = N_BOOTSTRAP,
     include_test: bool = True,
     progress: bool = True,
 ) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
@@ -142,7 +169,7 @@ def evaluate_bundle(
     results: dict[str, Any] = {
         "bundle": predictor.name, "backbone": predictor.meta.backbone,
         "synthetic": predictor.meta.synthetic, "tta": predictor.default_tta if tta is None else tta,
-        "threshold": predictor.policy.threshold, "sets": {},
+        "threshold": predictor.policy.threshold, "n_resamples": int(n_resamples), "sets": {},
     }
     preds: dict[str, pd.DataFrame] = {}
     for s in sets:
@@ -175,6 +202,15 @@ def format_results(results: dict[str, Any]) -> str:
             lines.append(f"  {label}: " + "; ".join(cells))
         for note in r.get("notes", []):
             lines.append(f"  note: {note}")
+        gate = r.get("gate")
+        if gate and gate["set_aside"]:
+            lines.append(f"  image-type gate set aside {gate['set_aside']} of {gate['n']} "
+                         f"({100 * gate['set_aside_rate']:.1f} %: {gate['by_type']})")
+            d = r.get("dermoscopic_only", {}).get("at_threshold", {})
+            if d:
+                lines.append(f"  dermoscopic only (n={r['dermoscopic_only']['n']}): " + "; ".join(
+                    f"{k} {d[k]['value']:.3f} [{d[k]['low']:.3f}, {d[k]['high']:.3f}]" for k in keys
+                    if k in d and not np.isnan(d[k]["value"])))
     return "\n".join(lines)
 
 

@@ -18,11 +18,11 @@ import pandas as pd
 
 from skinlesion.evaluation.common import (
     RELIABILITY_BINS,
-    REPORT_RESAMPLES,
     both_classes,
     scored_rows,
     set_file_stem,
 )
+from skinlesion.metrics.stats import N_BOOTSTRAP
 
 FIGURE_DPI = 110
 
@@ -200,7 +200,7 @@ def _operating_points(y: np.ndarray, p: np.ndarray, threshold: float) -> tuple[t
     return (1.0 - spec, sens), (sens, ppv)
 
 def figures_for_set(df: pd.DataFrame, name: str, threshold: float, band: tuple[float, float] | None, *,
-                    n_resamples: int = REPORT_RESAMPLES, seed: int = 0) -> tuple[dict[str, Any], list[str]]:
+                    n_resamples: int = N_BOOTSTRAP, seed: int = 0) -> tuple[dict[str, Any], list[str]]:
     """One set's figures as matplotlib Figures ({kind: figure}) and notes about skipped ones."""
     from skinlesion.metrics.stats import roc_curve_with_band
 
@@ -228,7 +228,7 @@ def figures_for_set(df: pd.DataFrame, name: str, threshold: float, band: tuple[f
     return out, notes
 
 def set_figures(df: pd.DataFrame, name: str, threshold: float, band: tuple[float, float] | None,
-                fig_dir: str | os.PathLike[str], *, n_resamples: int = REPORT_RESAMPLES,
+                fig_dir: str | os.PathLike[str], *, n_resamples: int = N_BOOTSTRAP,
                 seed: int = 0) -> tuple[dict[str, Path], list[str]]:
     """Draw and save one set's figures; returns ({kind: png path}, notes about skipped figures)."""
     figs, notes = figures_for_set(df, name, threshold, band, n_resamples=n_resamples, seed=seed)

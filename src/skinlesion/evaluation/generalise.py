@@ -24,6 +24,7 @@ import pandas as pd
 from skinlesion import config
 from skinlesion.data.datasets import DataError
 from skinlesion.io import atomic_write_text, write_json
+from skinlesion.metrics.stats import N_BOOTSTRAP
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def stage1_probabilities(bundle_path: Path, files: list[Path], *, progress: bool
 
 
 def score_held_out(bundle_path: Path, frame: pd.DataFrame, roots: dict[str, Path], *,
-                   n_resamples: int = 2000, seed: int = 0, progress: bool = False,
+                   n_resamples: int = N_BOOTSTRAP, seed: int = 0, progress: bool = False,
                    fast: bool = True) -> tuple[dict[str, Any], pd.DataFrame]:
     """Score a bundle on rows of a split table: the summary entry and per-image predictions.
 
@@ -131,7 +132,7 @@ def leave_one_source_out(
     recipe: str,
     out_dir: Path | None = None,
     models_dir: Path | None = None,
-    n_resamples: int = 2000,
+    n_resamples: int = N_BOOTSTRAP,
     reference: bool = True,
     command: str = "",
 ) -> dict[str, Any]:

@@ -295,6 +295,32 @@ def _ood(meta: BundleMeta) -> Section:
                   "probability must be ignored, no flag does not mean the image is fit for the model.")
 
 
+def _gate(meta: BundleMeta) -> Section:
+    """The image-type gate and its measured rates (``reports/gate/<run>/gate.json``)."""
+    from skinlesion.io import read_json
+
+    s = Section("Image-type gate (dermoscopic, clinical photo, other)")
+    g = meta.raw.get("gate")
+    if not g:
+        return s.text("None in this bundle: every image gets a benign/malignant answer, including phone photos "
+                      "and pictures that are not skin, for which the answer is meaningless. Fit one with "
+                      "`skinlesion gate fit BUNDLE`.")
+    s.text(f"Before any decision, a logistic-regression head on the same pooled features sorts the image into "
+           f"dermoscopic, clinical (an ordinary photo of skin) or other (not skin). Only dermoscopic images "
+           f"(calibrated P(dermoscopic) >= {fmt(g.get('threshold'))}) are assessed; the others get "
+           "\"not assessed\" and no benign/malignant decision. Phone photos are not supported.")
+    report = config.reports_dir() / "gate" / meta.run_id / "gate.json"
+    if report.is_file():
+        r = read_json(report, ReportError)
+        s.heading("Measured: fraction set aside as not dermoscopic (`skinlesion gate evaluate`)")
+        s.table(["set", "n", "set aside [95 % CI]"], [
+            [name, v["n"], f"{v['rate']:.1%} [{v['ci'][0]:.1%}, {v['ci'][1]:.1%}]"]
+            for name, v in r["flagged_rate"].items()])
+    else:
+        s.text("Not measured yet for this bundle (`skinlesion gate evaluate BUNDLE`).")
+    return s
+
+
 def _limitations(meta: BundleMeta) -> Section:
     items = list(LIMITATIONS)
     if meta.training.sources and not meta.training.data_dir:
@@ -405,7 +431,7 @@ def build_model_card(meta: BundleMeta, bundle_path: str | os.PathLike[str],
         versions.text("not recorded")
     sections = [
         _details(meta), intended, _training_data(meta), _evaluation(meta, bundle_path, report, results),
-        _generalisation(meta), _calibration(meta, results), _skin_tone(results), _policy(meta), _ood(meta),
+        _generalisation(meta), _calibration(meta, results), _skin_tone(results), _policy(meta), _gate(meta), _ood(meta),
         _limitations(meta),
         _leakage(results), versions,
     ]

@@ -20,7 +20,6 @@ from skinlesion import DISCLAIMER, config
 from skinlesion.bundle.format import load_meta
 from skinlesion.bundle.meta import BundleMeta
 from skinlesion.evaluation.common import (
-    REPORT_RESAMPLES,
     SKIN_TONE_MIN_N,
     ReportError,
     band_text,
@@ -37,6 +36,7 @@ from skinlesion.evaluation.common import (
 from skinlesion.evaluation.figures import plot_training_curves, save_figure, set_figures, training_curves
 from skinlesion.evaluation.skintone import image_ita
 from skinlesion.io import write_json
+from skinlesion.metrics.stats import N_BOOTSTRAP
 
 
 @dataclass
@@ -60,7 +60,7 @@ def skin_tone_table(
     threshold: float,
     *,
     min_n: int = SKIN_TONE_MIN_N,
-    n_resamples: int = REPORT_RESAMPLES,
+    n_resamples: int = N_BOOTSTRAP,
     seed: int = 0,
     ita: pd.DataFrame | None = None,
     size: int = 224,
@@ -245,7 +245,7 @@ def write_report(
     *,
     skin_tone: bool = True,
     roots: Mapping[str, str | os.PathLike[str]] | None = None,
-    n_resamples: int = REPORT_RESAMPLES,
+    n_resamples: int = N_BOOTSTRAP,
     seed: int = 0,
 ) -> Path:
     """Write figures/*.png, report.md and (skin tone) ita.csv into ``out_dir``; return report.md.

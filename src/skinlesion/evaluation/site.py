@@ -163,8 +163,8 @@ def calibrate_site(
 ) -> Path:
     """Re-fit temperature and threshold of ``bundle_path`` on ``n`` labelled site images.
 
-    Writes a new bundle (default under ``models/site/``, so it never becomes the newest bundle
-    that is served by default) holding the parent's files unchanged, ``site_calibration.csv``
+    Writes a new bundle (default under ``models/site/``, apart from the models served; it is
+    served only when named, e.g. with ``SKINLESION_MODEL``) holding the parent's files unchanged, ``site_calibration.csv``
     (the images used, their raw and re-calibrated probabilities) and a ``bundle.json`` whose
     ``decision`` and ``calibration`` are the re-fitted ones, plus a ``provenance`` block.
     Returns its folder. The parent is only read.

@@ -282,7 +282,7 @@ def subgroup_table(
     categories: Sequence[str] | ArrayLike,
     threshold: float,
     min_n: int = 30,
-    n_resamples: int = 1000,
+    n_resamples: int | None = None,
     seed: int = 0,
     *,
     metrics: Sequence[str] = SUBGROUP_METRICS,
@@ -294,12 +294,14 @@ def subgroup_table(
     ``skinlesion.metrics.stats.summarize_with_ci`` only for groups with ``n >= min_n`` and both
     classes; smaller or one-class groups get whatever point values are defined (others NaN),
     NaN CIs and a ``note`` saying why. With ITA categories every category gets a row, so an
-    absent skin tone shows as n=0 rather than silently disappearing.
+    absent skin tone shows as n=0 rather than silently disappearing. ``n_resamples`` defaults to
+    ``skinlesion.metrics.stats.N_BOOTSTRAP``.
     """
     # Imported here so this module (and ITA estimation) works without the metrics module.
     from skinlesion.metrics.classification import summarize
-    from skinlesion.metrics.stats import summarize_with_ci
+    from skinlesion.metrics.stats import N_BOOTSTRAP, summarize_with_ci
 
+    n_resamples = N_BOOTSTRAP if n_resamples is None else n_resamples
     labels = np.asarray(y_true).ravel()
     probs = np.asarray(y_prob, dtype=np.float64).ravel()
     cats = _as_categories(categories)

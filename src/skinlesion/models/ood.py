@@ -24,7 +24,9 @@ class OODDetector:
     def distance(self, features: np.ndarray) -> np.ndarray:
         """Squared Mahalanobis distance of each row of ``features``."""
         d = np.atleast_2d(np.asarray(features, dtype=np.float64)) - self.mean
-        return np.einsum("ij,jk,ik->i", d, self.precision, d)
+        # (d @ P) * d summed per row: a BLAS product (a three-operand einsum would loop in C
+        # without BLAS, minutes for the tens of thousands of rows an evaluation scores).
+        return np.sum((d @ self.precision) * d, axis=1)
 
     def is_ood(self, features: np.ndarray) -> np.ndarray:
         return self.distance(features) > self.threshold

@@ -7,7 +7,9 @@ and images pass through :mod:`skinlesion.data.intake` (inside :class:`~skinlesio
 exactly as they do there.
 
 Pure helpers (no widgets): :func:`list_bundles`, :func:`handle_upload`, :func:`render_result_html`,
-:func:`no_model_message`. Display: :class:`LesionDashboard`.
+:func:`no_model_message`; for several photos of one lesion (up to ``MAX_PHOTOS`` in one upload)
+:func:`upload_files`, :func:`handle_uploads` and :func:`render_group_html`, which combine them with
+:func:`skinlesion.serving.combine.combine_predictions` as the web app does. Display: :class:`LesionDashboard`.
 """
 from __future__ import annotations
 
@@ -15,19 +17,21 @@ import html
 import json
 import logging
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import ipywidgets as widgets
 
 from skinlesion import DISCLAIMER, config
-from skinlesion.bundle.format import BUNDLE_FILE, BundleError, parse_meta
+from skinlesion.bundle.format import BUNDLE_FILE, BundleError, parse_meta, resolve_default_bundle
 from skinlesion.data.intake import ImageRejected
 from skinlesion.explain.common import METHODS
+from skinlesion.serving.combine import combine_predictions
+from skinlesion.serving.explanation import ExplanationCaption, explanation_caption
 from skinlesion.serving.inference import Prediction, Predictor
-from skinlesion.serving.presentation import METHOD_LABELS, preview_jpeg
+from skinlesion.serving.presentation import MAX_PHOTOS, METHOD_LABELS, preview_jpeg
 
 __all__ = [
     "BundleChoice",
@@ -35,11 +39,15 @@ __all__ = [
     "UploadResult",
     "build_dashboard",
     "error_html",
+    "GroupResult",
     "handle_upload",
+    "handle_uploads",
     "list_bundles",
     "no_model_message",
     "render_result_html",
+    "render_group_html",
     "upload_bytes",
+    "upload_files",
 ]
 
 log = logging.getLogger(__name__)
@@ -98,30 +106,32 @@ def _describe_bundle(path: Path, note: str = "") -> BundleChoice:
 def list_bundles(
     models_dir: str | os.PathLike[str] | None = None, model: str | os.PathLike[str] | None = None
 ) -> list[BundleChoice]:
-    """Model bundles to offer, default first.
+    """Model bundles to offer, the default first and labelled "default".
 
-    ``model`` (default: the ``SKINLESION_MODEL`` environment variable; pass ``""`` for none)
-    comes first, because :meth:`Predictor.from_bundle` prefers it too; then every bundle under
-    ``models_dir`` (default :func:`skinlesion.config.models_dir`), newest first by the
+    The default is ``model`` when given (a bundle folder; ``""`` for none), else
+    :func:`~skinlesion.bundle.format.resolve_default_bundle` with ``models_dir``
+    (``SKINLESION_MODEL``, else ``<models_dir>/<config.DEFAULT_MODEL>``): the bundle the web app and
+    the CLI serve too. A default that is not trained yet is not offered. Then every other bundle
+    under ``models_dir`` (default :func:`skinlesion.config.models_dir`), newest first by the
     ``created`` time in bundle.json. Hidden (``.tmp-*``) folders are skipped.
     """
-    if model is None:
-        model = config.model_env() or ""
     root = Path(models_dir) if models_dir else config.models_dir()
     found: list[BundleChoice] = []
     if root.is_dir():
         for meta_file in root.glob(f"*/{BUNDLE_FILE}"):
             if not meta_file.parent.name.startswith("."):
                 found.append(_describe_bundle(meta_file.parent))
-    # Same ordering key as skinlesion.bundle.format.latest_bundle, so "newest" means the same thing.
     found.sort(key=lambda c: (c.created, c.path), reverse=True)
-    if not model:
+    if model == "":
         return found
-    explicit = Path(model).expanduser()
-    if explicit.name == BUNDLE_FILE:
-        explicit = explicit.parent
-    rest = [c for c in found if c.path.resolve() != explicit.resolve()]
-    return [_describe_bundle(explicit, note="SKINLESION_MODEL")] + rest
+    default = Path(model).expanduser() if model is not None else resolve_default_bundle(root, must_exist=False)
+    if default.name == BUNDLE_FILE:
+        default = default.parent
+    from_env = config.model_env() is not None
+    if not from_env and model is None and not (default / BUNDLE_FILE).is_file():
+        return found  # the default model is not trained yet: offer what there is, none marked default
+    rest = [c for c in found if c.path.resolve() != default.resolve()]
+    return [_describe_bundle(default, note="default (SKINLESION_MODEL)" if from_env else "default")] + rest
 
 
 def no_model_message(models_dir: str | os.PathLike[str] | None = None) -> str:
@@ -150,6 +160,8 @@ class UploadResult:
     error: str | None = None            # why there is no result (refused image, no model...)
     status: int | None = None           # ImageRejected.status when the image was refused
     input_size: int | None = None       # side of the square the model (and the heat map) sees
+    caption: ExplanationCaption | None = None  # how to word the heat map for this decision
+    explained_model: str = ""           # the model (ensemble members) the heat map explains
 
     @property
     def ok(self) -> bool:
@@ -196,8 +208,13 @@ def handle_upload(
         result.image = None
         result.error, result.status = exc.message, exc.status
         return result
+    if not result.prediction.assessed:
+        # The gate set the image aside: no decision, so no map of "malignant evidence" either.
+        return result
     try:
-        _, result.overlay = predictor.explain(data, method)
+        explanation = predictor.explain(data, method, prediction=result.prediction)
+        result.overlay, result.caption = explanation.overlay_png, explanation.caption
+        result.explained_model = explanation.model_text
     except Exception as exc:
         # The heat map is an aid; whatever goes wrong in it, the prediction above still stands
         # and is shown, with the reason the map is missing.
@@ -226,6 +243,15 @@ def render_result_html(result: UploadResult) -> str:
     if result.prediction is None:
         return ""
     p = result.prediction
+    if not p.assessed:
+        return (
+            f'<div style="font-size:1.3em;margin:4px 0">Not assessed: <span class="skinlesion-decision" '
+            f'style="color:#fff;background:#555;padding:2px 10px;border-radius:4px">'
+            f"{html.escape(p.decision, quote=False)}</span> "
+            f'<span class="skinlesion-image-type" style="color:#555;font-size:0.8em">image type: '
+            f"{html.escape(p.image_type)}</span></div>"
+            f'<p class="skinlesion-summary" style="max-width:60em">{html.escape(p.summary, quote=False)}</p>'
+        )
     colour = _DECISION_COLOURS.get(p.decision, _UNCERTAIN_COLOUR)
     parts = [
         f'<div style="font-size:1.3em;margin:4px 0">Decision: <span class="skinlesion-decision" '
@@ -239,6 +265,81 @@ def render_result_html(result: UploadResult) -> str:
     if result.explain_error:
         parts.append(error_html("Heat map unavailable:", result.explain_error))
     return "\n".join(parts)
+
+
+# ------------------------------------------------------------------------------ several photos
+
+
+def upload_files(value: Any) -> list[tuple[str, bytes]]:
+    """(file name, bytes) of every file in an ipywidgets 8 ``FileUpload.value`` (copied, as
+    :func:`upload_bytes` does), in upload order; empty for an empty value."""
+    return [(str(f.get("name", "upload")), bytes(f["content"])) for f in (value or ())]
+
+
+@dataclass
+class GroupResult:
+    """Several photos of one lesion: each photo's result and the combined one
+    (:func:`skinlesion.serving.combine.combine_predictions`; None when no photo could be read)."""
+
+    results: list[UploadResult] = field(default_factory=list)
+    combined: dict[str, Any] | None = None
+    error: str | None = None            # why nothing was analysed (too many files, no model...)
+
+
+def handle_uploads(predictor: Predictor, files: list[tuple[str, bytes]], method: str = "gradcam") -> GroupResult:
+    """Predict and explain each photo as :func:`handle_upload` does; combine the ones that could be
+    read. A refused file is that photo's error; the others are still scored."""
+    if len(files) > MAX_PHOTOS:
+        return GroupResult(error=f"Too many images: {len(files)} were uploaded, and at most {MAX_PHOTOS} photos of "
+                                 f"one lesion are analysed together. Upload {MAX_PHOTOS} or fewer.")
+    results = [handle_upload(predictor, data, method, name=name) for name, data in files]
+    predictions = [r.prediction for r in results if r.ok and r.prediction is not None]
+    combined = combine_predictions(predictions, predictor.policy) if predictions else None
+    return GroupResult(results, combined)
+
+
+def render_group_html(group: GroupResult) -> str:
+    """The combined result of several photos as HTML (each photo's own result is shown below it)."""
+    if group.error is not None:
+        return error_html("No result:", group.error)
+    c = group.combined
+    n = len(group.results)
+    if c is None:
+        return error_html("No result:", f"None of the {n} images could be analysed; each photo's reason is below.")
+    rejected = sum(not r.ok for r in group.results)
+    counts = [f"{c['n_used']} of {n} photos combined"]
+    if c["n_skipped"]:
+        counts.append(f"{c['n_skipped']} not assessed (not dermoscopic)")
+    if rejected:
+        counts.append(f"{rejected} could not be read")
+    if c["probability"] is None:
+        headline = (f'<div style="font-size:1.3em;margin:4px 0">Combined: <span class="skinlesion-decision" '
+                    f'style="color:#fff;background:#555;padding:2px 10px;border-radius:4px">'
+                    f'{html.escape(c["decision"], quote=False)}</span></div>')
+    else:
+        colour = _DECISION_COLOURS.get(c["decision"], _UNCERTAIN_COLOUR)
+        headline = (f'<div style="font-size:1.3em;margin:4px 0">Combined decision: <span class="skinlesion-decision" '
+                    f'style="color:#fff;background:{colour};padding:2px 10px;border-radius:4px">'
+                    f'{html.escape(c["decision"], quote=False)}</span> <span style="color:#555;font-size:0.8em">'
+                    f'P(malignant) = {100 * c["probability"]:.1f}%</span></div>')
+    return "\n".join([
+        headline,
+        f'<p class="skinlesion-combined" style="max-width:60em">{html.escape("; ".join(counts))}. Rule: '
+        f'{html.escape(c["rule"])}; threshold {100 * c["threshold"]:.1f}%. {html.escape(DISCLAIMER)}</p>',
+    ])
+
+
+def _photo_widget(k: int, result: UploadResult) -> widgets.VBox:
+    """One photo of several: its name, its own result (or error) and its images."""
+    parts: list[widgets.Widget] = [widgets.HTML(
+        f"<h4 style='margin:12px 0 4px'>Photo {k}: {html.escape(result.name)}</h4>{render_result_html(result)}")]
+    if result.ok:
+        pictures: list[widgets.Widget] = [widgets.Image(value=result.image or b"", format="jpeg",
+                                                        layout=widgets.Layout(width=IMAGE_WIDTH))]
+        if result.overlay:
+            pictures.append(widgets.Image(value=result.overlay, format="png", layout=widgets.Layout(width=IMAGE_WIDTH)))
+        parts.append(widgets.HBox(pictures, layout=widgets.Layout(flex_flow="row wrap")))
+    return widgets.VBox(parts).add_class("skinlesion-photo")
 
 
 # ------------------------------------------------------------------------------ widgets
@@ -272,6 +373,8 @@ class LesionDashboard(widgets.VBox):
         self.last_result: UploadResult | None = None
         self._predictors: dict[Path, Predictor] = {}
         self._current: tuple[str, bytes] | None = None
+        self._current_many: list[tuple[str, bytes]] | None = None
+        self.last_group: GroupResult | None = None
 
         self.header = widgets.HTML(_header_html())
         self.bundle = widgets.Dropdown(
@@ -290,8 +393,8 @@ class LesionDashboard(widgets.VBox):
         )
         self.upload = widgets.FileUpload(
             accept="image/*,.jpg,.jpeg,.png,.bmp,.tif,.tiff,.webp",
-            multiple=False,
-            description="Upload image",
+            multiple=True,
+            description="Upload image(s)",
             disabled=not self.choices,
             button_style="primary",
         )
@@ -309,6 +412,8 @@ class LesionDashboard(widgets.VBox):
             ],
             layout=widgets.Layout(display="none", flex_flow="row wrap"),
         )
+        # Several photos of one lesion: one block per photo under the combined result.
+        self.gallery = widgets.VBox([], layout=widgets.Layout(display="none"))
 
         self.upload.observe(self._on_upload, names="value")
         self.method.observe(self._on_option_change, names="value")
@@ -324,6 +429,7 @@ class LesionDashboard(widgets.VBox):
                 self.status,
                 self.result,
                 self.images,
+                self.gallery,
             ],
             layout=widgets.Layout(padding="8px"),
         )
@@ -353,6 +459,41 @@ class LesionDashboard(widgets.VBox):
         """Analyse one file and show the outcome (the upload callback calls this)."""
         self._current = (name, bytes(data))
         return self._analyse()
+
+    def process_many(self, files: Sequence[tuple[str, bytes | bytearray | memoryview]]) -> UploadResult | GroupResult:
+        """Analyse the photos of one upload: one file as :meth:`process`, several (up to MAX_PHOTOS)
+        as photos of one lesion, each shown with its own result under the combined one."""
+        if len(files) == 1:
+            return self.process(files[0][1], files[0][0])
+        self._current = None
+        self._current_many = [(name, bytes(data)) for name, data in files]
+        return self._analyse_many()
+
+    def _analyse_many(self) -> GroupResult:
+        assert self._current_many is not None
+        files, method = self._current_many, self.method.value
+        if not self.has_model:
+            group = GroupResult(error=no_model_message(self.models_dir))
+        else:
+            self.status.value = (f"Analysing {len(files)} photos with {html.escape(METHOD_LABELS[method])}… "
+                                 "(the first image also loads the model)")
+            try:
+                group = handle_uploads(self._predictor(), files, method)
+            except Exception as exc:
+                # A model that cannot load (or an unexpected failure) must be seen, not only logged.
+                log.exception("analysing %d photos with %s failed", len(files), self.bundle.value)
+                group = GroupResult(error=f"No result ({type(exc).__name__}: {exc}).")
+        self.show_group(group)
+        return group
+
+    def show_group(self, group: GroupResult) -> None:
+        """Put the result of several photos on screen: the combined block, then one block per photo."""
+        self.last_result, self.last_group = None, group
+        self.images.layout.display = "none"
+        self.result.value = render_group_html(group)
+        self.status.value = "" if group.error else f"Result for {len(group.results)} photos of one lesion:"
+        self.gallery.children = tuple(_photo_widget(k, r) for k, r in enumerate(group.results, start=1))
+        self.gallery.layout.display = "flex" if group.results else "none"
 
     def _analyse(self) -> UploadResult:
         assert self._current is not None
@@ -385,17 +526,20 @@ class LesionDashboard(widgets.VBox):
 
     def show(self, result: UploadResult) -> None:
         """Put ``result`` on screen."""
-        self.last_result = result
+        self.last_result, self.last_group = result, None
+        self.gallery.children, self.gallery.layout.display = (), "none"
         self.result.value = render_result_html(result)
         if result.ok:
             self.status.value = f"Result for <i>{html.escape(result.name)}</i>:"
             self.image.value = result.image or b""
             self.overlay.value = result.overlay or b""
             size = result.input_size
-            self.overlay_caption.value = (
-                f"<b>{html.escape(METHOD_LABELS[result.method])} heat map</b> "
-                f"<span style='color:#555'>(red = raised P(malignant); the model sees the centre "
-                f"square at {size}x{size} px)</span>"
+            caption = result.caption or explanation_caption(result.decision, result.method)
+            assessed = result.prediction is not None and result.prediction.assessed
+            self.overlay_caption.value = "" if not assessed else (
+                f"<b>{html.escape(caption.title)}</b> <span style='color:#555'>{html.escape(caption.text)} "
+                f"The model sees the centre square at {size}x{size} px. Model explained: "
+                f"{html.escape(result.explained_model or 'the served model')}.</span>"
             )
             self.overlay.layout.display = "" if result.overlay else "none"
             self.images.layout.display = "flex"
@@ -407,8 +551,11 @@ class LesionDashboard(widgets.VBox):
     def reset(self) -> None:
         """Forget the upload and clear the result."""
         self._current = None
+        self._current_many = None
         self.last_result = None
+        self.last_group = None
         self.images.layout.display = "none"
+        self.gallery.children, self.gallery.layout.display = (), "none"
         self.upload.value = ()
         self.result.value = ""
         self.image.value = b""
@@ -418,13 +565,15 @@ class LesionDashboard(widgets.VBox):
 
     # -- callbacks ---------------------------------------------------------------------------
     def _on_upload(self, change: dict[str, Any]) -> None:
-        got = upload_bytes(change["new"])
-        if got is not None:  # an empty value is our own reset
-            self.process(got[1], got[0])
+        files = upload_files(change["new"])
+        if files:  # an empty value is our own reset
+            self.process_many(files)
 
     def _on_option_change(self, change: dict[str, Any]) -> None:
-        # A different model or heat-map method re-analyses the photo already on screen.
-        if self._current is not None:
+        # A different model or heat-map method re-analyses the photo(s) already on screen.
+        if self._current_many is not None:
+            self._analyse_many()
+        elif self._current is not None:
             self._analyse()
 
 

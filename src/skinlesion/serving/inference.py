@@ -10,12 +10,24 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from skinlesion import DISCLAIMER, config
-from skinlesion.bundle.format import Bundle, BundleError, default_bundle, load
+from skinlesion import DISCLAIMER
+from skinlesion.bundle.format import Bundle, BundleError, load, resolve_default_bundle
 from skinlesion.data.intake import load_for_model
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from skinlesion.serving.explanation import Explanation
+
+NOT_ASSESSED = "not assessed"
+
+# What the image-type gate saw, for images that get no benign/malignant decision.
+IMAGE_TYPE_MESSAGES = {
+    "clinical": ("This looks like an ordinary photo, not a dermoscopic image; this model was built only for "
+                 "dermoscopy (images taken through a dermatoscope), and phone photos are not supported."),
+    "other": ("This does not look like a picture of a skin lesion; this model was built only for dermoscopic "
+              "images of a single skin lesion."),
+}
 
 OOD_MESSAGE = (
     "This does not look like a dermoscopic image of a skin lesion, so the model's answer is "
@@ -39,11 +51,33 @@ class Prediction:
     synthetic: bool
     target_sensitivity: float = 0.95
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # Image-type gate (models/gate.py): "dermoscopic" | "clinical" | "other", or "unknown" when the
+    # bundle has no gate. Only dermoscopic images get a benign/malignant decision; the others get
+    # decision == NOT_ASSESSED and the probability is kept for researchers, marked not meaningful.
+    image_type: str = "unknown"
+    image_type_confidence: float | None = None
+    image_type_probabilities: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def assessed(self) -> bool:
+        """Whether the model's benign/malignant decision applies to this image."""
+        return self.decision != NOT_ASSESSED
+
+    @property
+    def image_type_message(self) -> str:
+        """What the gate saw, in one sentence ("" for a dermoscopic image or a bundle without gate)."""
+        return IMAGE_TYPE_MESSAGES.get(self.image_type, "")
 
     @property
     def summary(self) -> str:
         """The result in one plain-English paragraph (same words everywhere)."""
         pct = 100.0 * self.probability
+        if not self.assessed:
+            text = (f"{self.image_type_message} No benign/malignant assessment is given. (For researchers: the "
+                    f"model's output, {pct:.1f}%, is not meaningful for this image.)")
+            if self.synthetic:
+                text = "SYNTHETIC MODEL (trained on generated images): " + text
+            return text + " " + DISCLAIMER
         text = (
             f"Estimated probability that this lesion is malignant: {pct:.1f}%. "
             f"Decision: {self.decision} (threshold {100 * self.threshold:.1f}%, chosen on validation "
@@ -60,6 +94,9 @@ class Prediction:
         d = asdict(self)
         d["band"] = list(self.band)
         d["summary"] = self.summary
+        d["assessed"] = self.assessed
+        d["image_type_message"] = self.image_type_message
+        d["probability_meaningful"] = self.assessed   # kept for researchers, not meaningful when not assessed
         d["disclaimer"] = DISCLAIMER
         return d
 
@@ -67,35 +104,51 @@ class Prediction:
 @dataclass
 class _Member:
     bundle: Bundle
-    infer: Any              # keras Model: image -> (features, probability)
+    infer: Any              # serving backend: uint8 batch -> (features, raw probability)
     temperature: float
     ood: Any | None
+    gate: Any | None = None     # models.gate.ImageTypeGate on this member's pooled features
+
+
+@dataclass
+class _Scores:
+    """Everything the model says about a batch, before it is put into words."""
+
+    prob: np.ndarray
+    raw: np.ndarray
+    ood_ratio: np.ndarray
+    has_ood: bool
+    image_types: list[str]
+    type_confidence: np.ndarray
+    type_probabilities: list[dict[str, float]]
 
 
 class Predictor:
     """Load a bundle once; predict, explain and batch-predict images."""
 
-    def __init__(self, bundle: Bundle):
+    def __init__(self, bundle: Bundle, backend: str = "keras"):
         self.bundle = bundle
         self.meta = bundle.meta
         if self.meta.decision is None:
             raise BundleError(f"{bundle.path}: the bundle records no decision policy, so it cannot be served")
         self.policy = self.meta.decision
-        self.members = [self._member(b) for b in self._member_bundles(bundle)]
+        self.backend = backend
+        self.members = [self._member(b, backend) for b in self._member_bundles(bundle)]
         self.input_size = self.members[0].bundle.input_size
 
     # -- loading ------------------------------------------------------------------------
     @classmethod
-    def from_bundle(cls, path: str | os.PathLike[str] | None = None) -> Predictor:
-        """``path``, else ``SKINLESION_MODEL``, else the newest bundle under ``models/``."""
+    def from_bundle(cls, path: str | os.PathLike[str] | None = None, backend: str = "keras") -> Predictor:
+        """``path``, else the default model (:func:`~skinlesion.bundle.format.resolve_default_bundle`:
+        ``SKINLESION_MODEL``, else ``models/<config.DEFAULT_MODEL>``); a missing one is a BundleError.
+
+        ``backend`` runs the model: ``"keras"`` (model.keras), ``"tflite"`` or ``"tflite-dynamic"``
+        (the bundle's TFLite export, :mod:`skinlesion.serving.backends`). Probabilities, TTA, OOD and
+        decisions follow the same rules whatever the backend; explanations (Grad-CAM) always use the
+        Keras model, loaded on first use."""
         if path is None:
-            path = default_bundle()
-        if path is None:
-            raise BundleError(
-                f"no trained model found in {config.models_dir()}. Train one with `make run` "
-                "(or `skinlesion train`), or set SKINLESION_MODEL to a bundle folder."
-            )
-        return cls(load(path))
+            path = resolve_default_bundle()
+        return cls(load(path), backend=backend)
 
     @staticmethod
     def _member_bundles(b: Bundle) -> list[Bundle]:
@@ -110,15 +163,21 @@ class Predictor:
         return members
 
     @staticmethod
-    def _member(b: Bundle) -> _Member:
-        import keras
-
+    def _member(b: Bundle, backend: str = "keras") -> _Member:
+        from skinlesion.models.gate import ImageTypeGate
         from skinlesion.models.ood import OODDetector
+        from skinlesion.serving.backends import make_backend
 
-        model = b.model
-        infer = keras.Model(model.input, [model.get_layer(b.meta.feature_layer).output, model.output])
         ood = OODDetector.load(b.file(b.meta.ood.file)) if b.meta.ood else None
-        return _Member(b, infer, b.meta.temperature, ood)
+        gate_entry = b.meta.raw.get("gate")
+        gate = ImageTypeGate.load(b.file(gate_entry["file"])) if gate_entry else None
+        return _Member(b, make_backend(b, backend), b.meta.temperature, ood, gate)
+
+    @property
+    def has_gate(self) -> bool:
+        """Whether an image-type gate screens images before any decision (an ensemble uses the
+        gate of its first member that has one)."""
+        return any(m.gate is not None for m in self.members)
 
     @property
     def name(self) -> str:
@@ -134,18 +193,23 @@ class Predictor:
         """Whether this bundle's threshold was fitted on dihedral TTA (then it is served that way)."""
         return self.meta.raw.get("tta") == "dihedral"
 
-    def _probabilities(self, batch_by_size: dict[int, np.ndarray], tta: bool | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    def _probabilities(self, batch_by_size: dict[int, np.ndarray], tta: bool | None) -> _Scores:
         tta = self.default_tta if tta is None else tta
         from skinlesion.metrics.calibration import apply_temperature
         from skinlesion.models.features import VIEWS, apply_view
 
         views = list(VIEWS) if tta else ["id"]
         probs, raws, dists, thresholds = [], [], [], []
+        n = len(next(iter(batch_by_size.values())))
+        types: list[str] = ["unknown"] * n
+        type_conf = np.full(n, np.nan)
+        type_probs: list[dict[str, float]] = [{} for _ in range(n)]
+        gated = False
         for m in self.members:
             batch = batch_by_size[m.bundle.input_size]
             member_raw = []
             for v in views:
-                feats, p = m.infer.predict_on_batch(apply_view(batch, v))
+                feats, p = m.infer(apply_view(batch, v))
                 member_raw.append(np.asarray(p).ravel())
                 if v == "id":
                     f0 = np.asarray(feats)
@@ -155,16 +219,25 @@ class Predictor:
             if m.ood is not None:
                 dists.append(m.ood.distance(f0))
                 thresholds.append(m.ood.threshold)
+            if m.gate is not None and not gated:
+                # The gate reads the same pooled features as the OOD check: no extra network pass.
+                types, type_conf, p_types = m.gate.classify(f0)
+                type_probs = [dict(zip(m.gate.classes, map(float, row))) for row in p_types]
+                gated = True
         prob = np.mean(probs, axis=0)
         raw = np.mean(raws, axis=0)
         if self.bundle.kind == "ensemble":
             # The mean of calibrated members is itself re-calibrated on validation (bundle.json).
             prob = apply_temperature(prob, self.meta.temperature)
-        if dists:
-            # Ratio to each member's threshold, so members of different backbones are comparable.
-            ratio = np.mean([d / t for d, t in zip(dists, thresholds)], axis=0)
-            return prob, raw, ratio, True
-        return prob, raw, np.zeros_like(prob), False
+        # Ratio to each member's threshold, so members of different backbones are comparable.
+        ratio = np.mean([d / t for d, t in zip(dists, thresholds)], axis=0) if dists else np.zeros_like(prob)
+        return _Scores(prob, raw, ratio, bool(dists), list(types), np.asarray(type_conf, dtype=float), type_probs)
+
+    def _decide(self, p: float, image_type: str) -> str:
+        """The policy's decision, or NOT_ASSESSED for an image the gate says is not dermoscopy."""
+        if image_type in ("clinical", "other"):
+            return NOT_ASSESSED
+        return self.policy.decide(p)
 
     def predict(self, image, *, tta: bool | None = None) -> Prediction:
         """Predict one image: bytes, a path, a PIL image or an RGB array."""
@@ -175,20 +248,23 @@ class Predictor:
         sizes = {m.bundle.input_size for m in self.members}
         batches = {s: self._arrays(images, s) for s in sizes}
         t1 = time.perf_counter()
-        prob, raw, ood_ratio, has_ood = self._probabilities(batches, tta)
+        sc = self._probabilities(batches, tta)
         t2 = time.perf_counter()
         per = len(images)
         out = []
         for i in range(per):
+            conf = float(sc.type_confidence[i])
             out.append(Prediction(
-                probability=float(prob[i]), raw_probability=float(raw[i]),
-                decision=self.policy.decide(float(prob[i])), threshold=float(self.policy.threshold),
+                probability=float(sc.prob[i]), raw_probability=float(sc.raw[i]),
+                decision=self._decide(float(sc.prob[i]), sc.image_types[i]), threshold=float(self.policy.threshold),
                 band=(float(self.policy.band_low), float(self.policy.band_high)),
-                out_of_distribution=bool(has_ood and ood_ratio[i] > 1.0),
-                ood_distance=float(ood_ratio[i]), ood_threshold=1.0,
+                out_of_distribution=bool(sc.has_ood and sc.ood_ratio[i] > 1.0),
+                ood_distance=float(sc.ood_ratio[i]), ood_threshold=1.0,
                 model=self.name, synthetic=self.meta.synthetic,
                 timings_ms={"decode": 1000 * (t1 - t0) / per, "model": 1000 * (t2 - t1) / per},
                 target_sensitivity=float(self.policy.target_sensitivity),
+                image_type=sc.image_types[i], image_type_confidence=None if np.isnan(conf) else conf,
+                image_type_probabilities=sc.type_probabilities[i],
             ))
         return out
 
@@ -220,24 +296,101 @@ class Predictor:
                 for s, a in arrs.items():
                     arrays[s].append(a)
             if good:
-                prob, raw, ood_ratio, has_ood = self._probabilities({s: np.stack(a) for s, a in arrays.items()}, tta)
-                for row, pr, r, o in zip(good, prob, raw, ood_ratio):
-                    row.update(probability=float(pr), raw_probability=float(r), decision=self.policy.decide(float(pr)),
-                               label="malignant" if pr >= self.policy.threshold else "benign",
-                               out_of_distribution=bool(has_ood and o > 1.0))
+                sc = self._probabilities({s: np.stack(a) for s, a in arrays.items()}, tta)
+                for row, pr, r, o, t in zip(good, sc.prob, sc.raw, sc.ood_ratio, sc.image_types):
+                    decision = self._decide(float(pr), t)
+                    row.update(probability=float(pr), raw_probability=float(r), decision=decision,
+                               label=("" if decision == NOT_ASSESSED else
+                                      "malignant" if pr >= self.policy.threshold else "benign"),
+                               image_type=t, out_of_distribution=bool(sc.has_ood and o > 1.0))
             rows += slots
         return pd.DataFrame(rows, columns=["path", "probability", "raw_probability", "decision", "label",
-                                           "out_of_distribution", "error"])
+                                           "image_type", "out_of_distribution", "error"])
 
     # -- explanation ----------------------------------------------------------------------
-    def explain(self, image, method: str = "gradcam", *, target: str = "malignant") -> tuple[np.ndarray, bytes]:
-        """(heatmap in [0, 1] at the model's input size, PNG overlay bytes) for one image."""
+    @property
+    def member_run_ids(self) -> tuple[str, ...]:
+        """Run ids of the bundles whose outputs make the served answer (one for a single bundle)."""
+        return tuple(m.bundle.meta.run_id for m in self.members)
+
+    def member_weights(self) -> tuple[float, ...]:
+        """How the served answer weights its members: ``member_weights`` in bundle.json when an
+        ensemble records them (normalised), else equal, as :meth:`_probabilities` averages them."""
+        raw = self.meta.raw.get("member_weights")
+        n = len(self.members)
+        if raw is None:
+            return (1.0 / n,) * n
+        w = np.asarray(raw, np.float64)
+        if w.shape != (n,) or np.any(w < 0) or not w.sum() > 0:
+            raise BundleError(f"{self.bundle.path}: member_weights must be {n} non-negative numbers, got {raw!r}")
+        return tuple(float(x) for x in w / w.sum())
+
+    def explain_views(self, method: str, tta: bool | None = None) -> tuple[str, ...]:
+        """Dihedral views to average, as the served TTA does. ``tta=None``: the bundle's own TTA for
+        the compiled methods (8 passes of ~25 ms), the identity view only for Score-CAM and
+        SmoothGrad (each view costs seconds on a CPU); ``True``/``False`` force it."""
+        from skinlesion.explain.gradcam import COMPILED_METHODS
+        from skinlesion.models.features import VIEWS
+
+        if tta is None:
+            tta = self.default_tta and method in COMPILED_METHODS
+        return tuple(VIEWS) if tta else ("id",)
+
+    def explain(self, image, method: str = "gradcam", *, target: str = "malignant",
+                prediction: Prediction | None = None, tta: bool | None = None, **kwargs: Any) -> Explanation:
+        """Explain the served model's answer for one image (bytes, a path, a PIL image or an RGB array).
+
+        Every member is explained at its own input size (on the image of that size, dihedral views
+        mapped back and averaged when the answer uses TTA, see :meth:`explain_views`), and the
+        member maps are resized to :attr:`input_size` and weighted as the answer weights its
+        members. Gradient methods differentiate each member's logit (the pre-activation of its
+        sigmoid output layer), not the saturating probability. ``target`` is "malignant",
+        "benign" or "predicted" (by the served threshold). ``prediction`` is the served
+        prediction for the same image when the caller has it (else it is computed, for the
+        caption). ``kwargs`` go to :func:`skinlesion.explain.gradcam.compute_heatmap` (e.g.
+        ``max_N``, ``smooth_samples``, ``seed``). Unpacks as ``(heatmap, overlay_png)``.
+        """
+        from skinlesion.explain.common import METHODS, check_target, sigmoid_head
         from skinlesion.explain.gradcam import compute_heatmap
         from skinlesion.explain.overlay import overlay_png_bytes
+        from skinlesion.models.features import apply_view
+        from skinlesion.serving.explanation import (
+            SCORE_BY_HEAD,
+            SCORECAM_SCORE,
+            Explanation,
+            combine_maps,
+            explanation_caption,
+            unview_map,
+        )
 
-        member = self.members[0]
-        arr = load_for_model(image, member.bundle.input_size) if not (
-            isinstance(image, np.ndarray) and image.shape == (member.bundle.input_size,) * 2 + (3,)) else image
-        heat = compute_heatmap(member.bundle.model, arr, method,
-                               layer_name=member.bundle.meta.last_conv_layer, target=target)
-        return heat, overlay_png_bytes(arr, heat)
+        if method not in METHODS:
+            raise ValueError(f"Unknown method {method!r}; choose one of {METHODS}.")
+        check_target(target, 0.5)
+        if prediction is None:
+            prediction = self.predict(image)
+        resolved = target
+        if target == "predicted":
+            resolved = "malignant" if prediction.probability >= self.policy.threshold else "benign"
+        views = self.explain_views(method, tta)
+        weights = self.member_weights()
+        arrays = {s: self._arrays([image], s)[0] for s in {m.bundle.input_size for m in self.members}}
+        maps: list[np.ndarray] = []
+        scores = set()
+        for m in self.members:
+            arr = arrays[m.bundle.input_size]
+            per_view = [
+                unview_map(compute_heatmap(m.bundle.model, apply_view(arr[None], v)[0], method,
+                                           layer_name=m.bundle.meta.last_conv_layer, target=resolved, **kwargs), v)
+                for v in views
+            ]
+            maps.append(np.mean(per_view, axis=0).astype(np.float32))
+            scores.add(SCORECAM_SCORE if method == "scorecam" else SCORE_BY_HEAD[sigmoid_head(m.bundle.model)[0]])
+        heat = combine_maps(maps, weights, self.input_size)
+        shown = arrays[self.input_size]
+        return Explanation(
+            heatmap=heat, overlay_png=overlay_png_bytes(shown, heat), method=method, target=resolved,
+            model=self.name, members=self.member_run_ids, weights=weights, views=views,
+            score="; ".join(sorted(scores)), probability=float(prediction.probability),
+            decision=prediction.decision, caption=explanation_caption(prediction.decision, method, resolved),
+            member_maps=dict(zip(self.member_run_ids, maps)),
+        )

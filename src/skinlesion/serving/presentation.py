@@ -6,6 +6,10 @@ import io
 
 from skinlesion.data.intake import read_image
 
+# Photos of one lesion analysed together and combined (skinlesion.serving.combine), per request in
+# the web app and per upload in the dashboard.
+MAX_PHOTOS = 8
+
 METHOD_LABELS: dict[str, str] = {
     "gradcam": "Grad-CAM",
     "gradcam++": "Grad-CAM++",

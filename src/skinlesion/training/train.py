@@ -81,6 +81,8 @@ class TrainConfig:
     out_dir: str | None = None
     run_id: str | None = None
     progress: bool = True
+    # Stage 1 on several machines (training.distributed): MultiWorkerMirroredStrategy from TF_CONFIG.
+    distributed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -175,6 +177,7 @@ def train(cfg: TrainConfig) -> Path:
     cap, level = _capture_logs()
     t0 = time.perf_counter()
     try:
+        dist = _start_distributed(cfg)
         set_seeds(cfg.seed)
         spec = backbones.get_spec(cfg.backbone)
         size = int(cfg.input_size or spec.input_size)
@@ -188,7 +191,8 @@ def train(cfg: TrainConfig) -> Path:
         log.info("data: %s", data.describe())
         log.info("using train %d, val %d, test %d", len(tr), len(va), len(te))
 
-        strategy = device_strategy()
+        # Distributed, the models stay local to each worker: only the head's training is mirrored.
+        strategy = device_strategy() if dist is None else dist.local_strategy()
         with strategy.scope():
             extractor = backbones.build_feature_extractor(cfg.backbone, cfg.weights, size,
                                                           colour_constancy=cfg.colour_constancy)
@@ -199,11 +203,13 @@ def train(cfg: TrainConfig) -> Path:
             log.warning("backbone %s has RANDOM weights (weights=None): features are not pretrained", cfg.backbone)
 
         t_feat = time.perf_counter()
-        Xtr, ok_tr, err_tr = extract_features(
+        # Distributed, each worker extracts its shard of the images and all get every feature.
+        extract = extract_features if dist is None else dist.extract_features
+        Xtr, ok_tr, err_tr = extract(
             extractor, data.files(tr), backbone=feat_key, weights_tag=wtag,
             views=cfg.views, batch_size=cfg.batch_size, progress=cfg.progress)
         val_views = tuple(VIEWS) if cfg.tta else ("id",)
-        Xva, ok_va, err_va = extract_features(
+        Xva, ok_va, err_va = extract(
             extractor, data.files(va), backbone=feat_key, weights_tag=wtag,
             views=val_views, batch_size=cfg.batch_size, progress=cfg.progress)
         feat_seconds = time.perf_counter() - t_feat
@@ -227,7 +233,13 @@ def train(cfg: TrainConfig) -> Path:
             if layer.weights:
                 full.get_layer(layer.name).set_weights(layer.get_weights())
 
-        history = _train_head(head, Xtr, ytr, sample_weights(tr, cfg.balance), Xva[:, 0], yva, cfg)
+        if dist is None:
+            history = _train_head(head, Xtr, ytr, sample_weights(tr, cfg.balance), Xva[:, 0], yva, cfg)
+        else:
+            history = dist.fit_head(head, Xtr, ytr, sample_weights(tr, cfg.balance), Xva[:, 0], yva, cfg)
+            stop = _finish_distributed(dist, full, cfg)
+            if stop is not None:
+                return stop
         # Raw outputs averaged over the views before calibration, exactly as the Predictor's TTA does.
         p_val = np.mean([head.predict(Xva[:, v], verbose=0).ravel() for v in range(len(val_views))], axis=0)
         stage = "head"
@@ -293,14 +305,54 @@ def train(cfg: TrainConfig) -> Path:
             "ood.npz": lambda p: ood.save(p),
             "train.log": lambda p: Path(p).write_text("\n".join(cap.lines) + "\n"),
         }
-        path = bundle.write_bundle(meta, files, out_dir=cfg.out_dir, run_id=cfg.run_id)
+        run_id = cfg.run_id if dist is None else _distributed_run_id(full, cfg)
+        path = bundle.write_bundle(meta, files, out_dir=cfg.out_dir, run_id=run_id)
         log.info("bundle written: %s", config.display_path(path))
+        if dist is not None:
+            dist.barrier()  # the other workers return once the bundle is there
         if synthetic:
             log.warning("\n%s", SYNTHETIC_BANNER)
         return path
     finally:
         logging.getLogger("skinlesion").removeHandler(cap)
         logging.getLogger("skinlesion").setLevel(level)
+
+
+def _start_distributed(cfg: TrainConfig):
+    """Join the TF_CONFIG cluster when ``cfg.distributed`` (first, before any TensorFlow work)."""
+    if not cfg.distributed:
+        return None
+    from skinlesion.training.distributed import DistributedError, MultiWorker
+
+    if cfg.fine_tune > 0:
+        raise DistributedError("--distributed trains stage 1 (features and head); fine-tuning needs Keras' "
+                               "Model.fit, which does not run under MultiWorkerMirroredStrategy in Keras 3 "
+                               "(keras-team/keras#20585). Drop --fine-tune, or fine-tune on one machine.")
+    return MultiWorker.start()
+
+
+def _distributed_run_id(full, cfg: TrainConfig) -> str:
+    """The run id every worker agrees on without talking: the one given, else from the weights."""
+    from skinlesion.training.distributed import weights_digest
+
+    return cfg.run_id or f"{cfg.backbone}-distributed-{weights_digest(full)[:12]}"
+
+
+def _finish_distributed(dist, full, cfg: TrainConfig) -> Path | None:
+    """Log the weights digest; for a worker that is not the chief, wait for the chief's bundle and
+    return where the chief writes it (the chief returns None and goes on to write it)."""
+    from skinlesion.training.distributed import weights_digest
+
+    digest = weights_digest(full)
+    target = Path(cfg.out_dir) if cfg.out_dir else config.models_dir()
+    target = target / _distributed_run_id(full, cfg)
+    log.info("distributed: %s (rank %d of %d) finished training; weights sha256 %s", dist.cluster.task,
+             dist.cluster.rank, dist.cluster.n_workers, digest)
+    if dist.cluster.is_chief:
+        return None
+    dist.barrier()  # the chief calls it once its bundle is written
+    log.info("distributed: the chief wrote the bundle %s (on its own disk)", config.display_path(target))
+    return target
 
 
 def _train_head(head, Xtr: np.ndarray, ytr: np.ndarray, wtr: np.ndarray, Xva: np.ndarray, yva: np.ndarray,
