@@ -407,10 +407,15 @@ class LesionDashboard(widgets.VBox):
         self.overlay_caption = widgets.HTML("")
         self.images = widgets.HBox(
             [
-                widgets.VBox([self.image_caption, self.image], layout=widgets.Layout(margin="0 16px 0 0")),
-                widgets.VBox([self.overlay_caption, self.overlay]).add_class("skinlesion-overlay"),
+                # A fixed column width lets a long caption wrap under its picture instead of
+                # widening the column and pushing the heat map below the photo.
+                widgets.VBox([self.image_caption, self.image],
+                             layout=widgets.Layout(width=IMAGE_WIDTH, margin="0 16px 0 0")),
+                widgets.VBox([self.overlay_caption, self.overlay],
+                             layout=widgets.Layout(width=IMAGE_WIDTH)).add_class("skinlesion-overlay"),
             ],
-            layout=widgets.Layout(display="none", flex_flow="row wrap"),
+            # Bottom-aligned columns keep photo and heat map level when the captions differ in length.
+            layout=widgets.Layout(display="none", flex_flow="row wrap", align_items="flex-end"),
         )
         # Several photos of one lesion: one block per photo under the combined result.
         self.gallery = widgets.VBox([], layout=widgets.Layout(display="none"))
