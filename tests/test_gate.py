@@ -17,6 +17,7 @@ from skinlesion.data.image_types import split_by_group
 from skinlesion.data.nonskin import FAMILIES, generate, photo_group, write_nonskin
 from skinlesion.metrics.rates import rate_with_ci
 from skinlesion.models.gate import IMAGE_TYPES, ImageTypeGate, fit_gate
+from skinlesion.training.gate import GATE_CANDIDATES
 
 
 def _clusters(n: int, d: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -254,3 +255,63 @@ def test_gate_on_real_images_of_each_type(tmp_path):
     expected = ["dermoscopic"] * len(derm_test) + ["clinical"] * len(clin_test)
     assert types[:len(expected)] == expected
     assert all(t != "dermoscopic" for t in types[len(expected):])
+
+
+# ------------------------------------------------------------------------------ settings and selection
+def _frame(n: int) -> pd.DataFrame:
+    """Gate rows for ``_clusters(n)``: two dermoscopic sources, alternate rows train / val."""
+    kinds = np.repeat(np.array(IMAGE_TYPES), n)
+    source = np.where(kinds == "dermoscopic", np.where(np.arange(3 * n) % 4 < 2, "a", "b"), "x")
+    return pd.DataFrame({"path": [f"p{i}" for i in range(3 * n)], "kind": kinds, "source": source,
+                         "group": [f"g{i}" for i in range(3 * n)],
+                         "split": np.where(np.arange(3 * n) % 2 == 0, "train", "val")})
+
+
+@pytest.mark.parametrize("name", list(GATE_CANDIDATES))
+def test_every_candidate_setting_fits(name):
+    from skinlesion.training.gate import fit_on_frame, settings_of
+
+    X, _ = _clusters(40)
+    frame = _frame(40)
+    views = settings_of(name)["views"]
+    feats = np.stack([X + 0.01 * k for k in range(len(views))], axis=1)
+    gate = fit_on_frame(frame, feats, np.ones(len(frame), bool), settings=name)
+    types, _, _ = gate.classify(X)
+    assert (np.array(types) == frame["kind"].to_numpy()).mean() > 0.95
+
+
+def test_fit_on_frame_rejects_missing_views_and_unknown_settings():
+    from skinlesion.training.gate import fit_on_frame
+
+    X, _ = _clusters(20)
+    frame = _frame(20)
+    with pytest.raises(ValueError, match="2 view"):
+        fit_on_frame(frame, X[:, None, :], np.ones(len(frame), bool), settings="C=0.05, flipped copies")
+    with pytest.raises(ValueError, match="unknown gate settings"):
+        fit_on_frame(frame, X[:, None, :], np.ones(len(frame), bool), settings="C=99")
+
+
+def test_balanced_error_counts_each_kind_once():
+    from skinlesion.evaluation.gate import balanced_error
+
+    frame = pd.DataFrame({
+        "kind": ["dermoscopic"] * 4 + ["clinical"] * 2 + ["other"] * 2,
+        "source": ["held"] * 3 + ["seen"] + ["pad"] * 2 + ["x"] * 2,
+        "split": ["test"] * 3 + ["test"] + ["val", "test", "val", "val"],
+    })
+    flagged = np.array([True, False, False, True, False, True, True, True])
+    err = balanced_error(flagged, frame, np.ones(len(frame), bool), "held")
+    # 1 of 3 held-out dermoscopic flagged; the one validation phone photo missed; no non-skin missed.
+    assert err["dermoscopic_flagged"] == pytest.approx(1 / 3)
+    assert err["clinical_missed"] == 1.0 and err["other_missed"] == 0.0
+    assert err["error"] == pytest.approx((1 / 3 + 1.0 + 0.0) / 3)
+
+
+def test_shipped_gate_settings_are_the_selected_ones():
+    """The default gate uses the settings its committed report selected by leave-one-source-out."""
+    from skinlesion import config
+    from skinlesion.training.gate import GATE_SETTINGS
+
+    report = config.project_root() / "reports" / "gate" / config.DEFAULT_MODEL / "gate.json"
+    result = json.loads(report.read_text())
+    assert result["selection"]["final"] == GATE_SETTINGS == result["settings"]

@@ -128,6 +128,19 @@ def test_model_card_shows_the_recipes_loso_results(tiny_bundle, tmp_path, monkey
     assert "Leave-one-source-out (recipe `r1`)" in card and "0.810 [0.750, 0.860]" in card
 
 
+def test_a_loso_run_older_than_an_option_matches_while_the_bundle_keeps_its_default():
+    """An option added to TrainConfig after a LOSO run is absent from that run's config: it matches the
+    default, not a changed value."""
+    from skinlesion.evaluation.model_card import _same_recipe
+    from skinlesion.training.train import TrainConfig
+
+    bundle = json.loads(json.dumps(TrainConfig(head_units=0, run_id="a").to_dict()))
+    loso = {k: v for k, v in bundle.items() if k not in {"colour_constancy", "run_id"}}
+    assert _same_recipe(loso, bundle)
+    assert not _same_recipe(loso, {**bundle, "colour_constancy": True})
+    assert not _same_recipe({**loso, "head_units": 256}, bundle)
+
+
 @pytest.mark.slow
 def test_run_trains_the_default_recipe_on_all_sources(fake_sources, tmp_path, monkeypatch):
     from click.testing import CliRunner

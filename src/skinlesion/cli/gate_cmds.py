@@ -16,9 +16,12 @@ def gate() -> None:
 @gate.command("fit")
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--seed", default=42, show_default=True, help="Seed of the clinical / non-skin splits.")
+@click.option("--settings", default=None,
+              help="One of the gate's candidate settings (default: the one chosen by leave-one-source-out; "
+                   "`skinlesion gate evaluate` reports the selection).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @friendly
-def gate_fit(bundle, seed, quiet) -> None:
+def gate_fit(bundle, seed, settings, quiet) -> None:
     """Fit the gate on BUNDLE's features and store it in the bundle (gate.npz + bundle.json "gate").
 
     Dermoscopic images: the bundle's own training and validation rows. Clinical: PAD-UFES-20
@@ -26,10 +29,12 @@ def gate_fit(bundle, seed, quiet) -> None:
     ../shared/data/pad_ufes_20). Other: the generated non-skin set (written under the cache).
     Test patients and test pictures are left out for `skinlesion gate evaluate`.
     """
-    from skinlesion.training.gate import attach_gate
+    from skinlesion.training.gate import GATE_CANDIDATES, GATE_SETTINGS, attach_gate
 
-    entry = attach_gate(bundle, seed=seed, progress=not quiet)
-    click.echo(f"gate fitted into {bundle}: threshold P(dermoscopic) >= {entry['threshold']:.3f}, "
+    if settings is not None and settings not in GATE_CANDIDATES:
+        raise click.BadParameter(f"choose one of: {'; '.join(GATE_CANDIDATES)}", param_hint="--settings")
+    entry = attach_gate(bundle, settings=settings or GATE_SETTINGS, seed=seed, progress=not quiet)
+    click.echo(f"gate fitted into {bundle} with settings {entry['settings']!r}: threshold P(dermoscopic) >= {entry['threshold']:.3f}, "
                f"temperature {entry['temperature']:.3f}; images {entry['images']}")
 
 

@@ -8,6 +8,7 @@ both show the same words.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -350,12 +351,22 @@ def _leakage(results: dict[str, Any] | None) -> Section:
     return Section("Leakage notes").bullets(items)
 
 
-_RUN_KEYS = ("sources", "holdout", "out_dir", "run_id", "progress", "data_dir", "splits_file")
+# How and where a run went, not what it learned: `distributed` only spreads the same batches over devices.
+_RUN_KEYS = ("sources", "holdout", "out_dir", "run_id", "progress", "data_dir", "splits_file", "distributed")
 
 
-def _same_recipe(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Two training configs describe the same recipe (data and run bookkeeping aside)."""
-    return {k: v for k, v in a.items() if k not in _RUN_KEYS} == {k: v for k, v in b.items() if k not in _RUN_KEYS}
+def _same_recipe(loso: dict[str, Any], bundle: dict[str, Any]) -> bool:
+    """A LOSO run's training config and a bundle's describe the same recipe (data and run bookkeeping aside).
+
+    An option added to ``TrainConfig`` after the LOSO run is absent from its config; the run then used
+    that option's default, so the default stands in for it.
+    """
+    from skinlesion.training.train import TrainConfig
+
+    defaults = json.loads(json.dumps(TrainConfig().to_dict()))
+    then = {**{k: defaults[k] for k in bundle if k not in loso and k in defaults}, **loso}
+    return ({k: v for k, v in then.items() if k not in _RUN_KEYS}
+            == {k: v for k, v in bundle.items() if k not in _RUN_KEYS})
 
 
 def _generalisation(meta: BundleMeta) -> Section:

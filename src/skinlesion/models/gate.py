@@ -87,6 +87,7 @@ def fit_gate(
     classes: tuple[str, ...] = IMAGE_TYPES,
     max_false_flag: float = 0.005,
     c: float = 0.05,
+    sample_weight: np.ndarray | None = None,
     seed: int = 0,
 ) -> ImageTypeGate:
     """Fit the gate: labels are indices into ``classes``; every class needs train and val rows.
@@ -94,6 +95,7 @@ def fit_gate(
     Classes are weighted equally (dermoscopic images outnumber the others 20 to 1). The
     threshold is the ``max_false_flag`` quantile of the validation dermoscopic images'
     P(dermoscopic), capped at 0.5 so a clearly non-dermoscopic image is never called one.
+    ``sample_weight`` (per training row) multiplies the class balancing.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
@@ -107,7 +109,7 @@ def fit_gate(
         raise ValueError(f"the gate needs a {DERMOSCOPIC!r} class")
     scaler = StandardScaler().fit(X_train)
     clf = LogisticRegression(C=c, class_weight="balanced", max_iter=2000, random_state=seed)
-    clf.fit(scaler.transform(X_train), y_train)
+    clf.fit(scaler.transform(X_train), y_train, sample_weight=sample_weight)
     scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
     coef, intercept = clf.coef_.astype(np.float64), clf.intercept_.astype(np.float64)
     if len(classes) == 2:   # scikit-learn stores one logit (class 1 vs 0) for two classes
