@@ -43,3 +43,24 @@ def generalise(recipe, publish, resamples, report_dir, **kw) -> None:
         click.echo(f"held out {src:10s} n={v['n']:5d}  AUC {v['roc_auc']:.3f} [{v['roc_auc_ci'][0]:.3f}, "
                    f"{v['roc_auc_ci'][1]:.3f}]  sens {v['sensitivity']:.3f}  spec {v['specificity']:.3f}")
     click.echo(f"mean {summary['mean_roc_auc']:.3f}, worst {summary['worst_roc_auc']:.3f}; report: {out / recipe / 'report.md'}")
+
+
+@main.command("generalise-compare")
+@click.argument("recipes", nargs=-1, required=True)
+@click.option("--resamples", default=N_BOOTSTRAP, show_default=True, help="Bootstrap resamples for the CIs.")
+@click.option("--report-dir", type=click.Path(path_type=Path), default=None, help="Default reports/generalisation.")
+@friendly
+def generalise_compare(recipes, resamples, report_dir) -> None:
+    """Paired ROC AUC tests of LOSO recipes against the first one, per held-out source.
+
+    Reads reports/generalisation/<recipe>/predictions.csv (trains nothing) and writes
+    compare.md and compare.json to reports/generalisation/compare/<baseline>--<recipe>...
+    """
+    from skinlesion import config
+    from skinlesion.evaluation.recipe_compare import compare_recipes, recipes_markdown, write_recipe_comparison
+
+    root = report_dir or config.reports_dir() / "generalisation"
+    data = compare_recipes(list(recipes), root, n_resamples=resamples)
+    out = write_recipe_comparison(data, root / "compare" / "--".join(recipes))
+    click.echo(recipes_markdown(data))
+    click.echo(f"written: {config.display_path(out / 'compare.md')}")
