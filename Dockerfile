@@ -4,12 +4,12 @@
 #
 #   docker build -t skinlesion .
 #   docker run --rm -p 127.0.0.1:8000:8000 -v "$PWD/models:/models:ro" \
-#       -e SKINLESION_MODEL=/models/lite0-s1-idfh-linear-tta skinlesion
+#       -e SKINLESION_MODEL=/models/lite0-s1-idfhzio-linear-tta skinlesion
 #
 # No model is baked in: bundles are mounted read-only at /models and SKINLESION_MODEL names the one
 # to serve (default: /models/<skinlesion.config.DEFAULT_MODEL>). To bake one in instead, build the
 # "baked" target with the bundle as a named build context (BuildKit, or podman >= 4.x):
-#   docker build --target baked --build-context bundle=models/lite0-s1-idfh-linear-tta -t skinlesion:baked .
+#   docker build --target baked --build-context bundle=models/lite0-s1-idfhzio-linear-tta -t skinlesion:baked .
 # compose.yaml runs the web app and the dashboard side by side. README "Deploy" has the details.
 
 ARG BASE_IMAGE=python:3.11-slim-bookworm

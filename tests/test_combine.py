@@ -209,9 +209,9 @@ def test_lesion_table_and_scores_on_a_made_up_source():
 @pytest.mark.realdata
 def test_ham10000_lesion_groups_from_the_committed_predictions(tmp_path):
     from skinlesion import config
-    from skinlesion.evaluation.lesion_groups import DEFAULT_RECIPE, write_lesion_group_benefit
+    from skinlesion.evaluation.lesion_groups import write_lesion_group_benefit
 
-    predictions = config.reports_dir() / "generalisation" / DEFAULT_RECIPE / "predictions.csv"
+    predictions = config.reports_dir() / "generalisation" / config.DEFAULT_MODEL / "predictions.csv"
     if not predictions.is_file() or not (config.source_root("ham10000") / "HAM10000_metadata.csv").is_file():
         pytest.skip("needs the LOSO predictions and the HAM10000 metadata")
     path = write_lesion_group_benefit(tmp_path / "ham.json", n_resamples=20)

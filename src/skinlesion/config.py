@@ -78,7 +78,7 @@ def source_root(name: str) -> Path:
 # ``models/<DEFAULT_MODEL>``; chosen by leave-one-source-out (reports/generalisation/summary.json
 # names the same recipe, and a test checks they agree). Served when SKINLESION_MODEL is unset:
 # skinlesion.bundle.format.resolve_default_bundle is the one place that decides.
-DEFAULT_MODEL = "lite0-s1-idfh-linear-tta"
+DEFAULT_MODEL = "lite0-s1-idfhzio-linear-tta"
 
 
 def model_env() -> str | None:

@@ -32,7 +32,6 @@ from skinlesion import config
 from skinlesion.data.datasets import DataError
 from skinlesion.io import read_json, write_json
 
-DEFAULT_RECIPE = "lite0-s1-idfh-linear-tta"
 RULES = ("per_image", "single_photo", "per_lesion")
 
 
@@ -174,7 +173,7 @@ def write_lesion_group_benefit(out: str | os.PathLike[str] | None = None, **kwar
     (strict JSON; default ``reports/lesion_groups/<held_out>.json``)."""
     held_out = kwargs.get("held_out", "ham10000")
     predictions = kwargs.pop("predictions_csv", None) or (
-        config.reports_dir() / "generalisation" / DEFAULT_RECIPE / "predictions.csv")
+        config.reports_dir() / "generalisation" / config.DEFAULT_MODEL / "predictions.csv")
     result = lesion_group_benefit(predictions, **kwargs)
     path = Path(out) if out else config.reports_dir() / "lesion_groups" / f"{held_out}.json"
     return write_json(path, result)

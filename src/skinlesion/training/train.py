@@ -93,7 +93,7 @@ class TrainConfig:
 
 # The recipe `skinlesion run` (and so `make run`) trains, chosen by leave-one-source-out
 # validation (reports/generalisation/experiments.md); everything else keeps TrainConfig's defaults.
-DEFAULT_RECIPE: dict[str, Any] = {"views": ("id", "fh"), "head_units": 0, "tta": True}
+DEFAULT_RECIPE: dict[str, Any] = {"views": ("id", "fh", "zi", "zo"), "head_units": 0, "tta": True}
 
 
 def default_recipe(**overrides: Any) -> TrainConfig:
