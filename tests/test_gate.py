@@ -196,6 +196,41 @@ def test_other_gate_says_not_a_lesion(tiny_bundle, tmp_path, dermoscopic_jpeg):
     assert p.decision == "not assessed" and "not look like a picture of a skin lesion" in p.summary
 
 
+def test_predictor_gate_reads_the_mean_of_its_views_whatever_the_orientation(tiny_bundle, tmp_path, dermoscopic_jpeg):
+    """A gate fitted on the 8-view mean reads exactly that, with or without TTA, and a rotated or
+    flipped copy of the image gets the same image-type probabilities."""
+    import keras
+
+    from skinlesion.bundle.format import load
+    from skinlesion.data.intake import load_for_model
+    from skinlesion.models.features import VIEWS, apply_view
+    from skinlesion.serving.inference import Predictor
+
+    copy = tmp_path / "gated-views"
+    shutil.copytree(tiny_bundle, copy)
+    b = load(copy)
+    extractor = keras.Model(b.model.input, b.model.get_layer(b.meta.feature_layer).output)
+    x = load_for_model(dermoscopic_jpeg, b.meta.input_size)[None]
+    feats = np.stack([extractor.predict(apply_view(x, v), verbose=0)[0] for v in VIEWS])
+    dim = feats.shape[1]
+    rng = np.random.default_rng(0)
+    coef = rng.normal(size=(3, dim))
+    coef /= np.abs((feats - feats.mean(0)) @ coef.T).max()   # logits of single views within [-1, 1]
+    gate = ImageTypeGate(IMAGE_TYPES, feats.mean(0), np.ones(dim), coef, np.zeros(3), 1.0, 0.5, tuple(VIEWS))
+    add_to_bundle(copy, {"gate.npz": gate.save},
+                  {"gate": {"file": "gate.npz", "threshold": 0.5, "temperature": 1.0, "classes": list(IMAGE_TYPES)}})
+    expected = gate.probabilities(feats.mean(0))[0]
+    single = gate.probabilities(feats[0])[0]
+    assert not np.allclose(expected, single, atol=1e-3)   # the test would not see a plain-view read
+    predictor = Predictor.from_bundle(copy)
+    for tta in (True, False):
+        got = predictor.predict(x[0], tta=tta).image_type_probabilities
+        assert np.allclose([got[c] for c in IMAGE_TYPES], expected, atol=1e-4)
+    for v in ("r180", "fh", "fh_r180"):   # exact views of the array (no resampling)
+        got = predictor.predict(apply_view(x, v)[0], tta=True).image_type_probabilities
+        assert np.allclose([got[c] for c in IMAGE_TYPES], expected, atol=1e-4)
+
+
 def test_dermoscopic_gate_keeps_the_decision(tiny_bundle, tmp_path, dermoscopic_jpeg):
     from skinlesion.serving.inference import Predictor
 
@@ -269,26 +304,55 @@ def _frame(n: int) -> pd.DataFrame:
 
 @pytest.mark.parametrize("name", list(GATE_CANDIDATES))
 def test_every_candidate_setting_fits(name):
-    from skinlesion.training.gate import fit_on_frame, settings_of
+    from skinlesion.training.gate import fit_on_frame
 
     X, _ = _clusters(40)
     frame = _frame(40)
-    views = settings_of(name)["views"]
-    feats = np.stack([X + 0.01 * k for k in range(len(views))], axis=1)
-    gate = fit_on_frame(frame, feats, np.ones(len(frame), bool), settings=name)
+    gate = fit_on_frame(frame, X, X + 0.01, np.ones(len(frame), bool), settings=name, views=("id", "fh"))
     types, _, _ = gate.classify(X)
     assert (np.array(types) == frame["kind"].to_numpy()).mean() > 0.95
+    assert gate.views == ("id", "fh")
 
 
-def test_fit_on_frame_rejects_missing_views_and_unknown_settings():
+def test_fit_on_frame_trains_on_plain_and_calibrates_on_read_features():
+    """Training rows use the plain view, validation rows only the read (view-mean) features:
+    garbage in the read features of training rows, or in the plain features of validation rows,
+    changes nothing."""
+    from skinlesion.training.gate import fit_on_frame
+
+    X, _ = _clusters(40)
+    frame = _frame(40)
+    ok = np.ones(len(frame), bool)
+    train = (frame["split"] == "train").to_numpy()
+    read = X + 0.3
+    a = fit_on_frame(frame, X, read, ok, views=("id", "fh"))
+    plain2, read2 = X.copy(), read.copy()
+    plain2[~train], read2[train] = 1e3, -1e3
+    b = fit_on_frame(frame, plain2, read2, ok, views=("id", "fh"))
+    assert np.allclose(a.coef, b.coef) and a.temperature == b.temperature and a.threshold == b.threshold
+    c = fit_on_frame(frame, X, X, ok, views=("id", "fh"))   # other validation features -> other calibration
+    assert (c.temperature, c.threshold) != (a.temperature, a.threshold)
+
+
+def test_fit_on_frame_rejects_mismatched_features_and_unknown_settings():
     from skinlesion.training.gate import fit_on_frame
 
     X, _ = _clusters(20)
     frame = _frame(20)
-    with pytest.raises(ValueError, match="2 view"):
-        fit_on_frame(frame, X[:, None, :], np.ones(len(frame), bool), settings="C=0.05, flipped copies")
+    with pytest.raises(ValueError, match="plain and read features"):
+        fit_on_frame(frame, X, X[:, None, :], np.ones(len(frame), bool))
     with pytest.raises(ValueError, match="unknown gate settings"):
-        fit_on_frame(frame, X[:, None, :], np.ones(len(frame), bool), settings="C=99")
+        fit_on_frame(frame, X, X, np.ones(len(frame), bool), settings="C=99")
+
+
+def test_gate_views_round_trip_and_old_files_read_the_plain_view(tmp_path):
+    X, y = _clusters(30)
+    gate = fit_gate(X, y, X, y, views=("id", "r90", "fh"))
+    gate.save(tmp_path / "g.npz")
+    assert ImageTypeGate.load(tmp_path / "g.npz").views == ("id", "r90", "fh")
+    with np.load(tmp_path / "g.npz") as z:   # a gate written before views were recorded
+        np.savez(tmp_path / "old.npz", **{k: z[k] for k in z.files if k != "views"})
+    assert ImageTypeGate.load(tmp_path / "old.npz").views == ("id",)
 
 
 def test_balanced_error_counts_each_kind_once():

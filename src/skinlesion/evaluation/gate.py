@@ -32,9 +32,10 @@ from skinlesion.models.gate import DERMOSCOPIC, ImageTypeGate
 from skinlesion.training.gate import (
     GATE_CANDIDATES,
     GATE_FILE,
-    bundle_features,
     fit_on_frame,
+    gate_inputs,
     gate_training_frame,
+    gate_views,
     settings_of,
 )
 
@@ -56,14 +57,14 @@ def _mask(frame: pd.DataFrame, ok: np.ndarray, **equal: str) -> np.ndarray:
     return m
 
 
-def _methods(gate: ImageTypeGate, frame: pd.DataFrame, feats: np.ndarray, ok: np.ndarray) -> dict[str, np.ndarray]:
-    """Flags of every row (plain view) by the gate, the distance check fitted on the same
-    dermoscopic training rows, and either of the two."""
+def _methods(gate: ImageTypeGate, frame: pd.DataFrame, plain: np.ndarray, read: np.ndarray,
+             ok: np.ndarray) -> dict[str, np.ndarray]:
+    """Flags of every row by the gate (on the features it reads), the distance check fitted on
+    the same dermoscopic training rows (plain view, as the Predictor computes it), and either."""
     from skinlesion.models.ood import fit_ood
 
-    plain = feats[:, 0]
     tr, va = (_mask(frame, ok, kind=DERMOSCOPIC, split=s) for s in ("train", "val"))
-    f_gate = flags(gate, plain)
+    f_gate = flags(gate, read)
     f_dist = fit_ood(plain[tr], plain[va]).is_ood(plain)
     return {"gate": f_gate, "distance": f_dist, "gate_or_distance": f_gate | f_dist}
 
@@ -87,15 +88,23 @@ def balanced_error(flagged: np.ndarray, frame: pd.DataFrame, ok: np.ndarray, lef
 
 
 class _Features:
-    """Features of every image any fold needs, computed (or read from the cache) once."""
+    """Features of every image any fold needs, computed (or read from the cache) once: the plain
+    view of every image, and the mean over the gate's views of every image some fold reads
+    (validation and scored rows)."""
 
-    def __init__(self, bundle: Bundle, paths: list[str], views: tuple[str, ...], progress: bool) -> None:
+    def __init__(self, bundle: Bundle, frames: list[pd.DataFrame], views: tuple[str, ...], progress: bool) -> None:
+        paths = [p for f in frames for p in f["path"]]
         self.index = {p: i for i, p in enumerate(dict.fromkeys(paths))}
-        self.feats, self.ok, _ = bundle_features(bundle, list(self.index), views=views, progress=progress)
+        read = {p for f in frames for p in f.loc[f["split"] != "train", "path"]}
+        need = np.array([p in read for p in self.index])
+        self.plain, self.read, self.ok = gate_inputs(bundle, list(self.index), need, views, progress=progress)
 
-    def of(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    def of(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rows = frame["path"].map(self.index).to_numpy()
-        return self.feats[rows], self.ok[rows]
+        return self.plain[rows], self.read[rows], self.ok[rows]
+
+    def ok_of(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.of(frame)[2]
 
 
 def evaluate_gate(bundle_path: str | Path, *, sources: tuple[str, ...] = DERMOSCOPIC_SOURCES,
@@ -110,6 +119,10 @@ def evaluate_gate(bundle_path: str | Path, *, sources: tuple[str, ...] = DERMOSC
     if not entry:
         raise BundleError(f"{b.path} has no image-type gate; fit one with `skinlesion gate fit {b.path}`")
     gate = ImageTypeGate.load(b.file(entry.get("file", GATE_FILE)))
+    views = gate_views(b)
+    if gate.views != views:
+        raise BundleError(f"the gate of {b.path} reads view(s) {', '.join(gate.views)} but the bundle is served "
+                          f"with {', '.join(views)}; refit it with `skinlesion gate fit {b.path}`")
 
     frames: dict[tuple[tuple[str, ...], tuple[str, ...]], pd.DataFrame] = {}
 
@@ -127,9 +140,7 @@ def evaluate_gate(bundle_path: str | Path, *, sources: tuple[str, ...] = DERMOSC
             frame_for(tuple(s for s in rest if s != inner), tuple(sorted((inner, held))))
     table = pd.read_csv(b.path / "splits.csv")
     own = gate_training_frame(dermoscopic_frame(table, roots_for(table, b.meta.training.data_dir)), seed=seed)
-    views = tuple(dict.fromkeys(v for name in candidates for v in settings_of(name)["views"]))
-    views = ("id", *[v for v in views if v != "id"])
-    store = _Features(b, [p for f in [*frames.values(), own] for p in f["path"]], views, progress)
+    store = _Features(b, [*frames.values(), own], views, progress)
 
     fitted: dict[tuple[tuple[str, ...], str], dict[str, np.ndarray]] = {}
 
@@ -137,9 +148,10 @@ def evaluate_gate(bundle_path: str | Path, *, sources: tuple[str, ...] = DERMOSC
         key = (train, name)   # the same training sources give the same gate, whatever is scored
         if key not in fitted:
             f = frame_for(train, held)
-            feats, ok = store.of(f)
+            plain, read, ok = store.of(f)
             log.info("gate: %s on %s", name, ", ".join(train))
-            fitted[key] = _methods(fit_on_frame(f, feats, ok, settings=name, seed=seed), f, feats, ok)
+            fitted[key] = _methods(fit_on_frame(f, plain, read, ok, settings=name, views=views, seed=seed), f,
+                                   plain, read, ok)
         return fitted[key]
 
     sets: dict[str, dict[str, dict[str, Any]]] = {}
@@ -152,22 +164,22 @@ def evaluate_gate(bundle_path: str | Path, *, sources: tuple[str, ...] = DERMOSC
             for inner in rest:
                 train, hk = tuple(s for s in rest if s != inner), tuple(sorted((inner, held)))
                 f = frame_for(train, hk)
-                errs.append(balanced_error(fold_flags(train, hk, name)["gate"], f, store.of(f)[1], inner)["error"])
+                errs.append(balanced_error(fold_flags(train, hk, name)["gate"], f, store.ok_of(f), inner)["error"])
             inner_errors[name] = float(np.mean(errs))
             f = frame_for(rest, (held,))
-            outer[name][held] = balanced_error(fold_flags(rest, (held,), name)["gate"], f, store.of(f)[1], held)
+            outer[name][held] = balanced_error(fold_flags(rest, (held,), name)["gate"], f, store.ok_of(f), held)
         pick = min(candidates, key=lambda n: (inner_errors[n], candidates.index(n)))
         chosen[held] = {"settings": pick, "inner_balanced_error": inner_errors}
         f = frame_for(rest, (held,))
-        scored = _mask(f, store.of(f)[1], kind=DERMOSCOPIC, source=held, split="test")
+        scored = _mask(f, store.ok_of(f), kind=DERMOSCOPIC, source=held, split="test")
         sets[f"{held} (dermoscopic, left out)"] = _rates(f, fold_flags(rest, (held,), pick), scored,
                                                         resamples=resamples, seed=seed)
     loso_error = {name: float(np.mean([v["error"] for v in outer[name].values()])) for name in candidates}
     final = min(candidates, key=lambda n: (loso_error[n], candidates.index(n)))
 
     # The bundle's own gate on the held-out clinical patients and non-skin pictures.
-    feats, ok = store.of(own)
-    methods = _methods(gate, own, feats, ok)
+    plain, read, ok = store.of(own)
+    methods = _methods(gate, own, plain, read, ok)
     test = _mask(own, ok, split="test")
     sets["pad_ufes_20 (clinical photos, held-out patients)"] = _rates(
         own, methods, _mask(own, ok, split="test", kind="clinical"), resamples=resamples, seed=seed)
@@ -182,7 +194,7 @@ def evaluate_gate(bundle_path: str | Path, *, sources: tuple[str, ...] = DERMOSC
             sets[f"{src} (dermoscopic, in-source test split)"] = _rates(own, methods, m, resamples=resamples,
                                                                         seed=seed)
 
-    types = np.array(gate.classify(feats[test, 0])[0])
+    types = np.array(gate.classify(read[test])[0])
     kinds = own.loc[test, "kind"].to_numpy()
     confusion = {k: {t: int(np.sum((kinds == k) & (types == t))) for t in gate.classes} for k in gate.classes}
     settings = entry.get("settings", "C=0.05")
@@ -193,6 +205,7 @@ def evaluate_gate(bundle_path: str | Path, *, sources: tuple[str, ...] = DERMOSC
         "bundle": b.meta.run_id,
         "method": entry.get("method"),
         "settings": settings,
+        "views": list(views),
         "threshold": gate.threshold,
         "temperature": gate.temperature,
         "flagged_rate": {name: rates["gate"] for name, rates in sets.items()},
@@ -208,6 +221,9 @@ def evaluate_gate(bundle_path: str | Path, *, sources: tuple[str, ...] = DERMOSC
         "confusion_test": confusion,
         "notes": [
             "'flagged' = set aside as not dermoscopic (image type clinical or other).",
+            "Every gate reads the mean pooled features over 'views' (what the Predictor reads), is trained on "
+            "the plain view of its training rows and calibrated (temperature, threshold) on the read features "
+            "of its validation rows.",
             "Rows 'left out': a gate fitted without that source (and without its duplicates in the "
             "other sources), with the settings chosen without it (selection.per_left_out_source: "
             "nested leave-one-source-out on the remaining sources), scored on its held-out rows "
@@ -228,7 +244,9 @@ def report_markdown(result: dict[str, Any]) -> str:
     """The gate report as a short Markdown table (gate, distance check, both)."""
     lines = [f"# Image-type gate: `{result['bundle']}`", "",
              "Fraction of images set aside as not dermoscopic (95 % CI). Dermoscopic rows should be low, "
-             "the others high.", "",
+             "the others high. "
+             f"Every gate reads the mean pooled features over {len(result.get('views', ['id']))} view(s) "
+             "(the views the Predictor serves), calibrated on exactly that.", "",
              "| set | n | gate | distance check | gate or distance |", "|---|---|---|---|---|"]
     for name, m in result["methods"].items():
         cells = [f"{100 * m[k]['rate']:.1f} % [{100 * m[k]['ci'][0]:.1f}, {100 * m[k]['ci'][1]:.1f}]"

@@ -6,7 +6,9 @@ small supervised head on the same pooled backbone features the Predictor already
 (no extra network pass): a multinomial logistic regression on standardised features,
 temperature-scaled on held-out data so its probabilities are calibrated.
 
-An image is called dermoscopic when the calibrated P(dermoscopic) reaches ``threshold``;
+The gate reads the mean of the pooled features over ``views`` (the 8 dihedral views for a bundle
+served with dihedral TTA), so that, like the probability, its call does not depend on which way
+up the image was taken. An image is called dermoscopic when the calibrated P(dermoscopic) reaches ``threshold``;
 otherwise it is the likelier of the other types. The threshold is chosen on validation
 dermoscopic images of the training collections so that few of them are set aside (a new
 dermatoscope should not be refused), never on the sets the gate is reported on.
@@ -25,7 +27,8 @@ DERMOSCOPIC = "dermoscopic"
 
 @dataclass
 class ImageTypeGate:
-    """A fitted gate; ``coef`` and ``intercept`` act on ``(features - mean) / scale``."""
+    """A fitted gate; ``coef`` and ``intercept`` act on ``(features - mean) / scale``, where
+    ``features`` is the mean of the pooled features over ``views``."""
 
     classes: tuple[str, ...]
     mean: np.ndarray         # (d,)
@@ -34,6 +37,7 @@ class ImageTypeGate:
     intercept: np.ndarray    # (k,)
     temperature: float
     threshold: float         # on calibrated P(dermoscopic)
+    views: tuple[str, ...] = ("id",)   # views whose features are averaged (models.features.VIEWS)
 
     def probabilities(self, features: np.ndarray) -> np.ndarray:
         """Calibrated class probabilities, (n, k) in the order of ``classes``."""
@@ -58,13 +62,15 @@ class ImageTypeGate:
     def save(self, path: str | os.PathLike[str]) -> None:
         np.savez(path, classes=np.array(self.classes), mean=self.mean, scale=self.scale, coef=self.coef,
                  intercept=self.intercept, temperature=np.float64(self.temperature),
-                 threshold=np.float64(self.threshold))
+                 threshold=np.float64(self.threshold), views=np.array(self.views))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ImageTypeGate:
         with np.load(Path(path), allow_pickle=False) as z:
+            # Gates saved before ``views`` existed read the plain view.
+            views = tuple(str(v) for v in z["views"]) if "views" in z.files else ("id",)
             return cls(tuple(str(c) for c in z["classes"]), z["mean"], z["scale"], z["coef"], z["intercept"],
-                       float(z["temperature"]), float(z["threshold"]))
+                       float(z["temperature"]), float(z["threshold"]), views)
 
 
 def _fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
@@ -89,13 +95,15 @@ def fit_gate(
     c: float = 0.05,
     sample_weight: np.ndarray | None = None,
     seed: int = 0,
+    views: tuple[str, ...] = ("id",),
 ) -> ImageTypeGate:
     """Fit the gate: labels are indices into ``classes``; every class needs train and val rows.
 
     Classes are weighted equally (dermoscopic images outnumber the others 20 to 1). The
     threshold is the ``max_false_flag`` quantile of the validation dermoscopic images'
     P(dermoscopic), capped at 0.5 so a clearly non-dermoscopic image is never called one.
-    ``sample_weight`` (per training row) multiplies the class balancing.
+    ``sample_weight`` (per training row) multiplies the class balancing. ``X_*`` are already the
+    mean over ``views`` (recorded in the gate so the Predictor reads the same).
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
@@ -115,7 +123,7 @@ def fit_gate(
     if len(classes) == 2:   # scikit-learn stores one logit (class 1 vs 0) for two classes
         coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept])
     gate = ImageTypeGate(classes, scaler.mean_.astype(np.float64), scale.astype(np.float64),
-                         coef, intercept, 1.0, 0.5)
+                         coef, intercept, 1.0, 0.5, tuple(views))
     x_val = (np.asarray(X_val, dtype=np.float64) - gate.mean) / gate.scale
     gate.temperature = _fit_temperature(x_val @ gate.coef.T + gate.intercept, y_val)
     d = classes.index(DERMOSCOPIC)

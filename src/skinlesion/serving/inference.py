@@ -207,12 +207,12 @@ class Predictor:
         gated = False
         for m in self.members:
             batch = batch_by_size[m.bundle.input_size]
-            member_raw = []
+            member_raw, member_feats = [], {}
             for v in views:
                 feats, p = m.infer(apply_view(batch, v))
                 member_raw.append(np.asarray(p).ravel())
-                if v == "id":
-                    f0 = np.asarray(feats)
+                member_feats[v] = np.asarray(feats)
+            f0 = member_feats["id"]
             raw = np.mean(member_raw, axis=0)
             raws.append(raw)
             probs.append(apply_temperature(raw, m.temperature))
@@ -220,8 +220,13 @@ class Predictor:
                 dists.append(m.ood.distance(f0))
                 thresholds.append(m.ood.threshold)
             if m.gate is not None and not gated:
-                # The gate reads the same pooled features as the OOD check: no extra network pass.
-                types, type_conf, p_types = m.gate.classify(f0)
+                # The gate reads the mean pooled features over its views (the 8 dihedral views of a
+                # TTA bundle: no extra network pass when served with TTA), so its call does not
+                # depend on orientation. Without TTA its missing views are computed for it.
+                for v in m.gate.views:
+                    if v not in member_feats:
+                        member_feats[v] = np.asarray(m.infer(apply_view(batch, v))[0])
+                types, type_conf, p_types = m.gate.classify(np.mean([member_feats[v] for v in m.gate.views], axis=0))
                 type_probs = [dict(zip(m.gate.classes, map(float, row))) for row in p_types]
                 gated = True
         prob = np.mean(probs, axis=0)

@@ -24,29 +24,36 @@ from skinlesion.models.gate import IMAGE_TYPES, ImageTypeGate, fit_gate
 GATE_FILE = "gate.npz"
 
 
-# The settings a gate is fitted with. ``views``: the views of each training image (extra views
-# are augmentation; the gate always reads the plain view at prediction and validation time);
-# ``balance_sources``: each dermoscopic source weighs the same in training; ``max_false_flag``:
-# the quantile of validation P(dermoscopic) that sets the threshold. ``GATE_SETTINGS`` is the
-# candidate that ``skinlesion gate evaluate`` selects by leave-one-source-out on the training
-# sources (reports/gate/<run>/gate.json, "selection"); a test keeps the two in step.
+# The settings a gate is fitted with. ``balance_sources``: each dermoscopic source weighs the
+# same in training; ``max_false_flag``: the quantile of validation P(dermoscopic) that sets the
+# threshold. ``GATE_SETTINGS`` is the candidate that ``skinlesion gate evaluate`` selects by
+# leave-one-source-out on the training sources (reports/gate/<run>/gate.json, "selection"); a
+# test keeps the two in step. Which views the gate reads is not a candidate: it reads what the
+# bundle serves (:func:`gate_views`).
 GATE_CANDIDATES: dict[str, dict[str, Any]] = {
     "C=0.05": {"c": 0.05},
     "C=0.01": {"c": 0.01},
     "C=0.3": {"c": 0.3},
-    "C=0.05, flipped copies": {"c": 0.05, "views": ("id", "fh")},
     "C=0.05, sources weighted equally": {"c": 0.05, "balance_sources": True},
     "C=0.05, threshold at 0.1 % of validation": {"c": 0.05, "max_false_flag": 0.001},
 }
-GATE_SETTINGS = "C=0.01"
+GATE_SETTINGS = "C=0.05, sources weighted equally"
 
 
 def settings_of(name: str) -> dict[str, Any]:
     """The full settings of a candidate (defaults filled in)."""
     if name not in GATE_CANDIDATES:
         raise ValueError(f"unknown gate settings {name!r}; choose from {', '.join(GATE_CANDIDATES)}")
-    return {"c": 0.05, "views": ("id",), "balance_sources": False, "max_false_flag": 0.005,
-            **GATE_CANDIDATES[name]}
+    return {"c": 0.05, "balance_sources": False, "max_false_flag": 0.005, **GATE_CANDIDATES[name]}
+
+
+def gate_views(bundle: Bundle) -> tuple[str, ...]:
+    """The views whose mean features the gate of ``bundle`` reads: the 8 dihedral views when the
+    bundle is served with dihedral TTA (the Predictor computes them anyway, and the gate's call
+    then does not depend on orientation), else the plain view."""
+    from skinlesion.models.features import VIEWS
+
+    return tuple(VIEWS) if bundle.meta.raw.get("tta") == "dihedral" else ("id",)
 
 
 def bundle_features(bundle: Bundle, files: list[str] | list[Path], *, views: tuple[str, ...] = ("id",),
@@ -75,16 +82,19 @@ def gate_training_frame(dermoscopic: pd.DataFrame, *, seed: int = 42) -> pd.Data
     return pd.concat([dermoscopic, clinical_frame(seed=seed), nonskin_frame(seed=seed)], ignore_index=True)
 
 
-def fit_on_frame(frame: pd.DataFrame, feats: np.ndarray, ok: np.ndarray, *, settings: str = GATE_SETTINGS,
-                 seed: int = 42) -> ImageTypeGate:
-    """Fit on the ``train`` rows, calibrate and set the threshold on the ``val`` rows.
+def fit_on_frame(frame: pd.DataFrame, plain: np.ndarray, read: np.ndarray, ok: np.ndarray, *,
+                 settings: str = GATE_SETTINGS, views: tuple[str, ...] = ("id",), seed: int = 42) -> ImageTypeGate:
+    """Fit on the ``train`` rows' plain-view features, calibrate and set the threshold on the
+    ``val`` rows' ``read`` features (the mean over ``views``, what the Predictor will read).
 
-    ``feats`` is (n, n_views, d) with at least the views of ``settings``, the plain view first.
+    The gate is linear, so reading the mean features is averaging its logits over the views: test-
+    time augmentation of the gate, calibrated on exactly what it reads. Only validation rows need
+    the extra views (training rows use ``plain``; ``read`` may hold anything there).
     """
     cfg = settings_of(settings)
-    nv = len(cfg["views"])
-    if feats.ndim != 3 or feats.shape[1] < nv:
-        raise ValueError(f"gate settings {settings!r} need features of {nv} view(s), got shape {feats.shape}")
+    if plain.shape != read.shape or plain.ndim != 2 or len(plain) != len(frame):
+        raise ValueError(f"plain and read features must both be (n, d) for {len(frame)} rows; got "
+                         f"{plain.shape} and {read.shape}")
     y = frame["kind"].map({k: i for i, k in enumerate(IMAGE_TYPES)}).to_numpy()
     tr = ok & (frame["split"] == "train").to_numpy()
     va = ok & (frame["split"] == "val").to_numpy()
@@ -94,9 +104,26 @@ def fit_on_frame(frame: pd.DataFrame, feats: np.ndarray, ok: np.ndarray, *, sett
         counts = frame.loc[derm, "source"].value_counts()
         per_source = derm.sum() / (len(counts) * counts)
         weight[derm] = frame.loc[derm, "source"].map(per_source).to_numpy()
-    x_tr = feats[tr, :nv].reshape(-1, feats.shape[2])
-    return fit_gate(x_tr, np.repeat(y[tr], nv), feats[va, 0], y[va], classes=IMAGE_TYPES, c=cfg["c"],
-                    max_false_flag=cfg["max_false_flag"], sample_weight=np.repeat(weight[tr], nv), seed=seed)
+    return fit_gate(plain[tr], y[tr], read[va], y[va], classes=IMAGE_TYPES, c=cfg["c"],
+                    max_false_flag=cfg["max_false_flag"], sample_weight=weight[tr], seed=seed, views=views)
+
+
+def gate_inputs(bundle: Bundle, files: list[str], need_read: np.ndarray, views: tuple[str, ...], *,
+                progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(plain, read, ok) for :func:`fit_on_frame`: the plain view of every file, and the mean
+    over ``views`` where ``need_read`` (elsewhere a copy of the plain view), so that the extra
+    views are computed only for the rows that are read (validation and scored rows)."""
+    if not views or views[0] != "id":
+        raise ValueError(f"a gate reads the plain view first; got views {views}")
+    plain, ok, _ = bundle_features(bundle, files, views=("id",), progress=progress)
+    plain = plain[:, 0]
+    read = plain.copy()
+    rows = np.flatnonzero(np.asarray(need_read, dtype=bool) & ok)
+    if len(views) > 1 and len(rows):
+        more, ok_more, _ = bundle_features(bundle, [files[i] for i in rows], views=views, progress=progress)
+        read[rows] = more.mean(axis=1)
+        ok[rows] &= ok_more
+    return plain, read, ok
 
 
 def attach_gate(bundle_path: str | os.PathLike[str], *, settings: str = GATE_SETTINGS, seed: int = 42,
@@ -114,16 +141,18 @@ def attach_gate(bundle_path: str | os.PathLike[str], *, settings: str = GATE_SET
     table = table[table["split"].isin(["train", "val"])]
     derm = dermoscopic_frame(table, roots_for(table, b.meta.training.data_dir))
     frame = gate_training_frame(derm, seed=seed)
-    feats, ok, _errors = bundle_features(b, frame["path"].tolist(), views=settings_of(settings)["views"],
-                                         progress=progress)
+    views = gate_views(b)
+    plain, read, ok = gate_inputs(b, frame["path"].tolist(), (frame["split"] == "val").to_numpy(), views,
+                                  progress=progress)
     if not ok.any():
         raise DataError("no image of the gate's training set could be read")
-    gate = fit_on_frame(frame, feats, ok, settings=settings, seed=seed)
+    gate = fit_on_frame(frame, plain, read, ok, settings=settings, views=views, seed=seed)
     counts = {f"{k}:{s}": int(((frame["kind"] == k) & (frame["split"] == s) & ok).sum())
               for k in IMAGE_TYPES for s in ("train", "val")}
     entry = {
         "file": GATE_FILE, "classes": list(gate.classes), "threshold": gate.threshold,
-        "temperature": gate.temperature, "method": "logistic regression on pooled features (balanced classes), "
+        "temperature": gate.temperature, "views": list(views),
+        "method": f"logistic regression on pooled features (mean over {len(views)} view(s); balanced classes), "
         "temperature-scaled; dermoscopic when calibrated P(dermoscopic) >= threshold",
         "settings": settings,
         "fitted": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "images": counts, "seed": seed,
