@@ -102,8 +102,10 @@ def fit_gate(
     Classes are weighted equally (dermoscopic images outnumber the others 20 to 1). The
     threshold is the ``max_false_flag`` quantile of the validation dermoscopic images'
     P(dermoscopic), capped at 0.5 so a clearly non-dermoscopic image is never called one.
-    ``sample_weight`` (per training row) multiplies the class balancing. ``X_*`` are already the
-    mean over ``views`` (recorded in the gate so the Predictor reads the same).
+    ``sample_weight`` (per training row) multiplies the class balancing. ``X_val`` holds what
+    the gate will read (the mean over ``views``, recorded in the gate so the Predictor reads the
+    same); ``X_train`` may be single views (the gate is linear: reading the mean of the features
+    is averaging its logits over the views).
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
