@@ -67,3 +67,14 @@ def test_existing_bundle_not_overwritten(tmp_path):
     _write(tmp_path)
     with pytest.raises(BundleError, match="already exists"):
         _write(tmp_path)
+
+
+def test_served_views_follow_the_bundles_tta():
+    """One rule for which views a served prediction computes (Predictor, gate, export, LOSO scoring)."""
+    from skinlesion.bundle.meta import BundleMeta
+    from skinlesion.models.features import VIEWS
+
+    tta = BundleMeta.from_dict({"run_id": "a", "tta": "dihedral"})
+    plain = BundleMeta.from_dict({"run_id": "b", "tta": None})
+    assert tta.dihedral_tta and tta.served_views == tuple(VIEWS) and tta.served_views[0] == "id"
+    assert not plain.dihedral_tta and plain.served_views == ("id",)

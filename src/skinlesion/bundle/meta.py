@@ -133,6 +133,20 @@ class BundleMeta:
     limitations: tuple[str, ...] = ()
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
+    @property
+    def dihedral_tta(self) -> bool:
+        """Whether the bundle is served as the mean over the 8 dihedral views (its threshold
+        was fitted that way)."""
+        return self.raw.get("tta") == "dihedral"
+
+    @property
+    def served_views(self) -> tuple[str, ...]:
+        """The views a served prediction computes: the 8 dihedral views with dihedral TTA, else
+        the plain view (``models.features.VIEWS`` names)."""
+        from skinlesion.models.features import VIEWS
+
+        return tuple(VIEWS) if self.dihedral_tta else ("id",)
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], default_run_id: str = "model") -> BundleMeta:
         """Parse a ``bundle.json`` dict; raises ValueError when a present field is malformed."""

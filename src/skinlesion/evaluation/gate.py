@@ -35,7 +35,6 @@ from skinlesion.training.gate import (
     fit_on_frame,
     gate_inputs,
     gate_training_frame,
-    gate_views,
     settings_of,
 )
 
@@ -119,7 +118,7 @@ def evaluate_gate(bundle_path: str | Path, *, sources: tuple[str, ...] = DERMOSC
     if not entry:
         raise BundleError(f"{b.path} has no image-type gate; fit one with `skinlesion gate fit {b.path}`")
     gate = ImageTypeGate.load(b.file(entry.get("file", GATE_FILE)))
-    views = gate_views(b)
+    views = b.meta.served_views
     if gate.views != views:
         raise BundleError(f"the gate of {b.path} reads view(s) {', '.join(gate.views)} but the bundle is served "
                           f"with {', '.join(views)}; refit it with `skinlesion gate fit {b.path}`")

@@ -51,7 +51,7 @@ def stage1_probabilities(bundle_path: Path, files: list[Path], *, progress: bool
 
     from skinlesion.bundle.format import load
     from skinlesion.models import backbones
-    from skinlesion.models.features import VIEWS, extract_features
+    from skinlesion.models.features import extract_features
 
     b = load(bundle_path)
     meta = b.meta
@@ -64,7 +64,7 @@ def stage1_probabilities(bundle_path: Path, files: list[Path], *, progress: bool
         return None
     cc = bool(cfg.get("colour_constancy"))
     extractor = backbones.build_feature_extractor(backbone, weights, size, colour_constancy=cc)
-    views = tuple(VIEWS) if meta.raw.get("tta") == "dihedral" else ("id",)
+    views = meta.served_views
     feats, ok, errors = extract_features(extractor, files, backbone=backbone + ("+sog" if cc else ""),
                                          weights_tag=meta.weights, views=views, progress=progress)
     head = head_model(b)

@@ -145,13 +145,12 @@ def parity_check(bundle: Bundle, runner: Any, files: Sequence[Path], *, toleranc
     """
     from skinlesion.data.intake import ImageRejected, load_for_model
     from skinlesion.metrics.calibration import apply_temperature
-    from skinlesion.models.features import VIEWS, apply_view
+    from skinlesion.models.features import apply_view
     from skinlesion.models.ood import OODDetector
 
     keras_run = reference or KerasBackend(bundle)
     size = bundle.input_size
-    tta = bundle.meta.raw.get("tta") == "dihedral"
-    views = list(VIEWS) if tta else ["id"]
+    views = list(bundle.meta.served_views)
     raw_k: list[np.ndarray] = []
     raw_e: list[np.ndarray] = []
     feat_k: list[np.ndarray] = []

@@ -191,7 +191,7 @@ class Predictor:
     @property
     def default_tta(self) -> bool:
         """Whether this bundle's threshold was fitted on dihedral TTA (then it is served that way)."""
-        return self.meta.raw.get("tta") == "dihedral"
+        return self.meta.dihedral_tta
 
     def _probabilities(self, batch_by_size: dict[int, np.ndarray], tta: bool | None) -> _Scores:
         tta = self.default_tta if tta is None else tta

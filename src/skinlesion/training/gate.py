@@ -29,7 +29,7 @@ GATE_FILE = "gate.npz"
 # threshold. ``GATE_SETTINGS`` is the candidate that ``skinlesion gate evaluate`` selects by
 # leave-one-source-out on the training sources (reports/gate/<run>/gate.json, "selection"); a
 # test keeps the two in step. Which views the gate reads is not a candidate: it reads what the
-# bundle serves (:func:`gate_views`).
+# bundle serves (``BundleMeta.served_views``).
 GATE_CANDIDATES: dict[str, dict[str, Any]] = {
     "C=0.05": {"c": 0.05},
     "C=0.01": {"c": 0.01},
@@ -45,15 +45,6 @@ def settings_of(name: str) -> dict[str, Any]:
     if name not in GATE_CANDIDATES:
         raise ValueError(f"unknown gate settings {name!r}; choose from {', '.join(GATE_CANDIDATES)}")
     return {"c": 0.05, "balance_sources": False, "max_false_flag": 0.005, **GATE_CANDIDATES[name]}
-
-
-def gate_views(bundle: Bundle) -> tuple[str, ...]:
-    """The views whose mean features the gate of ``bundle`` reads: the 8 dihedral views when the
-    bundle is served with dihedral TTA (the Predictor computes them anyway, and the gate's call
-    then does not depend on orientation), else the plain view."""
-    from skinlesion.models.features import VIEWS
-
-    return tuple(VIEWS) if bundle.meta.raw.get("tta") == "dihedral" else ("id",)
 
 
 def bundle_features(bundle: Bundle, files: list[str] | list[Path], *, views: tuple[str, ...] = ("id",),
@@ -141,7 +132,7 @@ def attach_gate(bundle_path: str | os.PathLike[str], *, settings: str = GATE_SET
     table = table[table["split"].isin(["train", "val"])]
     derm = dermoscopic_frame(table, roots_for(table, b.meta.training.data_dir))
     frame = gate_training_frame(derm, seed=seed)
-    views = gate_views(b)
+    views = b.meta.served_views
     plain, read, ok = gate_inputs(b, frame["path"].tolist(), (frame["split"] == "val").to_numpy(), views,
                                   progress=progress)
     if not ok.any():
