@@ -1,9 +1,9 @@
-"""Dihedral and framing views of image batches (training augmentation and TTA)."""
+"""Dihedral, framing and degradation views of image batches (training augmentation and TTA)."""
 from __future__ import annotations
 
 import numpy as np
 
-from skinlesion.models.features import ALL_VIEWS, FRAMING_VIEWS, VIEWS, ZOOM_OUT_FILL, apply_view
+from skinlesion.models.features import ALL_VIEWS, DEGRADE_VIEWS, FRAMING_VIEWS, VIEWS, ZOOM_OUT_FILL, apply_view
 
 
 def _batch(n: int = 3, size: int = 32) -> np.ndarray:
@@ -20,13 +20,27 @@ def test_dihedral_views_are_the_8_distinct_symmetries():
 
 def test_framing_views_keep_shape_and_frame_the_lesion():
     b = _batch()
-    assert set(ALL_VIEWS) == set(VIEWS) | set(FRAMING_VIEWS)
+    assert set(ALL_VIEWS) == set(VIEWS) | set(FRAMING_VIEWS) | set(DEGRADE_VIEWS)
     zo = apply_view(b, "zo")
     assert zo.shape == b.shape and zo.dtype == np.uint8
     assert (zo[:, 0, :, :] == ZOOM_OUT_FILL).all() and (zo[:, :, -1, :] == ZOOM_OUT_FILL).all()
     flat = np.full((2, 32, 32, 3), 120, np.uint8)
     assert np.array_equal(apply_view(flat, "zi"), flat)
     assert apply_view(b[:0], "zi").shape == (0, 32, 32, 3)
+
+
+def test_degradation_views_lose_detail_but_keep_the_picture():
+    """``ds`` and ``wp`` keep shape and dtype, leave a flat image (almost) flat, are deterministic, and blur noise."""
+    b = _batch(2, 64)
+    flat = np.full((1, 64, 64, 3), 120, np.uint8)
+    for view in DEGRADE_VIEWS:
+        out = apply_view(b, view)
+        assert out.shape == b.shape and out.dtype == np.uint8
+        assert np.array_equal(out, apply_view(b, view))
+        assert np.abs(apply_view(flat, view).astype(int) - 120).max() <= 2
+        # white noise has all its energy in fine detail, which both views remove most of
+        assert out.astype(float).std() < 0.8 * b.astype(float).std()
+        assert apply_view(b[:0], view).shape == (0, 64, 64, 3)
 
 
 def test_extract_features_computes_only_missing_views(tmp_path):

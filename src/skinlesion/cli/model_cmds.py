@@ -29,7 +29,7 @@ def _train_options(fn):
         click.option("--tta/--no-tta", default=d.tta, show_default=True, help="Serve the mean over the 8 dihedral views (threshold fitted the same way)."),
         click.option("--colour-constancy/--no-colour-constancy", default=d.colour_constancy, show_default=True, help="Shades-of-Gray colour constancy as the model's first layer."),
         click.option("--seed", default=d.seed, show_default=True),
-        click.option("--views", default=",".join(d.views), show_default=True, help="Comma-separated views of training images for the head: dihedral (id,r90,r180,r270,fh,fh_r90,...) and framing (zi: zoom in 15 %, zo: zoom out with a dark border)."),
+        click.option("--views", default=",".join(d.views), show_default=True, help="Comma-separated views of training images for the head: dihedral (id,r90,r180,r270,fh,fh_r90,...) and framing (zi: zoom in 15 %, zo: zoom out with a dark border) and degradation (ds: half resolution and back, wp: WebP q80 round trip)."),
         click.option("--head-units", default=d.head_units, show_default=True, help="Hidden units of the head (0 = linear)."),
         click.option("--fine-tune", default=d.fine_tune, show_default=True, help="Unfreeze the top N backbone layers (stage 2)."),
         click.option("--fine-tune-epochs", default=d.fine_tune_epochs, show_default=True),

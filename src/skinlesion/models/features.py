@@ -29,7 +29,13 @@ VIEWS: dict[str, tuple[int, bool]] = {  # name -> (quarter turns, horizontal fli
 # dermoscope's vignette looks like, which the Kaggle set has on malignant images only.
 FRAMING_VIEWS: dict[str, float] = {"zi": 1.15, "zo": 1 / 1.15}
 ZOOM_OUT_FILL = 8  # grey level of the added border (a dark vignette, not pure black)
-ALL_VIEWS: tuple[str, ...] = (*VIEWS, *FRAMING_VIEWS)
+
+# Degradation views (training augmentation only): the same lesion stored or sent at lower quality.
+# ``ds``: half the resolution and back (bilinear, antialiased), as a lower-resolution dermoscope or a
+# downsized upload; ``wp``: a WebP quality-80 round trip (Pillow's defaults), as a re-encoded upload.
+DEGRADE_VIEWS: tuple[str, ...] = ("ds", "wp")
+WEBP_QUALITY = 80
+ALL_VIEWS: tuple[str, ...] = (*VIEWS, *FRAMING_VIEWS, *DEGRADE_VIEWS)
 
 
 def _zoom(image: np.ndarray, factor: float) -> np.ndarray:
@@ -50,10 +56,29 @@ def _zoom(image: np.ndarray, factor: float) -> np.ndarray:
     return out
 
 
+def _degrade(image: np.ndarray, view: str) -> np.ndarray:
+    """One uint8 RGB image at half resolution and back (``ds``) or after a WebP round trip (``wp``)."""
+    import io
+
+    from PIL import Image
+
+    pil = Image.fromarray(image)
+    if view == "ds":
+        h, w = image.shape[:2]
+        small = pil.resize((max(1, w // 2), max(1, h // 2)), Image.Resampling.BILINEAR)
+        return np.asarray(small.resize((w, h), Image.Resampling.BILINEAR))
+    buf = io.BytesIO()
+    pil.save(buf, format="WEBP", quality=WEBP_QUALITY)
+    with Image.open(buf) as decoded:
+        return np.asarray(decoded.convert("RGB"))
+
+
 def apply_view(batch: np.ndarray, view: str) -> np.ndarray:
-    """Apply a dihedral or framing view to a batch (N, H, W, C) of square uint8 images."""
+    """Apply a dihedral, framing or degradation view to a batch (N, H, W, C) of square uint8 images."""
     if view in FRAMING_VIEWS:
         return np.stack([_zoom(img, FRAMING_VIEWS[view]) for img in batch]) if len(batch) else batch
+    if view in DEGRADE_VIEWS:
+        return np.stack([_degrade(img, view) for img in batch]) if len(batch) else batch
     k, flip = VIEWS[view]
     out = batch[:, :, ::-1] if flip else batch
     return np.ascontiguousarray(np.rot90(out, k, axes=(1, 2)))
