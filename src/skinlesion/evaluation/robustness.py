@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from skinlesion.data.datasets import DataError
+from skinlesion.models.features import WEBP_QUALITY, downscale
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +65,6 @@ def _encode(fmt: str, quality: int) -> Callable[[np.ndarray], bytes]:
     return fn
 
 
-def downscale(img: np.ndarray, factor: float = 0.5) -> np.ndarray:
-    """``img`` resized by ``factor`` with Pillow's antialiased bilinear filter."""
-    from PIL import Image
-
-    h, w = img.shape[:2]
-    size = (max(1, round(w * factor)), max(1, round(h * factor)))
-    return np.asarray(Image.fromarray(img).resize(size, Image.Resampling.BILINEAR))
-
-
 def zoom_in(img: np.ndarray, factor: float = ZOOM) -> np.ndarray:
     """The central ``1/factor`` of each side (no resampling: the intake resizes it)."""
     h, w = img.shape[:2]
@@ -103,7 +95,7 @@ def _transforms() -> dict[str, Callable[[np.ndarray], Transformed]]:
 
     t: dict[str, Callable[[np.ndarray], Transformed]] = {v: _view(v) for v in VIEWS}
     t["jpeg_q75"] = _encode("JPEG", 75)
-    t["webp_q80"] = _encode("WEBP", 80)
+    t[f"webp_q{WEBP_QUALITY}"] = _encode("WEBP", WEBP_QUALITY)
     t["downscale_0.5"] = downscale
     t["zoom_in_15"] = zoom_in
     t["zoom_out_15"] = zoom_out

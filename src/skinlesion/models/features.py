@@ -56,19 +56,26 @@ def _zoom(image: np.ndarray, factor: float) -> np.ndarray:
     return out
 
 
+def downscale(img: np.ndarray, factor: float = 0.5) -> np.ndarray:
+    """``img`` resized by ``factor`` with Pillow's antialiased bilinear filter."""
+    from PIL import Image
+
+    h, w = img.shape[:2]
+    size = (max(1, round(w * factor)), max(1, round(h * factor)))
+    return np.asarray(Image.fromarray(img).resize(size, Image.Resampling.BILINEAR))
+
+
 def _degrade(image: np.ndarray, view: str) -> np.ndarray:
     """One uint8 RGB image at half resolution and back (``ds``) or after a WebP round trip (``wp``)."""
     import io
 
     from PIL import Image
 
-    pil = Image.fromarray(image)
+    h, w = image.shape[:2]
     if view == "ds":
-        h, w = image.shape[:2]
-        small = pil.resize((max(1, w // 2), max(1, h // 2)), Image.Resampling.BILINEAR)
-        return np.asarray(small.resize((w, h), Image.Resampling.BILINEAR))
+        return np.asarray(Image.fromarray(downscale(image)).resize((w, h), Image.Resampling.BILINEAR))
     buf = io.BytesIO()
-    pil.save(buf, format="WEBP", quality=WEBP_QUALITY)
+    Image.fromarray(image).save(buf, format="WEBP", quality=WEBP_QUALITY)
     with Image.open(buf) as decoded:
         return np.asarray(decoded.convert("RGB"))
 
