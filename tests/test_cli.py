@@ -77,6 +77,8 @@ def test_predict_without_any_bundle(runner, tmp_path, monkeypatch):
     (["train", "--data-dir", "/nonexistent/ds"], "no dataset at /nonexistent/ds"),
     (["train", "--views", "id,sideways", "--data-dir", "."], "unknown view"),
     (["evaluate", "/nonexistent/bundle"], "no model bundle at"),
+    (["train", "--harmonise", "4", "--data-dir", "."], "at least 8 pixels"),
+    (["train", "--l2", "-1", "--data-dir", "."], "--l2"),
 ])
 def test_user_errors_are_one_clear_line(runner, args, message):
     r = runner.invoke(main, args)
@@ -100,3 +102,16 @@ def test_data_synth_then_audit(runner, tmp_path):
     r = runner.invoke(main, ["data", "audit", "--data-dir", str(out), "--out", str(tmp_path / "audit")])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "audit" / "dedup_test.csv").is_file()
+
+
+def test_train_options_reach_the_recipe(runner, monkeypatch):
+    """--harmonise and --l2 land in the TrainConfig (and so in bundle.json and the LOSO config)."""
+    import skinlesion.training.train as train_mod
+
+    seen = []
+    monkeypatch.setattr(train_mod, "train", lambda cfg: seen.append(cfg) or "bundle")
+    for args in (["--harmonise", "150", "--l2", "0.01"], []):
+        r = runner.invoke(main, ["train", *args, "--data-dir", "."])
+        assert r.exit_code == 0, r.output
+    assert (seen[0].harmonise, seen[0].l2) == (150, 0.01)
+    assert (seen[1].harmonise, seen[1].l2) == (None, train_mod.TrainConfig().l2)

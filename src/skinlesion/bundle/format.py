@@ -91,8 +91,10 @@ def load_keras_model(path: Path) -> Any:
     """Load a bundle's model.keras with the project's custom layers registered."""
     import keras
 
+    # Imported for their side effect: they register the custom layers for deserialisation.
     import skinlesion.models.colour
-    import skinlesion.models.layers  # noqa: F401  registers ImagePreprocess for deserialisation
+    import skinlesion.models.layers
+    import skinlesion.models.resolution  # noqa: F401
 
     return keras.saving.load_model(path, compile=False, safe_mode=True)
 

