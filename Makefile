@@ -47,8 +47,9 @@ dashboard: $(STAMP) ## Start the Voila dashboard
 notebooks: $(STAMP) ## Re-execute every notebook on the full data and rewrite the outputs
 	$(PY) tools/notebooks.py run-all
 
-benchmark: $(STAMP) ## Print speed figures (feature pipeline, Grad-CAM latency, web app under load, TTA cost, image-type gate cost, Keras vs TFLite)
+benchmark: $(STAMP) ## Print speed figures (feature pipeline, Keras vs TFLite features, Grad-CAM latency, web app under load, TTA cost, image-type gate cost, Keras vs TFLite)
 	$(PY) benchmarks/feature_pipeline.py
+	$(PY) benchmarks/feature_backends.py
 	$(PY) benchmarks/explain_latency.py
 	$(PY) benchmarks/webapp_load.py
 	$(PY) benchmarks/tta_cost.py

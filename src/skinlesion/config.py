@@ -101,6 +101,27 @@ def backend() -> str:
     return raw
 
 
+# How stage-1 features are computed (skinlesion.models.features): ``auto`` converts the frozen
+# extractor to TFLite in memory when a job is large enough to repay the conversion.
+FEATURE_BACKENDS = ("auto", "keras", "tflite")
+
+
+def feature_backend() -> str:
+    """``SKINLESION_FEATURE_BACKEND``: ``auto`` (default), ``keras`` or ``tflite``."""
+    raw = os.environ.get("SKINLESION_FEATURE_BACKEND", "").strip().lower() or "auto"
+    if raw not in FEATURE_BACKENDS:
+        raise ValueError(f"SKINLESION_FEATURE_BACKEND must be one of {', '.join(FEATURE_BACKENDS)}, got {raw!r}")
+    return raw
+
+
+def cpu_threads() -> int:
+    """CPU cores this process may use (thread count for the TFLite interpreters)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def tf_config() -> str | None:
     """``TF_CONFIG``: TensorFlow's standard cluster description (JSON) for ``skinlesion train
     --distributed``; TensorFlow's MultiWorkerMirroredStrategy reads the same variable itself."""

@@ -169,6 +169,28 @@ class FeatureCache:
         os.replace(tmp, self.path)
 
 
+# Below this many backbone passes Keras runs the job: converting to TFLite costs ~15 s, which at
+# ~45 passes/s saved (1.8x of ~100/s on 2 cores) takes ~1,500 passes to repay.
+TFLITE_MIN_PASSES = 2000
+
+
+def _runner(model, passes: int):
+    """What computes the features: ``model`` itself, or its TFLite twin for a large job
+    (``SKINLESION_FEATURE_BACKEND``: auto, keras, tflite). A model that cannot be converted
+    falls back to Keras with a warning, never an error."""
+    choice = config.feature_backend()
+    if choice == "keras" or (choice == "auto" and passes < TFLITE_MIN_PASSES):
+        return model
+    from skinlesion.models.tflite_features import tflite_features
+
+    try:
+        return tflite_features(model)
+    except Exception as exc:  # conversion errors come from deep inside TF in many types
+        warnings.warn(f"TFLite conversion of {getattr(model, 'name', 'the model')} failed, features come from "
+                      f"Keras ({type(exc).__name__}: {str(exc)[:200]})", stacklevel=3)
+        return model
+
+
 def extract_features(
     model,
     paths: Sequence[str | os.PathLike[str]],
@@ -217,6 +239,7 @@ def extract_features(
             ok[i] = True
 
     if todo:
+        model = _runner(model, int(missing.sum()))
         bar = tqdm(total=len(todo), desc=f"features {backbone}@{size}", unit="img", disable=not progress)
         sub_paths = [paths[i] for i in todo]
         for batch, idx, _keys, errs in iter_image_batches(sub_paths, size, batch_size):

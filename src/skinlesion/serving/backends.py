@@ -77,14 +77,6 @@ def export_folder(bundle_path: str | os.PathLike[str], variant: str) -> Path:
     return Path(bundle_path) / EXPORT_DIR / variant
 
 
-def default_threads() -> int:
-    """CPU cores this process may use (the interpreter's thread count unless told otherwise)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
 class KerasBackend:
     """The bundle's Keras model with its pooled-feature layer as a second output."""
 
@@ -111,7 +103,7 @@ class TFLiteBackend:
 
         self.name = name
         self.model_file = Path(model_file)
-        self.num_threads = num_threads or default_threads()
+        self.num_threads = num_threads or config.cpu_threads()
         self._interpreter = Interpreter(model_path=str(self.model_file), num_threads=self.num_threads)
         try:
             self._runner = self._interpreter.get_signature_runner(SIGNATURE)
