@@ -137,6 +137,6 @@ def test_two_workers_train_identical_weights(tmp_path):
     assert meta["training"]["config"]["distributed"] is True and meta["synthetic"] is True
 
     from skinlesion.bundle.format import load
-    from skinlesion.training.distributed import weights_digest
+    from skinlesion.models.backbones import weights_digest
 
     assert weights_digest(load(chief_bundle).model) == digests[0], "the bundle holds the weights both trained"

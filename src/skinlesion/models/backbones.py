@@ -9,12 +9,14 @@ the saved file loads with ``safe_mode=True``.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 
 from skinlesion.io import sha256_file
 from skinlesion.models.layers import ImagePreprocess
@@ -34,6 +36,7 @@ __all__ = [
     "front_end",
     "get_spec",
     "make_head_layers",
+    "weights_digest",
     "weights_tag",
 ]
 
@@ -58,6 +61,14 @@ def weights_tag(name: str, weights: str | os.PathLike[str] | None) -> str | None
             return "imagenet-" + sha256_file(package_weights_file(name))[:12]
         return "imagenet"
     return "file-" + sha256_file(Path(weights))[:12]
+
+
+def weights_digest(model: keras.Model) -> str:
+    """sha256 of all of a model's weights (values, in layer order): equal digests, equal models."""
+    h = hashlib.sha256()
+    for w in model.get_weights():
+        h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()
 
 
 def _normalise_weights(weights: str | os.PathLike[str] | None) -> str | None:

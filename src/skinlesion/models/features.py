@@ -169,8 +169,9 @@ class FeatureCache:
         os.replace(tmp, self.path)
 
 
-# Below this many backbone passes Keras runs the job: converting to TFLite costs ~15 s, which at
-# ~45 passes/s saved (1.8x of ~100/s on 2 cores) takes ~1,500 passes to repay.
+# Below this many backbone passes Keras runs the job: on 2 cores the conversion took 6.3 s and the
+# twin ran 1.66x as fast (186 vs 112 img/s), which repays after ~1,800 passes
+# (benchmarks/feature_backends.py).
 TFLITE_MIN_PASSES = 2000
 
 

@@ -23,7 +23,6 @@ Stage-2 fine-tuning is not distributed (it needs ``Model.fit``); ``--distributed
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -47,7 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Cluster", "DistributedError", "MultiWorker", "parse_tf_config", "shard_of", "weights_digest"]
+__all__ = ["Cluster", "DistributedError", "MultiWorker", "parse_tf_config", "shard_of"]
 
 # One all-reduce moves at most this many bytes (the feature matrix of a big run is hundreds of MB).
 _REDUCE_CHUNK_BYTES = 32 * 2**20
@@ -111,14 +110,6 @@ def shard_of(sha256: str, n_workers: int) -> int:
         return int(sha256[:16], 16) % n_workers
     except ValueError:
         raise ValueError(f"expected a sha256 hex digest, got {sha256!r}") from None
-
-
-def weights_digest(model: keras.Model) -> str:
-    """sha256 of all of a model's weights (values, in layer order): equal digests, equal models."""
-    h = hashlib.sha256()
-    for w in model.get_weights():
-        h.update(np.ascontiguousarray(w).tobytes())
-    return h.hexdigest()
 
 
 class MultiWorker:

@@ -335,7 +335,7 @@ def _start_distributed(cfg: TrainConfig):
 
 def _distributed_run_id(full, cfg: TrainConfig) -> str:
     """The run id every worker agrees on without talking: the one given, else from the weights."""
-    from skinlesion.training.distributed import weights_digest
+    from skinlesion.models.backbones import weights_digest
 
     return cfg.run_id or f"{cfg.backbone}-distributed-{weights_digest(full)[:12]}"
 
@@ -343,7 +343,7 @@ def _distributed_run_id(full, cfg: TrainConfig) -> str:
 def _finish_distributed(dist, full, cfg: TrainConfig) -> Path | None:
     """Log the weights digest; for a worker that is not the chief, wait for the chief's bundle and
     return where the chief writes it (the chief returns None and goes on to write it)."""
-    from skinlesion.training.distributed import weights_digest
+    from skinlesion.models.backbones import weights_digest
 
     digest = weights_digest(full)
     target = Path(cfg.out_dir) if cfg.out_dir else config.models_dir()
