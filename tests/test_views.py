@@ -24,6 +24,9 @@ def test_framing_views_keep_shape_and_frame_the_lesion():
     zo = apply_view(b, "zo")
     assert zo.shape == b.shape and zo.dtype == np.uint8
     assert (zo[:, 0, :, :] == ZOOM_OUT_FILL).all() and (zo[:, :, -1, :] == ZOOM_OUT_FILL).all()
+    # the 30 % zoom-out leaves a wider border than the 15 % one
+    border = {v: int((apply_view(b, v)[0, 16, :, 0] == ZOOM_OUT_FILL).argmin()) for v in ("zo", "zo30")}
+    assert 0 < border["zo"] < border["zo30"]
     flat = np.full((2, 32, 32, 3), 120, np.uint8)
     assert np.array_equal(apply_view(flat, "zi"), flat)
     assert apply_view(b[:0], "zi").shape == (0, 32, 32, 3)

@@ -27,7 +27,8 @@ VIEWS: dict[str, tuple[int, bool]] = {  # name -> (quarter turns, horizontal fli
 # Framing views (training augmentation only, never TTA): a tighter crop, and a wider field with a
 # dark border - the two ways dermoscopes frame a lesion. The border is what a full-field
 # dermoscope's vignette looks like, which the Kaggle set has on malignant images only.
-FRAMING_VIEWS: dict[str, float] = {"zi": 1.15, "zo": 1 / 1.15}
+# zi/zo: 15 %; zi30/zo30: 30 %, the same two framings pushed further.
+FRAMING_VIEWS: dict[str, float] = {"zi": 1.15, "zo": 1 / 1.15, "zi30": 1.3, "zo30": 1 / 1.3}
 ZOOM_OUT_FILL = 8  # grey level of the added border (a dark vignette, not pure black)
 
 # Degradation views (training augmentation only): the same lesion stored or sent at lower quality.
