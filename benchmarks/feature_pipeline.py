@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 
 
 def main() -> None:
     from skinlesion import config
-    from skinlesion.data.datasets import IMAGE_SUFFIXES
+    from skinlesion.data.datasets import image_files
     from skinlesion.models.backbones import build_feature_extractor
     from skinlesion.models.features import extract_features, iter_image_batches
 
@@ -28,7 +27,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     args = ap.parse_args()
 
-    paths = sorted(p for p in Path(args.data_dir).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = image_files(args.data_dir)
     if args.n:
         paths = paths[: args.n]
     if not paths:

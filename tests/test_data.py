@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from skinlesion.data.datasets import DataError, build_splits, load_or_create_splits, scan_class_folders
+from skinlesion.data.datasets import DataError, build_splits, image_files, load_or_create_splits, scan_class_folders
 
 
 def _img(path, value=128, size=40):
@@ -31,6 +31,15 @@ def test_scan_counts_and_skips_non_images(kaggle_tree):
         scan = scan_class_folders(kaggle_tree / "train")
     assert scan.class_counts == {"benign": 10, "malignant": 10}
     assert [p.name for p in scan.skipped] == ["notes.txt"]
+
+
+def test_image_files_lists_images_recursively_and_sorted(tmp_path):
+    (tmp_path / "b" / "deep").mkdir(parents=True)
+    (tmp_path / "folder.jpg").mkdir()  # a folder with an image suffix is not an image
+    for name in ("b/deep/z.PNG", "a.jpg", "notes.txt", "b/c.webp"):
+        (tmp_path / name).write_bytes(b"x")
+    assert image_files(tmp_path) == [tmp_path / "a.jpg", tmp_path / "b" / "c.webp", tmp_path / "b" / "deep" / "z.PNG"]
+    assert image_files(tmp_path / "missing") == []
 
 
 def test_case_insensitive_class_folders_and_other_formats(tmp_path):

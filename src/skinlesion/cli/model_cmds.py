@@ -108,7 +108,7 @@ def predict(paths, model_path, fmt, output, tta, backend, group_by) -> None:
     With --group-by, several photos of one lesion are combined into one probability (sigmoid of the
     mean logit of their calibrated probabilities; skinlesion.serving.combine) and one decision.
     """
-    from skinlesion.data.datasets import IMAGE_SUFFIXES
+    from skinlesion.data.datasets import image_files
     from skinlesion.serving.inference import Predictor
 
     if group_by is not None:
@@ -125,7 +125,7 @@ def predict(paths, model_path, fmt, output, tta, backend, group_by) -> None:
     files: list[Path] = []
     for p in paths:
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            files += image_files(p)
         else:
             files.append(p)
     if not files:

@@ -19,6 +19,11 @@ import pandas as pd
 from skinlesion import CLASS_NAMES, config
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+
+
+def image_files(root: str | os.PathLike[str]) -> list[Path]:
+    """Every file under ``root`` (recursively) with an image suffix, sorted."""
+    return sorted(f for f in Path(root).rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
 KAGGLE_HANDLE = "hasnainjaved/melanoma-skin-cancer-dataset-of-10000-images"
 SPLIT_COLUMNS = ["path", "label", "split"]
 

@@ -45,7 +45,7 @@ import numpy as np
 
 from skinlesion import config
 from skinlesion.bundle.format import MODEL_FILE, Bundle, BundleError, load, package_versions
-from skinlesion.data.datasets import IMAGE_SUFFIXES, DataError
+from skinlesion.data.datasets import DataError, image_files
 from skinlesion.io import sha256_file, write_json
 from skinlesion.serving.backends import (
     INPUT_NAME,
@@ -112,7 +112,7 @@ def parity_images(data: str | os.PathLike[str] | None = None, n: int = DEFAULT_P
         root = Path(data)
         if not root.is_dir():
             raise DataError(f"parity data folder {root} does not exist")
-        files = sorted(f for f in root.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        files = image_files(root)
         where = config.display_path(root)
     else:
         from skinlesion.data.sources import load_source
