@@ -32,18 +32,13 @@ def _activations(trunk, files, views: tuple[str, ...]) -> np.ndarray:
     return out
 
 
-def _class_weights(y: np.ndarray) -> np.ndarray:
-    n1 = y.sum()
-    return np.where(y == 1, len(y) / (2 * n1), len(y) / (2 * (len(y) - n1))).astype("float32")
-
-
 def pilot(held: str, views: tuple[str, ...], split: str, epochs: int, lr: float) -> None:
     import keras
     from sklearn.metrics import roc_auc_score
 
     from skinlesion.models import backbones
     from skinlesion.seeds import set_seeds
-    from skinlesion.training.train import TrainConfig, load_training_data
+    from skinlesion.training.train import TrainConfig, load_training_data, sample_weights
 
     set_seeds(42)
     cfg = TrainConfig(sources=tuple(s for s in SOURCES if s != held), holdout=(held,), progress=False)
@@ -65,13 +60,14 @@ def pilot(held: str, views: tuple[str, ...], split: str, epochs: int, lr: float)
           f"in {time.perf_counter() - t0:.0f} s", flush=True)
     x_tr = a_tr.reshape(-1, *a_tr.shape[2:])
     y_tr = np.repeat(tr["label"].to_numpy(), len(views)).astype("float32")
-    w_tr = _class_weights(y_tr)
+    w_tr = np.repeat(sample_weights(tr, cfg.balance), len(views)).astype("float32")  # every view, its image's weight
     y_va, y_te = va["label"].to_numpy(), te["label"].to_numpy()
 
     def feats(a: np.ndarray) -> np.ndarray:
         return top.predict(a.astype("float32"), batch_size=512, verbose=0)
 
-    # Stage 1 exactly as the default recipe's head: linear, dropout, L2, early stopping on val AUC.
+    # Stage 1 like the default recipe's head (linear, dropout, L2, AdamW, early stopping on val AUC) but without
+    # training.train._train_head's learning-rate schedule, which the pilot's figures were measured without.
     head = keras.Sequential([keras.Input((int(top.output_shape[-1]),)),
                              *backbones.make_head_layers(head_units=0, dropout=cfg.dropout, l2=cfg.l2)])
     head.compile(keras.optimizers.AdamW(cfg.head_lr, weight_decay=1e-4), "binary_crossentropy",
