@@ -1,9 +1,17 @@
-"""Dihedral, framing and degradation views of image batches (training augmentation and TTA)."""
+"""Dihedral, framing, degradation and aperture views of image batches (training augmentation and TTA)."""
 from __future__ import annotations
 
 import numpy as np
 
-from skinlesion.models.features import ALL_VIEWS, DEGRADE_VIEWS, FRAMING_VIEWS, VIEWS, ZOOM_OUT_FILL, apply_view
+from skinlesion.models.features import (
+    ALL_VIEWS,
+    APERTURE_VIEWS,
+    DEGRADE_VIEWS,
+    FRAMING_VIEWS,
+    VIEWS,
+    ZOOM_OUT_FILL,
+    apply_view,
+)
 
 
 def _batch(n: int = 3, size: int = 32) -> np.ndarray:
@@ -20,7 +28,7 @@ def test_dihedral_views_are_the_8_distinct_symmetries():
 
 def test_framing_views_keep_shape_and_frame_the_lesion():
     b = _batch()
-    assert set(ALL_VIEWS) == set(VIEWS) | set(FRAMING_VIEWS) | set(DEGRADE_VIEWS)
+    assert set(ALL_VIEWS) == set(VIEWS) | set(FRAMING_VIEWS) | set(DEGRADE_VIEWS) | set(APERTURE_VIEWS)
     zo = apply_view(b, "zo")
     assert zo.shape == b.shape and zo.dtype == np.uint8
     assert (zo[:, 0, :, :] == ZOOM_OUT_FILL).all() and (zo[:, :, -1, :] == ZOOM_OUT_FILL).all()
@@ -44,6 +52,19 @@ def test_degradation_views_lose_detail_but_keep_the_picture():
         # white noise has all its energy in fine detail, which both views remove most of
         assert out.astype(float).std() < 0.8 * b.astype(float).std()
         assert apply_view(b[:0], view).shape == (0, 64, 64, 3)
+
+
+def test_aperture_view_darkens_the_corners_and_keeps_the_centre():
+    """``ap``: corners become the dark fill, the centre is untouched, a soft edge in between; shape kept."""
+    b = _batch(2, 64)
+    out = apply_view(b, "ap")
+    assert out.shape == b.shape and out.dtype == np.uint8
+    assert (out[:, 0, 0] == ZOOM_OUT_FILL).all() and (out[:, -1, -1] == ZOOM_OUT_FILL).all()
+    assert np.array_equal(out[:, 16:48, 16:48], b[:, 16:48, 16:48])
+    white = np.full((1, 64, 64, 3), 255, np.uint8)
+    edge = apply_view(white, "ap")[0, 32, :, 0]  # a row through the centre: fill, soft ramp, image
+    assert edge[0] == ZOOM_OUT_FILL and edge[32] == 255 and (edge[1:4] > ZOOM_OUT_FILL).any()
+    assert apply_view(b[:0], "ap").shape == (0, 64, 64, 3)
 
 
 def test_extract_features_computes_only_missing_views(tmp_path):

@@ -31,7 +31,7 @@ def _train_options(fn):
         click.option("--harmonise", type=click.IntRange(min=0), default=d.harmonise or 0, show_default=True, help="Resolution harmonisation as the model's first layer: every image low-passed to this many pixels and back (150 = HAM10000's, the lowest source). 0 = off."),
         click.option("--l2", type=click.FloatRange(min=0), default=d.l2, show_default=True, help="L2 penalty on the head's weights."),
         click.option("--seed", default=d.seed, show_default=True),
-        click.option("--views", default=",".join(d.views), show_default=True, help="Comma-separated views of training images for the head: dihedral (id,r90,r180,r270,fh,fh_r90,...) and framing (zi: zoom in 15 %, zo: zoom out 15 % with a dark border; zi30, zo30: the same by 30 %) and degradation (ds: half resolution and back, wp: WebP q80 round trip)."),
+        click.option("--views", default=",".join(d.views), show_default=True, help="Comma-separated views of training images for the head: dihedral (id,r90,r180,r270,fh,fh_r90,...) and framing (zi: zoom in 15 %, zo: zoom out 15 % with a dark border; zi30, zo30: the same by 30 %) and degradation (ds: half resolution and back, wp: WebP q80 round trip) and aperture (ap: dark outside a centred circle, a full-field dermoscope's field stop)."),
         click.option("--head-units", default=d.head_units, show_default=True, help="Hidden units of the head (0 = linear)."),
         click.option("--fine-tune", default=d.fine_tune, show_default=True, help="Unfreeze the top N backbone layers (stage 2)."),
         click.option("--fine-tune-epochs", default=d.fine_tune_epochs, show_default=True),

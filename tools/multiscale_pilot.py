@@ -1,0 +1,119 @@
+"""Do pooled features from lower layers transfer better to a source the head never saw? A LOSO pilot.
+
+The default head reads only Lite0's last activation (1280 channels, global average pool): the
+most ImageNet-specific layer. Lower stages describe colour and texture, which may travel better
+between dermatoscopes (or worse: they also see the device). This pilot computes, in one backbone
+pass per view (id, fh), the global average pool of the outputs of several stages and the top,
+caches them, then for each held-out source fits a logistic regression on the other sources'
+training rows (both views, class-balanced weights, standardised features, C picked on the
+in-source validation AUC) and prints the held-out ROC AUC (mean probability over id and fh) of
+each feature set. Splits are the LOSO ones of ``skinlesion generalise``; the scores are for
+comparing feature sets with each other here, not with the table's rows (a different head).
+
+    python tools/multiscale_pilot.py --cache data/cache/multiscale_pilot.npz
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+SOURCES = ("kaggle", "ham10000", "isic2017")
+VIEWS = ("id", "fh")
+# Lite0 stage outputs (stride 8, 16, 32) and the top activation: name -> channels.
+LAYERS = {"lite_block04_add": 40, "lite_block10_add": 112, "lite_block14_add": 192, "lite_top_activation": 1280}
+FEATURE_SETS = {
+    "top": ("lite_top_activation",),
+    "top+b14": ("lite_top_activation", "lite_block14_add"),
+    "top+b14+b10": ("lite_top_activation", "lite_block14_add", "lite_block10_add"),
+    "top+b14+b10+b04": tuple(LAYERS),
+    "b14+b10": ("lite_block14_add", "lite_block10_add"),
+}
+C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1)
+
+
+def _folds():
+    from skinlesion.training.train import TrainConfig, load_training_data
+
+    for held in SOURCES:
+        cfg = TrainConfig(sources=tuple(s for s in SOURCES if s != held), holdout=(held,), progress=False)
+        data = load_training_data(cfg)
+        te = data.table[(data.table["source"] == held) & (data.table["split"] == "test")]
+        yield held, data, data.part("train"), data.part("val"), te
+
+
+def extract(cache: Path) -> None:
+    """Pooled stage features of every image any fold reads, for both views, into ``cache``."""
+    import keras
+
+    from skinlesion.models import backbones
+    from skinlesion.models.features import apply_view, iter_image_batches
+
+    files = sorted({str(f) for _h, data, tr, va, te in _folds() for part in (tr, va, te) for f in data.files(part)})
+    backbone = backbones.build_feature_extractor("efficientnet_lite0", "imagenet")
+    pooled = [keras.layers.GlobalAveragePooling2D()(backbone.get_layer(n).output) for n in LAYERS]
+    model = keras.Model(backbone.input, keras.layers.Concatenate()(pooled))
+    out = np.zeros((len(files), len(VIEWS), sum(LAYERS.values())), np.float32)
+    t0 = time.perf_counter()
+    for batch, idx, _keys, errors in iter_image_batches(files, int(backbone.input_shape[1])):
+        if errors:
+            raise SystemExit(f"unreadable images: {errors}")
+        for v, view in enumerate(VIEWS):
+            out[idx, v] = model.predict_on_batch(apply_view(batch, view))
+    print(f"features of {len(files)} images x {len(VIEWS)} views in {time.perf_counter() - t0:.0f} s", flush=True)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, files=np.array(files), features=out)
+
+
+def _columns(names: tuple[str, ...]) -> np.ndarray:
+    starts = np.cumsum([0, *LAYERS.values()])
+    return np.concatenate([np.arange(starts[i], starts[i + 1]) for i, n in enumerate(LAYERS) if n in names])
+
+
+def fit_all(cache: Path) -> None:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.preprocessing import StandardScaler
+
+    from skinlesion.training.train import sample_weights
+
+    z = np.load(cache)
+    row = {f: i for i, f in enumerate(z["files"])}
+    feats = z["features"]
+    for held, data, tr, va, te in _folds():
+        x = {name: feats[[row[str(f)] for f in data.files(part)]] for name, part in (("tr", tr), ("va", va), ("te", te))}
+        y_tr, y_va, y_te = (p["label"].to_numpy() for p in (tr, va, te))
+        w_tr = sample_weights(tr, "class")
+        for set_name, layers in FEATURE_SETS.items():
+            cols = _columns(layers)
+            x_tr = x["tr"][:, :, cols].reshape(-1, len(cols))  # both views as training rows
+            scaler = StandardScaler().fit(x_tr)
+            best = (-1.0, 0.0, None)
+            for c in C_GRID:
+                clf = LogisticRegression(C=c, max_iter=2000).fit(
+                    scaler.transform(x_tr), np.repeat(y_tr, len(VIEWS)), sample_weight=np.repeat(w_tr, len(VIEWS)))
+                p_va = np.mean([clf.predict_proba(scaler.transform(x["va"][:, v, cols]))[:, 1]
+                                for v in range(len(VIEWS))], axis=0)
+                auc_va = roc_auc_score(y_va, p_va)
+                if auc_va > best[0]:
+                    best = (auc_va, c, clf)
+            auc_va, c, clf = best
+            p_te = np.mean([clf.predict_proba(scaler.transform(x["te"][:, v, cols]))[:, 1]
+                            for v in range(len(VIEWS))], axis=0)
+            print(f"held out {held:9s} {set_name:16s} ({len(cols):4d} features, C={c:g}): held-out AUC "
+                  f"{roc_auc_score(y_te, p_te):.4f}, in-source val AUC {auc_va:.4f}", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cache", type=Path, default=Path("data/cache/multiscale_pilot.npz"))
+    args = ap.parse_args()
+    if not args.cache.exists():
+        extract(args.cache)
+    fit_all(args.cache)
+
+
+if __name__ == "__main__":
+    main()
