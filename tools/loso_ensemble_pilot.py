@@ -1,0 +1,67 @@
+"""Would averaging two recipes help on sources neither saw? A pilot on committed LOSO predictions.
+
+For each held-out source, the ensemble's score of an image is the mean logit of the members' raw
+outputs (before calibration: each member's model trained without that source), and its ROC AUC is
+compared with the first recipe's on the same images (DeLong's test and a paired bootstrap CI, as
+``skinlesion generalise-compare``). It trains nothing; every member must have been run with
+``skinlesion generalise``. ``--pairs`` pairs the first recipe with each of the others in turn (the
+honest way to read one good pair among many).
+
+    python tools/loso_ensemble_pilot.py lite0-s1-idfhzio-linear-tta lite0-ft60-idfhzio-linear-tta
+    python tools/loso_ensemble_pilot.py --pairs lite0-s1-idfhzio-linear-tta $(other recipes)
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+KEYS = ["held_out", "source", "path"]
+
+
+def _logit(p: pd.Series) -> np.ndarray:
+    q = np.clip(p.to_numpy(float), 1e-6, 1 - 1e-6)
+    return np.log(q / (1 - q))
+
+
+def ensemble(report_dir: Path, recipes: list[str]) -> None:
+    from skinlesion.metrics.stats import paired_auc_test
+
+    frames = []
+    for r in recipes:
+        f = pd.read_csv(report_dir / r / "predictions.csv")
+        f = f[~f["held_out"].str.startswith("reference:") & f["error"].isna()]
+        frames.append(f[[*KEYS, "y_true", "raw_probability"]].rename(columns={"raw_probability": r}))
+    m = frames[0]
+    for f in frames[1:]:
+        m = m.merge(f.drop(columns="y_true"), on=KEYS)
+    z = np.mean([_logit(m[r]) for r in recipes], axis=0)
+    m["ensemble"] = 1 / (1 + np.exp(-z))
+    rows = []
+    for held, s in m.groupby("held_out", sort=False):
+        t = paired_auc_test(s["y_true"].to_numpy(int), s["ensemble"].to_numpy(), s[recipes[0]].to_numpy())
+        rows.append((held, len(s), t["auc_b"], t["auc_a"], t["diff"], t["ci_low"], t["ci_high"], t["p_value"]))
+    out = pd.DataFrame(rows, columns=["held out", "n", "first", "ensemble", "diff", "ci low", "ci high", "p (DeLong)"])
+    print(f"\n{' + '.join(recipes)}")
+    print(out.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"mean {out['first'].mean():.3f} -> {out['ensemble'].mean():.3f}; "
+          f"worst {out['first'].min():.3f} -> {out['ensemble'].min():.3f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("recipes", nargs="+", help="recipe names (folders under the report dir); the first is the baseline")
+    ap.add_argument("--pairs", action="store_true", help="the first recipe with each other one, in turn")
+    ap.add_argument("--report-dir", type=Path, default=Path("reports/generalisation"))
+    args = ap.parse_args()
+    if len(args.recipes) < 2:
+        raise SystemExit("name at least two recipes")
+    groups = [[args.recipes[0], r] for r in args.recipes[1:]] if args.pairs else [args.recipes]
+    for g in groups:
+        ensemble(args.report_dir, g)
+
+
+if __name__ == "__main__":
+    main()
