@@ -1,8 +1,8 @@
 """Would averaging two recipes help on sources neither saw? A pilot on committed LOSO predictions.
 
-For each held-out source, the ensemble's score of an image is the mean logit of the members' raw
-outputs (before calibration: each member's model trained without that source), and its ROC AUC is
-compared with the first recipe's on the same images (DeLong's test and a paired bootstrap CI, as
+For each held-out source, the ensemble's score of an image is the sigmoid of the mean logit of the
+members' raw outputs (before calibration; each member's model trained without that source), the rule of
+``skinlesion.serving.combine.combine_probabilities``, and its ROC AUC is compared with the first recipe's on the same images (DeLong's test and a paired bootstrap CI, as
 ``skinlesion generalise-compare``). It trains nothing; every member must have been run with
 ``skinlesion generalise``. ``--pairs`` pairs the first recipe with each of the others in turn (the
 honest way to read one good pair among many).
@@ -15,19 +15,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 KEYS = ["held_out", "source", "path"]
 
 
-def _logit(p: pd.Series) -> np.ndarray:
-    q = np.clip(p.to_numpy(float), 1e-6, 1 - 1e-6)
-    return np.log(q / (1 - q))
-
-
 def ensemble(report_dir: Path, recipes: list[str]) -> None:
     from skinlesion.metrics.stats import paired_auc_test
+    from skinlesion.serving.combine import combine_probabilities
 
     frames = []
     for r in recipes:
@@ -37,8 +32,7 @@ def ensemble(report_dir: Path, recipes: list[str]) -> None:
     m = frames[0]
     for f in frames[1:]:
         m = m.merge(f.drop(columns="y_true"), on=KEYS)
-    z = np.mean([_logit(m[r]) for r in recipes], axis=0)
-    m["ensemble"] = 1 / (1 + np.exp(-z))
+    m["ensemble"] = m[recipes].apply(combine_probabilities, axis=1)  # the lesion-group rule: mean logit
     rows = []
     for held, s in m.groupby("held_out", sort=False):
         t = paired_auc_test(s["y_true"].to_numpy(int), s["ensemble"].to_numpy(), s[recipes[0]].to_numpy())

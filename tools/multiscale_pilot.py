@@ -35,13 +35,13 @@ C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1)
 
 
 def _folds():
+    from skinlesion.evaluation.generalise import held_out_frame
     from skinlesion.training.train import TrainConfig, load_training_data
 
     for held in SOURCES:
         cfg = TrainConfig(sources=tuple(s for s in SOURCES if s != held), holdout=(held,), progress=False)
         data = load_training_data(cfg)
-        te = data.table[(data.table["source"] == held) & (data.table["split"] == "test")]
-        yield held, data, data.part("train"), data.part("val"), te
+        yield held, data, data.part("train"), data.part("val"), held_out_frame(data.table, held)
 
 
 def extract(cache: Path) -> None:
@@ -90,18 +90,21 @@ def fit_all(cache: Path) -> None:
             cols = _columns(layers)
             x_tr = x["tr"][:, :, cols].reshape(-1, len(cols))  # both views as training rows
             scaler = StandardScaler().fit(x_tr)
+            x_tr = scaler.transform(x_tr)
+            x_va, x_te = ([scaler.transform(x[part][:, v, cols]) for v in range(len(VIEWS))] for part in ("va", "te"))
+
+            def p_mean(clf, views: list[np.ndarray]) -> np.ndarray:
+                return np.mean([clf.predict_proba(xv)[:, 1] for xv in views], axis=0)
+
             best = (-1.0, 0.0, None)
             for c in C_GRID:
                 clf = LogisticRegression(C=c, max_iter=2000).fit(
-                    scaler.transform(x_tr), np.repeat(y_tr, len(VIEWS)), sample_weight=np.repeat(w_tr, len(VIEWS)))
-                p_va = np.mean([clf.predict_proba(scaler.transform(x["va"][:, v, cols]))[:, 1]
-                                for v in range(len(VIEWS))], axis=0)
-                auc_va = roc_auc_score(y_va, p_va)
+                    x_tr, np.repeat(y_tr, len(VIEWS)), sample_weight=np.repeat(w_tr, len(VIEWS)))
+                auc_va = roc_auc_score(y_va, p_mean(clf, x_va))
                 if auc_va > best[0]:
                     best = (auc_va, c, clf)
             auc_va, c, clf = best
-            p_te = np.mean([clf.predict_proba(scaler.transform(x["te"][:, v, cols]))[:, 1]
-                            for v in range(len(VIEWS))], axis=0)
+            p_te = p_mean(clf, x_te)
             print(f"held out {held:9s} {set_name:16s} ({len(cols):4d} features, C={c:g}): held-out AUC "
                   f"{roc_auc_score(y_te, p_te):.4f}, in-source val AUC {auc_va:.4f}", flush=True)
 

@@ -36,6 +36,7 @@ def pilot(held: str, views: tuple[str, ...], split: str, epochs: int, lr: float)
     import keras
     from sklearn.metrics import roc_auc_score
 
+    from skinlesion.evaluation.generalise import held_out_frame
     from skinlesion.models import backbones
     from skinlesion.seeds import set_seeds
     from skinlesion.training.train import TrainConfig, load_training_data, sample_weights
@@ -44,7 +45,7 @@ def pilot(held: str, views: tuple[str, ...], split: str, epochs: int, lr: float)
     cfg = TrainConfig(sources=tuple(s for s in SOURCES if s != held), holdout=(held,), progress=False)
     data = load_training_data(cfg)
     tr, va = data.part("train"), data.part("val")
-    te = data.table[(data.table["source"] == held) & (data.table["split"] == "test")]
+    te = held_out_frame(data.table, held)
     backbone = backbones.build_feature_extractor(cfg.backbone, "imagenet")
     trunk = keras.Model(backbone.input, backbone.get_layer(split).output)
     top = keras.Model(backbone.get_layer(split).output, backbone.output)  # shares the backbone's layers

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from skinlesion.data.datasets import DataError
+from skinlesion.models.features import outside_circle_alpha
 
 log = logging.getLogger(__name__)
 
@@ -188,11 +189,7 @@ def paint_vignette(image: np.ndarray, rng: np.random.Generator | int | None = No
     g = _rng(rng)
     h, w = image.shape[:2]
     side = min(h, w)
-    radius = g.uniform(0.5, 0.55) * side
-    soft = 0.03 * side
-    y, x = np.ogrid[:h, :w]
-    r = np.sqrt((y + 0.5 - h / 2) ** 2 + (x + 0.5 - w / 2) ** 2)
-    alpha = np.clip((r - radius) / soft + 0.5, 0.0, 1.0)
+    alpha = outside_circle_alpha(h, w, g.uniform(0.5, 0.55) * side, 0.03 * side)
     layer = np.zeros((h, w, 4), np.uint8)
     layer[..., :3] = VIGNETTE_RGB
     layer[..., 3] = np.rint(255 * alpha).astype(np.uint8)

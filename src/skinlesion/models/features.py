@@ -89,12 +89,18 @@ def _degrade(image: np.ndarray, view: str) -> np.ndarray:
         return np.asarray(decoded.convert("RGB"))
 
 
+def outside_circle_alpha(h: int, w: int, radius: float, soft: float) -> np.ndarray:
+    """(h, w) opacity of a dark field stop: 0 inside a centred circle of ``radius`` pixels, 1 outside,
+    a linear ramp ``soft`` pixels wide across the edge (the aperture view and the vignette trap)."""
+    y, x = np.ogrid[:h, :w]
+    r = np.sqrt((y + 0.5 - h / 2) ** 2 + (x + 0.5 - w / 2) ** 2)
+    return np.clip((r - radius) / soft + 0.5, 0.0, 1.0)
+
+
 def _aperture(batch: np.ndarray, radius: float) -> np.ndarray:
     """A batch of square uint8 images outside a centred circle of ``radius`` x side blended into the dark fill."""
     size = batch.shape[1]
-    y, x = np.ogrid[:size, :size]
-    r = np.sqrt((y + 0.5 - size / 2) ** 2 + (x + 0.5 - size / 2) ** 2)
-    alpha = np.clip((r - radius * size) / (APERTURE_SOFT * size) + 0.5, 0.0, 1.0)[None, :, :, None]
+    alpha = outside_circle_alpha(size, size, radius * size, APERTURE_SOFT * size)[None, :, :, None]
     return np.rint(batch * (1 - alpha) + ZOOM_OUT_FILL * alpha).astype(np.uint8)
 
 
