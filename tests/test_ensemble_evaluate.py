@@ -48,6 +48,29 @@ def test_ensemble_refuses_different_splits(two_bundles, tmp_path):
         make_ensemble([a])
 
 
+def test_ensemble_is_served_with_its_members_tta_and_refuses_a_mix(two_bundles, tmp_path):
+    """Members fitted with dihedral TTA make an ensemble served with TTA (its threshold was fitted on
+    TTA probabilities); a mix is refused. The cached-feature scorer of LOSO equals the served ensemble."""
+    from skinlesion.evaluation.generalise import cached_probabilities
+    from skinlesion.serving.inference import Predictor
+    from skinlesion.training.ensemble import make_ensemble
+
+    root, out, a, _ = two_bundles
+    shared = dict(splits_file=str(out / "splits.csv"), tta=True, head_epochs=3)
+    t1 = train(synth_train_config(root, tmp_path, run_id="t1", head_units=0, **shared))
+    t2 = train(synth_train_config(root, tmp_path, run_id="t2", **shared))
+    with pytest.raises(BundleError, match="TTA"):
+        make_ensemble([a, t1], out_dir=tmp_path)
+    ens = make_ensemble([t1, t2], out_dir=tmp_path, run_id="ens-tta")
+    served = Predictor.from_bundle(ens)
+    assert served.default_tta
+    files = sorted((root / "test").rglob("*.jpg"))[:6] + [tmp_path / "missing.jpg"]
+    slow = served.predict_batch(files)
+    fast = cached_probabilities(ens, files)
+    assert fast is not None and fast["error"].iloc[-1] and np.isnan(fast["probability"].iloc[-1])
+    assert np.allclose(fast["probability"][:-1], slow["probability"][:-1], atol=1e-4)
+
+
 def test_evaluate_official_external_and_single_class(two_bundles, tmp_path):
     import shutil
 

@@ -158,3 +158,44 @@ def test_run_trains_the_default_recipe_on_all_sources(fake_sources, tmp_path, mo
     cfg = json.loads((bundle / "bundle.json").read_text())["training"]["config"]
     assert cfg["sources"] == ["kaggle", "ham10000", "isic2017"]
     assert all(cfg[k] == (list(v) if isinstance(v, tuple) else v) for k, v in DEFAULT_RECIPE.items())
+
+
+@pytest.mark.slow
+def test_loso_of_an_ensemble_scores_each_folds_ensemble_as_served(fake_sources, tmp_path):
+    """`generalise --ensemble-of A,B` trains nothing: each fold's model is the ensemble of A's and B's
+    bundles for that fold, scored as the Predictor serves it, and gets its own experiments row."""
+    import numpy as np
+    from click.testing import CliRunner
+
+    from skinlesion.cli import main
+    from skinlesion.serving.inference import Predictor
+
+    out, models = tmp_path / "reports", tmp_path / "models"
+    common = ["--report-dir", str(out), "--resamples", "50", "--out-dir", str(models), "--sources", "kaggle,isic2017",
+              "--quiet"]
+    runner = CliRunner()
+    missing = runner.invoke(main, ["generalise", "--recipe", "ens", "--ensemble-of", "lin,mlp", *common])
+    assert missing.exit_code != 0 and "loso-lin-kaggle" in missing.output
+    for recipe, units in (("lin", "0"), ("mlp", "8")):
+        r = runner.invoke(main, ["generalise", "--recipe", recipe, "--input-size", "64", "--tta", "--head-units", units,
+                                 *common])
+        assert r.exit_code == 0, r.output
+    r = runner.invoke(main, ["generalise", "--recipe", "ens", "--ensemble-of", "lin,mlp", *common])
+    assert r.exit_code == 0, r.output
+    details = json.loads((out / "ens" / "details.json").read_text())
+    assert details["config"] == {"ensemble_of": ["lin", "mlp"], "sources": ["kaggle", "isic2017"]}
+    assert set(details["held_out"]) == {"kaggle", "isic2017"} and set(details["reference"]) == {"kaggle", "isic2017"}
+    fold = models / "loso-ens-isic2017"
+    assert json.loads((fold / "bundle.json").read_text())["kind"] == "ensemble"
+    preds = pd.read_csv(out / "ens" / "predictions.csv")
+    held = preds[preds["held_out"] == "isic2017"]
+    files = [config.source_root("isic2017") / p for p in held["path"]]
+    served = Predictor.from_bundle(fold).predict_batch(files)
+    assert np.allclose(held["probability"], served["probability"], atol=1e-4)
+    assert sum(row.startswith("| `ens` |") for row in (out / "experiments.md").read_text().splitlines()) == 1
+    # A re-run reuses the fold ensembles; a training option or a single member is refused.
+    assert runner.invoke(main, ["generalise", "--recipe", "ens", "--ensemble-of", "lin,mlp", *common]).exit_code == 0
+    bad = runner.invoke(main, ["generalise", "--recipe", "ens", "--ensemble-of", "lin,mlp", "--views", "id", *common])
+    assert bad.exit_code == 2 and "--views" in bad.output
+    one = runner.invoke(main, ["generalise", "--recipe", "ens", "--ensemble-of", "lin", *common])
+    assert one.exit_code == 2 and "at least two" in one.output

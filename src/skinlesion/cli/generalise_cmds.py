@@ -8,8 +8,11 @@ from pathlib import Path
 import click
 
 from skinlesion.cli.base import friendly, main
-from skinlesion.cli.model_cmds import _config, _train_options
+from skinlesion.cli.model_cmds import _config, _csv, _train_options
 from skinlesion.metrics.stats import N_BOOTSTRAP
+
+# Options that still mean something with --ensemble-of.
+ENSEMBLE_OPTIONS = ("sources", "out_dir", "quiet")
 
 
 @main.command()
@@ -17,26 +20,41 @@ from skinlesion.metrics.stats import N_BOOTSTRAP
 @click.option("--publish", is_flag=True, help="Also write reports/generalisation/summary.json and report.md (the headline numbers).")
 @click.option("--resamples", default=N_BOOTSTRAP, show_default=True, help="Bootstrap resamples for the CIs.")
 @click.option("--report-dir", type=click.Path(path_type=Path), default=None, help="Default reports/generalisation.")
+@click.option("--ensemble-of", default="", help="Train nothing: score, fold by fold, the `skinlesion ensemble` of these "
+              "recipes' LOSO bundles (comma-separated recipe names, each run with `generalise` first).")
 @_train_options
 @friendly
-def generalise(recipe, publish, resamples, report_dir, **kw) -> None:
+def generalise(recipe, publish, resamples, report_dir, ensemble_of, **kw) -> None:
     """Train on all sources but one, score the held-out one; for each of --sources in turn.
 
     --sources defaults to kaggle,ham10000,isic2017. Every other option is a training option
     (the recipe). Writes reports/generalisation/<recipe>/{summary.json,details.json,report.md,
-    predictions.csv} and a row in reports/generalisation/experiments.md.
+    predictions.csv} and a row in reports/generalisation/experiments.md. With --ensemble-of A,B
+    nothing is trained: each fold scores the ensemble of A's and B's bundles for that fold.
     """
     from skinlesion import config
     from skinlesion.data.sources import DERMOSCOPIC_SOURCES
     from skinlesion.evaluation.generalise import leave_one_source_out
     from skinlesion.evaluation.generalise import publish as publish_summary
 
+    members = _csv(ensemble_of)
+    if members:
+        ctx = click.get_current_context()
+        # The members' recipes were fixed by their own runs; a training option here would be ignored.
+        given = [name for name in kw if name not in ENSEMBLE_OPTIONS
+                 and ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
+        if given:
+            raise click.UsageError(f"--ensemble-of trains nothing; drop {', '.join('--' + g.replace('_', '-') for g in given)}")
+        if len(members) < 2 or recipe in members:
+            raise click.BadParameter("name at least two member recipes, none of them --recipe itself",
+                                     param_hint="--ensemble-of")
     kw["sources"] = kw["sources"] or ",".join(DERMOSCOPIC_SOURCES)
     cfg = _config(**kw)
     out = report_dir or config.reports_dir() / "generalisation"
     command = "skinlesion " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     summary = leave_one_source_out(cfg, list(cfg.sources), recipe=recipe, out_dir=out, n_resamples=resamples,
-                                   models_dir=Path(kw["out_dir"]) if kw["out_dir"] else None, command=command)
+                                   models_dir=Path(kw["out_dir"]) if kw["out_dir"] else None, command=command,
+                                   ensemble_of=members)
     if publish:
         publish_summary(out / recipe, out)
     for src, v in summary["held_out"].items():

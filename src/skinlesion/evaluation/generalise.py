@@ -79,6 +79,37 @@ def stage1_probabilities(bundle_path: Path, files: list[Path], *, progress: bool
                          "error": [errors.get(i, "") for i in range(len(files))]})
 
 
+def cached_probabilities(bundle_path: Path, files: list[Path], *, progress: bool = False) -> pd.DataFrame | None:
+    """:func:`stage1_probabilities` of a bundle, or of an ensemble with at least one stage-1 member.
+
+    An ensemble is served as the temperature-scaled mean of its members' calibrated probabilities
+    (``Predictor._probabilities``); its stage-1 members are scored here from cached features, the
+    others by their own Predictor (the same TTA, which ``make_ensemble`` makes the members share).
+    None when nothing can be taken from the cache.
+    """
+    from skinlesion.bundle.format import load
+    from skinlesion.metrics.calibration import apply_temperature
+    from skinlesion.serving.inference import Predictor
+
+    b = load(bundle_path)
+    if b.kind != "ensemble":
+        return stage1_probabilities(bundle_path, files, progress=progress)
+    members = [m.path for m in Predictor.member_bundles(b)]
+    fast = [stage1_probabilities(m, files, progress=progress) for m in members]
+    if all(f is None for f in fast):
+        return None
+    frames = [f if f is not None else Predictor.from_bundle(m).predict_batch(files, progress=progress)
+              for f, m in zip(fast, members)]
+    errors = ["; ".join(dict.fromkeys(e for e in row if e)) for row in zip(*(f["error"].fillna("") for f in frames))]
+    ok = np.array([not e for e in errors], dtype=bool)
+    prob, raw = np.full(len(files), np.nan), np.full(len(files), np.nan)
+    if ok.any():
+        prob[ok] = apply_temperature(np.mean([f["probability"].to_numpy(float)[ok] for f in frames], axis=0),
+                                     b.meta.temperature)
+        raw[ok] = np.mean([f["raw_probability"].to_numpy(float)[ok] for f in frames], axis=0)
+    return pd.DataFrame({"path": [str(f) for f in files], "probability": prob, "raw_probability": raw, "error": errors})
+
+
 def score_held_out(bundle_path: Path, frame: pd.DataFrame, roots: dict[str, Path], *,
                    n_resamples: int = N_BOOTSTRAP, seed: int = 0, progress: bool = False,
                    fast: bool = True) -> tuple[dict[str, Any], pd.DataFrame]:
@@ -94,7 +125,7 @@ def score_held_out(bundle_path: Path, frame: pd.DataFrame, roots: dict[str, Path
     if frame.empty:
         raise DataError("nothing to score: the held-out set is empty after de-duplication")
     files = [roots[s] / p for s, p in zip(frame["source"], frame["path"])]
-    preds = stage1_probabilities(bundle_path, files, progress=progress) if fast else None
+    preds = cached_probabilities(bundle_path, files, progress=progress) if fast else None
     if preds is None:
         preds = Predictor.from_bundle(bundle_path).predict_batch(files, progress=progress)
     decision = load(bundle_path).meta.decision
@@ -135,8 +166,14 @@ def leave_one_source_out(
     n_resamples: int = N_BOOTSTRAP,
     reference: bool = True,
     command: str = "",
+    ensemble_of: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Train and score the recipe ``cfg`` (a TrainConfig) once per held-out source; write the reports."""
+    """Train and score the recipe ``cfg`` (a TrainConfig) once per held-out source; write the reports.
+
+    With ``ensemble_of`` (recipe names), nothing is trained: each fold's model is the
+    ``skinlesion ensemble`` of those recipes' bundles for the same fold (``models/loso/
+    loso-<member>-<fold>``, from their own ``generalise`` runs), scored as it is served.
+    """
     from skinlesion.training.train import train
 
     if len(sources) < 2:
@@ -150,8 +187,10 @@ def leave_one_source_out(
     for held in sources:
         train_on = [s for s in sources if s != held]
         run_id = f"loso-{recipe}-{held}"
-        bundle = _train_or_reuse(train, dataclasses.replace(
-            cfg, sources=tuple(train_on), holdout=(held,), out_dir=str(models_dir), run_id=run_id), models_dir / run_id, reused)
+        bundle = (_ensemble_or_reuse(ensemble_of, held, models_dir, run_id, reused) if ensemble_of else
+                  _train_or_reuse(train, dataclasses.replace(cfg, sources=tuple(train_on), holdout=(held,),
+                                                             out_dir=str(models_dir), run_id=run_id),
+                                  models_dir / run_id, reused))
         table = pd.read_csv(bundle / "splits.csv")
         frame = held_out_frame(table, held)
         roots = {s: config.source_root(s) for s in sources}
@@ -165,8 +204,10 @@ def leave_one_source_out(
                  *entry["roc_auc_ci"], entry["sensitivity"], entry["specificity"], entry["n"])
     if reference:
         run_id = f"loso-{recipe}-all"
-        bundle = _train_or_reuse(train, dataclasses.replace(
-            cfg, sources=tuple(sources), holdout=(), out_dir=str(models_dir), run_id=run_id), models_dir / run_id, reused)
+        bundle = (_ensemble_or_reuse(ensemble_of, "all", models_dir, run_id, reused) if ensemble_of else
+                  _train_or_reuse(train, dataclasses.replace(cfg, sources=tuple(sources), holdout=(),
+                                                             out_dir=str(models_dir), run_id=run_id),
+                                  models_dir / run_id, reused))
         table = pd.read_csv(bundle / "splits.csv")
         roots = {s: config.source_root(s) for s in sources}
         for src in sources:
@@ -180,6 +221,8 @@ def leave_one_source_out(
     summary["mean_roc_auc"] = float(np.mean(aucs))
     summary["worst_roc_auc"] = float(np.min(aucs))
     summary["config"] = cfg.to_dict() if hasattr(cfg, "to_dict") else {}
+    if ensemble_of:
+        summary["config"] = {"ensemble_of": list(ensemble_of), "sources": list(sources)}
     summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
     previous = (out_dir / recipe / "details.json")
     if all(reused) and previous.is_file():
@@ -228,6 +271,31 @@ def _train_or_reuse(train_fn: Any, cfg: Any, path: Path, reused: list[bool]) -> 
         raise DataError(f"{path} exists with another configuration; remove it or choose another recipe name")
     reused.append(False)
     return Path(train_fn(cfg))
+
+
+def _ensemble_or_reuse(members: tuple[str, ...], fold: str, models_dir: Path, run_id: str, reused: list[bool]) -> Path:
+    """The ensemble of the member recipes' bundles for ``fold``; reuse one made from the same member files."""
+    import json
+
+    from skinlesion.io import sha256_file
+    from skinlesion.training.ensemble import make_ensemble
+
+    paths = [models_dir / f"loso-{m}-{fold}" for m in members]
+    missing = [config.display_path(p) for p in paths if not (p / "bundle.json").is_file()]
+    if missing:
+        raise DataError(f"--ensemble-of needs each member recipe's LOSO bundles; missing {', '.join(missing)}: run "
+                        "`skinlesion generalise --recipe <member> ...` with the member's options first (its command "
+                        "is in reports/generalisation/<member>/report.md)")
+    path = models_dir / run_id
+    if (path / "bundle.json").is_file():
+        saved = json.loads((path / "bundle.json").read_text()).get("member_bundle_sha256")
+        if saved == [sha256_file(p / "bundle.json") for p in paths]:
+            log.info("reusing %s", config.display_path(path))
+            reused.append(True)
+            return path
+        raise DataError(f"{path} exists with other members; remove it or choose another recipe name")
+    reused.append(False)
+    return make_ensemble(paths, out_dir=models_dir, run_id=run_id)
 
 
 def _fmt_entry(v: dict[str, Any]) -> str:

@@ -133,7 +133,7 @@ class Predictor:
             raise BundleError(f"{bundle.path}: the bundle records no decision policy, so it cannot be served")
         self.policy = self.meta.decision
         self.backend = backend
-        self.members = [self._member(b, backend) for b in self._member_bundles(bundle)]
+        self.members = [self._member(b, backend) for b in self.member_bundles(bundle)]
         self.input_size = self.members[0].bundle.input_size
 
     # -- loading ------------------------------------------------------------------------
@@ -151,7 +151,8 @@ class Predictor:
         return cls(load(path), backend=backend)
 
     @staticmethod
-    def _member_bundles(b: Bundle) -> list[Bundle]:
+    def member_bundles(b: Bundle) -> list[Bundle]:
+        """The loaded bundles whose outputs make ``b``'s answer: its members, or ``b`` itself."""
         if b.kind != "ensemble":
             return [b]
         members = []

@@ -7,6 +7,7 @@ validation images as the members'.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -37,7 +38,7 @@ def ensemble_validation_probabilities(bundle_paths: list[Path]) -> pd.DataFrame:
 
 
 def make_ensemble(
-    bundle_paths: list[str | os.PathLike[str]],
+    bundle_paths: Sequence[str | os.PathLike[str]],
     *,
     out_dir: str | os.PathLike[str] | None = None,
     run_id: str | None = None,
@@ -54,6 +55,11 @@ def make_ensemble(
     splits = {sha256_file(m.file("splits.csv")) for m in members}
     if len(splits) != 1:
         raise BundleError("the members were trained on different splits; an ensemble needs one shared split")
+    tta = {m.meta.dihedral_tta for m in members}
+    if len(tta) != 1:
+        # The Predictor serves every member the same way, so a mixed ensemble would be served
+        # differently from how some members' validation probabilities (and its threshold) were made.
+        raise BundleError("some members are served with dihedral TTA and some without; ensemble members must agree")
     val = ensemble_validation_probabilities(paths)
     y, p = val["label"].to_numpy(), val["prob"].to_numpy()
     # The same policy fit as a single bundle's (temperature, then threshold and refer band).
@@ -79,5 +85,9 @@ def make_ensemble(
         "training": {**first.meta.raw["training"], "members": [m.meta.run_id for m in members]},
         "metrics": {"val": summary},
     }
+    if tta.pop():
+        # Served as its members' validation probabilities were made (and its threshold fitted).
+        meta["tta"] = "dihedral"
+
     return write_bundle(meta, {"splits.csv": first.file("splits.csv"), "val_predictions.csv": val},
                         out_dir=out_dir, run_id=run_id)
