@@ -79,19 +79,23 @@ def test_the_pointer_names_the_published_recipe_and_make_run_trains_it() -> None
 
 
 def test_make_run_trains_the_recipe_that_was_published() -> None:
-    """`skinlesion run`'s recipe on the three sources is the configuration the LOSO run published."""
+    """`skinlesion run` on the three sources trains the ensemble the LOSO run published: the same
+    member recipes, each with the configuration its own LOSO run published."""
     from skinlesion.data.sources import DERMOSCOPIC_SOURCES
-    from skinlesion.training.train import default_recipe
+    from skinlesion.training.train import TrainConfig, default_members
 
-    details = json.loads((ROOT / "reports" / "generalisation" / config.DEFAULT_MODEL / "details.json").read_text())
-    ours = json.loads(json.dumps(default_recipe(sources=DERMOSCOPIC_SOURCES).to_dict()))
-    from skinlesion.training.train import TrainConfig
-
+    loso = ROOT / "reports" / "generalisation"
+    details = json.loads((loso / config.DEFAULT_MODEL / "details.json").read_text())
+    members = default_members(sources=DERMOSCOPIC_SOURCES)
+    assert details["config"] == {"ensemble_of": list(members), "sources": list(DERMOSCOPIC_SOURCES)}
     where = {"progress", "run_id", "out_dir", "data_dir", "splits_file"}  # where and how, not what
-    published = {k: v for k, v in details["config"].items() if k not in where}
-    # Options added to TrainConfig after the LOSO run must keep their defaults, which it then had.
-    later = json.loads(json.dumps({k: v for k, v in TrainConfig().to_dict().items() if k not in details["config"]}))
-    assert {k: v for k, v in ours.items() if k not in where} == {**published, **later}
+    for name, cfg in members.items():
+        published = json.loads((loso / name / "details.json").read_text())["config"]
+        ours = json.loads(json.dumps(cfg.to_dict()))
+        # Options added to TrainConfig after the LOSO run must keep their defaults, which it then had.
+        later = json.loads(json.dumps({k: v for k, v in TrainConfig().to_dict().items() if k not in published}))
+        assert {k: v for k, v in ours.items() if k not in where} == {
+            **{k: v for k, v in published.items() if k not in where}, **later}, name
 
 
 # ----------------------------------------------------------------------------- who asks it
@@ -179,6 +183,7 @@ def fake_run(models, tmp_path, monkeypatch):
     import skinlesion.data.sources as sources
     import skinlesion.evaluation.evaluate as evaluate
     import skinlesion.evaluation.report as report
+    import skinlesion.training.ensemble as ensemble
     import skinlesion.training.train as train
 
     found = {n: SimpleNamespace(root=tmp_path / n) for n in sources.DERMOSCOPIC_SOURCES}
@@ -192,6 +197,14 @@ def fake_run(models, tmp_path, monkeypatch):
         return _fake_bundle(Path(config.models_dir()), cfg.run_id or "20260101-000000-x")
 
     monkeypatch.setattr(train, "train", fake_train)
+
+    def fake_ensemble(paths, out_dir, run_id):
+        trained.append(SimpleNamespace(run_id=run_id, members=[Path(p).name for p in paths], sources=True))
+        if run_id == "fail":
+            raise RuntimeError("ensemble failed")
+        return _fake_bundle(Path(out_dir), run_id)
+
+    monkeypatch.setattr(ensemble, "make_ensemble", fake_ensemble)
     monkeypatch.setattr(evaluate, "evaluate_bundle", lambda path, progress: ({"sets": {}}, {}))
     monkeypatch.setattr(evaluate, "save_results", lambda results, preds: tmp_path / "reports")
     monkeypatch.setattr(evaluate, "format_results", lambda results: "")
@@ -206,9 +219,13 @@ def test_make_run_writes_the_default_model_and_replaces_it_safely(fake_run, mode
     (old / "marker").write_text("old")
     r = CliRunner().invoke(main, ["run", "--quiet"])
     assert r.exit_code == 0, r.output
-    assert fake_run[-1].run_id == config.DEFAULT_MODEL and fake_run[-1].sources
+    from skinlesion.training.train import DEFAULT_MEMBERS
+
+    # Each member recipe on the three sources under its own name, then their ensemble: the default.
+    assert [c.run_id for c in fake_run] == [*DEFAULT_MEMBERS, config.DEFAULT_MODEL]
+    assert all(c.sources for c in fake_run) and fake_run[-1].members == list(DEFAULT_MEMBERS)
     assert "replacing" in r.output and not (old / "marker").exists()
-    assert sorted(p.name for p in models.iterdir()) == [config.DEFAULT_MODEL]  # nothing left aside
+    assert sorted(p.name for p in models.iterdir()) == sorted([config.DEFAULT_MODEL, *DEFAULT_MEMBERS])  # nothing aside
     assert resolve_default_bundle() == models / config.DEFAULT_MODEL
 
     # A failed retraining puts the previous default back.

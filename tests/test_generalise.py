@@ -146,31 +146,38 @@ def test_run_trains_the_default_recipe_on_all_sources(fake_sources, tmp_path, mo
     from click.testing import CliRunner
 
     from skinlesion.cli import main
-    from skinlesion.training.train import DEFAULT_RECIPE
+    from skinlesion.serving.inference import Predictor
+    from skinlesion.training.train import DEFAULT_MEMBERS
 
     monkeypatch.setenv("SKINLESION_MODELS_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("SKINLESION_REPORTS_DIR", str(tmp_path / "reports"))
     r = CliRunner().invoke(main, ["run", "--quiet"])
     assert r.exit_code == 0, r.output
     assert "data: kaggle" in r.output and "test:isic2017" in r.output and "Research tool" in r.output
-    (bundle,) = (tmp_path / "models").iterdir()
-    assert bundle.name == config.DEFAULT_MODEL  # the bundle the web app, dashboard and CLI serve
-    cfg = json.loads((bundle / "bundle.json").read_text())["training"]["config"]
-    assert cfg["sources"] == ["kaggle", "ham10000", "isic2017"]
-    assert all(cfg[k] == (list(v) if isinstance(v, tuple) else v) for k, v in DEFAULT_RECIPE.items())
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == sorted([config.DEFAULT_MODEL, *DEFAULT_MEMBERS])
+    for name, recipe in DEFAULT_MEMBERS.items():
+        cfg = json.loads((tmp_path / "models" / name / "bundle.json").read_text())["training"]["config"]
+        assert cfg["sources"] == ["kaggle", "ham10000", "isic2017"]
+        assert all(cfg[k] == (list(v) if isinstance(v, tuple) else v) for k, v in recipe.items())
+    # The bundle the web app, dashboard and CLI serve: the members' ensemble, with their TTA.
+    served = Predictor.from_bundle(tmp_path / "models" / config.DEFAULT_MODEL)
+    assert served.bundle.kind == "ensemble" and served.member_run_ids == tuple(DEFAULT_MEMBERS) and served.default_tta
 
 
 @pytest.mark.slow
-def test_loso_of_an_ensemble_scores_each_folds_ensemble_as_served(fake_sources, tmp_path):
+def test_loso_of_an_ensemble_scores_each_folds_ensemble_as_served(fake_sources, tmp_path, monkeypatch):
     """`generalise --ensemble-of A,B` trains nothing: each fold's model is the ensemble of A's and B's
-    bundles for that fold, scored as the Predictor serves it, and gets its own experiments row."""
+    bundles for that fold, scored as the Predictor serves it, and gets its own experiments row; the
+    model card of an ensemble shows the ensemble's LOSO run, not its first member's."""
     import numpy as np
     from click.testing import CliRunner
 
     from skinlesion.cli import main
+    from skinlesion.evaluation.model_card import model_card
     from skinlesion.serving.inference import Predictor
 
-    out, models = tmp_path / "reports", tmp_path / "models"
+    monkeypatch.setenv("SKINLESION_REPORTS_DIR", str(tmp_path / "reports"))
+    out, models = tmp_path / "reports" / "generalisation", tmp_path / "models"
     common = ["--report-dir", str(out), "--resamples", "50", "--out-dir", str(models), "--sources", "kaggle,isic2017",
               "--quiet"]
     runner = CliRunner()
@@ -193,6 +200,8 @@ def test_loso_of_an_ensemble_scores_each_folds_ensemble_as_served(fake_sources, 
     served = Predictor.from_bundle(fold).predict_batch(files)
     assert np.allclose(held["probability"], served["probability"], atol=1e-4)
     assert sum(row.startswith("| `ens` |") for row in (out / "experiments.md").read_text().splitlines()) == 1
+    assert "Leave-one-source-out (recipe `ens`)" in model_card(models / "loso-ens-all")
+    assert "Leave-one-source-out (recipe `mlp`)" in model_card(models / "loso-mlp-all")
     # A re-run reuses the fold ensembles; a training option or a single member is refused.
     assert runner.invoke(main, ["generalise", "--recipe", "ens", "--ensemble-of", "lin,mlp", *common]).exit_code == 0
     bad = runner.invoke(main, ["generalise", "--recipe", "ens", "--ensemble-of", "lin,mlp", "--views", "id", *common])

@@ -141,6 +141,32 @@ def test_calibrate_writes_new_bundle_and_never_touches_parent(tiny_bundle, site_
 
 
 @pytest.mark.slow
+def test_calibrate_an_ensemble_refits_its_own_policy_and_keeps_its_members(synth_bundles, site_dir, tmp_path):
+    """An ensemble's site calibration re-fits the temperature and policy on top of its members' mean;
+    the members are the parent's (named from the new folder), and nothing of the parent changes."""
+    from skinlesion.bundle.format import load_meta
+    from skinlesion.serving.inference import Predictor
+    from skinlesion.training.ensemble import make_ensemble
+
+    ens = make_ensemble(list(synth_bundles), out_dir=tmp_path / "models", run_id="ens")
+    before = {p: _tree_digest(p) for p in (ens, *synth_bundles)}
+    out = site_mod.calibrate_site(ens, site_dir, n=40, seed=1, out_dir=tmp_path / "models" / "site" / "deeper",
+                                  run_id="ens-site")
+    assert {p: _tree_digest(p) for p in before} == before
+    child = load_meta(out)
+    assert child.raw["kind"] == "ensemble" and "members' calibrated" in child.raw["provenance"]["probabilities"]
+    served, parent = Predictor.from_bundle(out), Predictor.from_bundle(ens)
+    assert [m.bundle.path.resolve() for m in served.members] == [p.resolve() for p in synth_bundles]
+    img = (site_dir / "malignant" / "malignant_0.jpg").read_bytes()
+    p_new, p_old = served.predict(img), parent.predict(img)
+    # The ensemble's raw output is the mean of its calibrated members, the quantity its temperature scales.
+    members = [Predictor.from_bundle(b).predict(img).probability for b in synth_bundles]
+    assert p_old.raw_probability == pytest.approx(np.mean(members), abs=1e-6)
+    assert p_new.raw_probability == pytest.approx(p_old.raw_probability, abs=1e-6)
+    assert p_new.probability == pytest.approx(child.decision.calibrate(p_new.raw_probability), abs=1e-6)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(("counts", "message"), [((30, 0), "only benign"), ((0, 25), "only malignant"),
                                                  ((8, 8), "too small"), ((30, 3), "too small")])
 def test_calibrate_rejects_bad_site_sets(tiny_bundle, tmp_path, counts, message):

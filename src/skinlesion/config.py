@@ -73,12 +73,13 @@ def source_root(name: str) -> Path:
     return shared_data_dir() / SOURCE_FOLDER[name]
 
 
-# The documented default model: the run id ``skinlesion run`` (``make run``) gives the default
-# recipe (training.train.DEFAULT_RECIPE) trained on the three dermoscopic sources, i.e. the bundle
-# ``models/<DEFAULT_MODEL>``; chosen by leave-one-source-out (reports/generalisation/summary.json
-# names the same recipe, and a test checks they agree). Served when SKINLESION_MODEL is unset:
-# skinlesion.bundle.format.resolve_default_bundle is the one place that decides.
-DEFAULT_MODEL = "lite0-s1-idfhzio-linear-tta"
+# The documented default model: the run id ``skinlesion run`` (``make run``) gives the ensemble of
+# the default member recipes (training.train.DEFAULT_MEMBERS) trained on the three dermoscopic
+# sources, i.e. the bundle ``models/<DEFAULT_MODEL>`` beside its members; chosen by
+# leave-one-source-out (reports/generalisation/summary.json names the same recipe, and a test checks
+# they agree). Served when SKINLESION_MODEL is unset: skinlesion.bundle.format.resolve_default_bundle
+# is the one place that decides.
+DEFAULT_MODEL = "ens-lite0-s1-ft60-idfhzio-linear-tta"
 
 
 def model_env() -> str | None:

@@ -5,8 +5,8 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -101,8 +101,9 @@ def run(data_dir, backbone, quiet) -> None:
     """The main job: find data (or download, or synthesise), train the default recipe, evaluate, report.
 
     With the three dermoscopic sources present (Kaggle, HAM10000, ISIC 2017: `skinlesion data
-    sources`) it trains the default recipe on all of them into models/<DEFAULT_MODEL> (the default
-    model, replaced once the new one is written); otherwise on the one dataset found, under a
+    sources`) it trains each default member recipe on all of them (models/<member>) and writes their
+    ensemble to models/<DEFAULT_MODEL> (the default model; each bundle is replaced once the new one
+    is written); otherwise the first member recipe alone on the one dataset found, under a
     time-stamped run id that is served only when named (SKINLESION_MODEL, --model).
     """
     from skinlesion.data.datasets import DataError, download
@@ -110,7 +111,8 @@ def run(data_dir, backbone, quiet) -> None:
     from skinlesion.data.synth import generate_dataset, is_synthetic
     from skinlesion.evaluation.evaluate import evaluate_bundle, format_results, save_results
     from skinlesion.evaluation.report import write_report
-    from skinlesion.training.train import SYNTHETIC_BANNER, default_recipe
+    from skinlesion.training.ensemble import make_ensemble
+    from skinlesion.training.train import SYNTHETIC_BANNER, default_members, default_recipe
     from skinlesion.training.train import train as run_train
 
     t0 = time.perf_counter()
@@ -139,10 +141,17 @@ def run(data_dir, backbone, quiet) -> None:
     # a different model and must not take that name.
     is_default = bool(cfg.sources) and not backbone
     if is_default:
-        bundle_path = _train_replacing(run_train, replace(cfg, run_id=config.DEFAULT_MODEL))
+        models = Path(cfg.out_dir) if cfg.out_dir else config.models_dir()
+        members = [_replacing(models / name, partial(run_train, c))
+                   for name, c in default_members(sources=cfg.sources, progress=cfg.progress).items()]
+        # The ensemble is screened by its first member's gate; fitted before the ensemble records
+        # its members' checksums.
+        _fit_gate(members[0], quiet)
+        bundle_path = _replacing(models / config.DEFAULT_MODEL,
+                                 lambda: make_ensemble(members, out_dir=models, run_id=config.DEFAULT_MODEL))
     else:
         bundle_path = run_train(cfg)
-    _fit_gate(bundle_path, quiet)
+        _fit_gate(bundle_path, quiet)
     results, preds = evaluate_bundle(bundle_path, progress=not quiet)
     report = write_report(results, preds, bundle_path, save_results(results, preds))
     click.echo("")
@@ -179,18 +188,17 @@ def _fit_gate(bundle_path: Path, quiet: bool) -> None:
     click.echo(f"image-type gate fitted: dermoscopic when P >= {entry['threshold']:.2f} ({entry['images']})")
 
 
-def _train_replacing(train_fn: Callable[[Any], Path], cfg: Any) -> Path:
-    """``train_fn(cfg)`` into ``<models>/<cfg.run_id>``, replacing a bundle already there only once
-    the new one is written (a failed run puts the old one back)."""
-    target = (Path(cfg.out_dir) if cfg.out_dir else config.models_dir()) / cfg.run_id
+def _replacing(target: Path, make: Callable[[], Path]) -> Path:
+    """``make()`` writes the bundle ``target``, replacing one already there only once the new one
+    is written (a failed run puts the old one back)."""
     if not target.exists():
-        return train_fn(cfg)
+        return make()
     aside = target.with_name(f".previous-{target.name}")  # hidden: never listed or served
     shutil.rmtree(aside, ignore_errors=True)
     click.echo(f"replacing {config.display_path(target)} (kept aside until the new bundle is written)")
     target.rename(aside)
     try:
-        path = train_fn(cfg)
+        path = make()
     except BaseException:
         if not target.exists():
             aside.rename(target)

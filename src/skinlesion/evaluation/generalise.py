@@ -104,9 +104,8 @@ def cached_probabilities(bundle_path: Path, files: list[Path], *, progress: bool
     ok = np.array([not e for e in errors], dtype=bool)
     prob, raw = np.full(len(files), np.nan), np.full(len(files), np.nan)
     if ok.any():
-        prob[ok] = apply_temperature(np.mean([f["probability"].to_numpy(float)[ok] for f in frames], axis=0),
-                                     b.meta.temperature)
-        raw[ok] = np.mean([f["raw_probability"].to_numpy(float)[ok] for f in frames], axis=0)
+        raw[ok] = np.mean([f["probability"].to_numpy(float)[ok] for f in frames], axis=0)
+        prob[ok] = apply_temperature(raw[ok], b.meta.temperature)
     return pd.DataFrame({"path": [str(f) for f in files], "probability": prob, "raw_probability": raw, "error": errors})
 
 

@@ -369,18 +369,37 @@ def _same_recipe(loso: dict[str, Any], bundle: dict[str, Any]) -> bool:
             == {k: v for k, v in bundle.items() if k not in _RUN_KEYS})
 
 
-def _generalisation(meta: BundleMeta) -> Section:
+def _loso_runs() -> list[dict[str, Any]]:
+    from skinlesion.io import read_json
+
+    return [read_json(f, ReportError) for f in sorted((config.reports_dir() / "generalisation").glob("*/details.json"))]
+
+
+def _loso_run(meta: BundleMeta, bundle_path: Path) -> dict[str, Any] | None:
+    """The LOSO run of this bundle's recipe: the same training config; for an ensemble, the run of
+    ``generalise --ensemble-of`` whose member recipes are, in order, those of its members."""
+    runs = _loso_runs()
+    if meta.kind != "ensemble":
+        return next((d for d in runs if _same_recipe(d.get("config", {}), meta.training.config)), None)
+    from skinlesion.bundle.format import load
+    from skinlesion.serving.inference import Predictor
+
+    recipes = []
+    for member in Predictor.member_bundles(load(bundle_path)):
+        found = _loso_run(member.meta, member.path)
+        if found is None:
+            return None
+        recipes.append(found["recipe"])
+    return next((d for d in runs if d.get("config", {}).get("ensemble_of") == recipes), None)
+
+
+def _generalisation(meta: BundleMeta, bundle_path: Path) -> Section:
     """Leave-one-source-out results of this bundle's recipe, its robustness and site-calibration curves."""
     from skinlesion.io import read_json
 
     s = Section("Generalisation and robustness")
     root = config.reports_dir()
-    recipe = None
-    for details in sorted((root / "generalisation").glob("*/details.json")):
-        d = read_json(details, ReportError)
-        if _same_recipe(d.get("config", {}), meta.training.config):
-            recipe = d
-            break
+    recipe = _loso_run(meta, bundle_path)
     if recipe is None:
         s.text("No leave-one-source-out run of this recipe found (`skinlesion generalise --recipe NAME` with the "
                "same training options); expect lower performance on dermatoscopes and collections it never saw.")
@@ -442,7 +461,7 @@ def build_model_card(meta: BundleMeta, bundle_path: str | os.PathLike[str],
         versions.text("not recorded")
     sections = [
         _details(meta), intended, _training_data(meta), _evaluation(meta, bundle_path, report, results),
-        _generalisation(meta), _calibration(meta, results), _skin_tone(results), _policy(meta), _gate(meta), _ood(meta),
+        _generalisation(meta, bundle_path), _calibration(meta, results), _skin_tone(results), _policy(meta), _gate(meta), _ood(meta),
         _limitations(meta),
         _leakage(results), versions,
     ]

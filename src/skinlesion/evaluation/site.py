@@ -9,10 +9,10 @@ bundle that records where they came from; the parent bundle is only read.
 it re-fits on N random site images and scores sensitivity and specificity on the site images
 not used, several times over.
 
-Everything uses the Predictor's *raw* (uncalibrated) probability, the quantity the bundle's
-temperature acts on, so the re-fitted policy plugs into the Predictor unchanged. Ensemble
-bundles are refused: their members carry temperatures of their own and a second one on top
-(see :mod:`skinlesion.serving.inference`); re-fit each member, then re-ensemble.
+Everything uses the Predictor's *raw* probability, the quantity the bundle's own temperature
+acts on (for an ensemble, the mean of its members' calibrated probabilities), so the re-fitted
+policy plugs into the Predictor unchanged. An ensemble keeps its members and their calibration;
+only its own temperature and policy are re-fitted.
 
 Sampling: a calibration sample of N images is stratified by class in the site's proportions,
 but with at least :data:`MIN_PER_CLASS` of each class, because the threshold is a quantile of
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from skinlesion.bundle.format import BUNDLE_FILE, BundleError
+from skinlesion.bundle.format import BUNDLE_FILE
 from skinlesion.data.datasets import DataError
 from skinlesion.data.sources import Source
 
@@ -112,13 +112,7 @@ def stratified_sample(labels: np.ndarray, n: int, rng: np.random.Generator) -> n
 def _predictor(bundle_path: str | os.PathLike[str]) -> Any:
     from skinlesion.serving.inference import Predictor
 
-    predictor = Predictor.from_bundle(bundle_path)
-    if predictor.bundle.kind == "ensemble":
-        raise BundleError(
-            f"{bundle_path} is an ensemble bundle; site calibration re-fits one model's temperature and "
-            "threshold. Calibrate each member (`skinlesion calibrate MEMBER --site ...`) and ensemble "
-            "the calibrated members instead.")
-    return predictor
+    return Predictor.from_bundle(bundle_path)
 
 
 def score_site(predictor: Any, source: Source, records: pd.DataFrame | None = None, *,
@@ -226,13 +220,18 @@ def calibrate_site(
         "n_malignant": int(y.sum()),
         "seed": int(seed),
         "sampling": f"stratified by class, at least {MIN_PER_CLASS} per class",
-        "probabilities": "raw model output, no TTA",
+        "probabilities": ("raw output as served (dihedral TTA)" if predictor.default_tta else "raw output as served")
+                         + (", i.e. the mean of the members' calibrated probabilities" if predictor.bundle.kind == "ensemble"
+                            else ""),
         "file": SITE_FILE,
     }
     files: dict[str, Any] = {name: parent_path / name for name in parent_raw["files"]}
     files[SITE_FILE] = scored
     out = Path(out_dir) if out_dir else config.models_dir() / "site"
     run_id = run_id or f"{new_run_id(str(meta.get('backbone') or 'model'))}-site-{_slug(source.name)}"
+    if predictor.bundle.kind == "ensemble":
+        # The same member bundles, named relative to where the new bundle goes.
+        meta["members"] = [os.path.relpath(m.bundle.path.resolve(), (out / run_id).resolve()) for m in predictor.members]
     path = write_bundle(meta, files, out_dir=out, run_id=run_id)
     log.info("site-calibrated bundle written: %s", config.display_path(path))
     return path

@@ -40,7 +40,7 @@ class Prediction:
     """One image's result, in numbers and in plain words."""
 
     probability: float            # calibrated P(malignant)
-    raw_probability: float        # model output before calibration
+    raw_probability: float        # output before this bundle's calibration (ensemble: mean of calibrated members)
     decision: str                 # "suspicious" | "benign-appearing" | "uncertain — refer"
     threshold: float              # frozen decision threshold (on the calibrated probability)
     band: tuple[float, float]     # "uncertain — refer" band
@@ -233,7 +233,10 @@ class Predictor:
         prob = np.mean(probs, axis=0)
         raw = np.mean(raws, axis=0)
         if self.bundle.kind == "ensemble":
-            # The mean of calibrated members is itself re-calibrated on validation (bundle.json).
+            # The mean of calibrated members is itself re-calibrated on validation (bundle.json), so
+            # that mean is the ensemble's raw output: the quantity its own temperature scales (and a
+            # site calibration re-fits).
+            raw = prob
             prob = apply_temperature(prob, self.meta.temperature)
         # Ratio to each member's threshold, so members of different backbones are comparable.
         ratio = np.mean([d / t for d, t in zip(dists, thresholds)], axis=0) if dists else np.zeros_like(prob)

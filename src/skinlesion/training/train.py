@@ -94,14 +94,28 @@ class TrainConfig:
         return d
 
 
-# The recipe `skinlesion run` (and so `make run`) trains, chosen by leave-one-source-out
-# validation (reports/generalisation/experiments.md); everything else keeps TrainConfig's defaults.
+# The default model `skinlesion run` (and so `make run`) trains on the three dermoscopic sources is
+# the ensemble (`skinlesion ensemble`) of these recipes, each a bundle of its own under this name;
+# the ensemble was chosen by leave-one-source-out validation (reports/generalisation/experiments.md,
+# row ``config.DEFAULT_MODEL``). Everything else keeps TrainConfig's defaults. DEFAULT_RECIPE, the
+# first member (stage 1 only), is also what `run` trains on a single dataset folder.
 DEFAULT_RECIPE: dict[str, Any] = {"views": ("id", "fh", "zi", "zo"), "head_units": 0, "tta": True}
+DEFAULT_MEMBERS: dict[str, dict[str, Any]] = {
+    "lite0-s1-idfhzio-linear-tta": DEFAULT_RECIPE,
+    # The same head, then the top 60 layers fine-tuned (BatchNorm frozen) with augmentation.
+    "lite0-ft60-idfhzio-linear-tta": {**DEFAULT_RECIPE, "fine_tune": 60, "fine_tune_epochs": 2,
+                                      "augment": ("dihedral", "colour", "scale", "blur")},
+}
 
 
 def default_recipe(**overrides: Any) -> TrainConfig:
-    """The default training recipe as a TrainConfig (``overrides``: data, progress, ...)."""
+    """The default model's first member recipe as a TrainConfig (``overrides``: data, progress, ...)."""
     return TrainConfig(**{**DEFAULT_RECIPE, **overrides})
+
+
+def default_members(**overrides: Any) -> dict[str, TrainConfig]:
+    """Run id -> TrainConfig of each member of the default ensemble (``overrides`` apply to all)."""
+    return {name: TrainConfig(**{**recipe, **overrides, "run_id": name}) for name, recipe in DEFAULT_MEMBERS.items()}
 
 
 def device_strategy():
