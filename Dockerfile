@@ -4,12 +4,13 @@
 #
 #   docker build -t skinlesion .
 #   docker run --rm -p 127.0.0.1:8000:8000 -v "$PWD/models:/models:ro" \
-#       -e SKINLESION_MODEL=/models/lite0-s1-idfhzio-linear-tta skinlesion
+#       -e SKINLESION_MODEL=/models/ens-lite0-s1-ft60-idfhzio-linear-tta skinlesion
 #
 # No model is baked in: bundles are mounted read-only at /models and SKINLESION_MODEL names the one
-# to serve (default: /models/<skinlesion.config.DEFAULT_MODEL>). To bake one in instead, build the
-# "baked" target with the bundle as a named build context (BuildKit, or podman >= 4.x):
-#   docker build --target baked --build-context bundle=models/lite0-s1-idfhzio-linear-tta -t skinlesion:baked .
+# to serve (default: /models/<skinlesion.config.DEFAULT_MODEL>, an ensemble that names its member
+# bundles beside it). To bake bundles in instead, build the "baked" target with a folder of bundles
+# as the named build context "bundles" and BUNDLE naming the one to serve (BuildKit, or podman >= 4.x):
+#   docker build --target baked --build-context bundles=models/ --build-arg BUNDLE=<run> -t skinlesion:baked .
 # compose.yaml runs the web app and the dashboard side by side. README "Deploy" has the details.
 
 ARG BASE_IMAGE=python:3.11-slim-bookworm
@@ -53,12 +54,15 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=180s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4).status != 200)"]
 CMD ["gunicorn", "-c", "gunicorn.conf.py", "--bind", "0.0.0.0:8000", "--worker-tmp-dir", "/dev/shm"]
 
-# Opt-in: bake one bundle into the image (docker build --target baked --build-context bundle=models/<run> .).
+# Opt-in: bake bundles into the image (docker build --target baked --build-context bundles=DIR
+# --build-arg BUNDLE=<run> .). A folder, not one bundle, because an ensemble names its members by
+# relative path: DIR must hold BUNDLE and, for an ensemble, its members beside it.
 FROM app AS baked
-# "bundle" is a named build context, not a stage.
+ARG BUNDLE
+# "bundles" is a named build context, not a stage.
 # hadolint ignore=DL3022
-COPY --from=bundle . /models/bundle
-ENV SKINLESION_MODEL=/models/bundle
+COPY --from=bundles . /models
+ENV SKINLESION_MODEL=/models/${BUNDLE}
 
 # The default target: no model inside; bundles are mounted at /models.
 FROM app AS mounted

@@ -245,3 +245,10 @@ def test_make_run_with_another_backbone_is_not_the_default(fake_run, models) -> 
     assert r.exit_code == 0, r.output
     assert fake_run[-1].run_id is None and "not the default model" in r.output
     assert "SKINLESION_MODEL=" in r.output
+
+
+def test_the_container_files_serve_the_default() -> None:
+    """compose.yaml's default bundle and the Dockerfile's example are the documented default."""
+    compose = (ROOT / "compose.yaml").read_text()
+    assert f"${{SKINLESION_BUNDLE:-{config.DEFAULT_MODEL}}}" in compose
+    assert f"SKINLESION_MODEL=/models/{config.DEFAULT_MODEL}" in (ROOT / "Dockerfile").read_text()

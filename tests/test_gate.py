@@ -231,6 +231,21 @@ def test_predictor_gate_reads_the_mean_of_its_views_whatever_the_orientation(tin
         assert np.allclose([got[c] for c in IMAGE_TYPES], expected, atol=1e-4)
 
 
+def test_an_ensemble_is_gated_by_its_first_gated_member(clinical_bundle, tiny_bundle, tmp_path, dermoscopic_jpeg):
+    """`skinlesion run` fits the gate on the default ensemble's first member: the served ensemble uses it
+    and its model card says so."""
+    from skinlesion.evaluation.model_card import model_card
+    from skinlesion.serving.inference import NOT_ASSESSED, Predictor
+    from skinlesion.training.ensemble import make_ensemble
+
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_bundle, plain)
+    ens = make_ensemble([plain, clinical_bundle], out_dir=tmp_path, run_id="ens")
+    assert Predictor.from_bundle(ens).predict(dermoscopic_jpeg).decision == NOT_ASSESSED
+    card = model_card(ens)
+    assert f"member `{Predictor.from_bundle(clinical_bundle).name}`'s gate" in card and "None in this bundle: every" not in card
+
+
 def test_dermoscopic_gate_keeps_the_decision(tiny_bundle, tmp_path, dermoscopic_jpeg):
     from skinlesion.serving.inference import Predictor
 

@@ -296,12 +296,21 @@ def _ood(meta: BundleMeta) -> Section:
                   "probability must be ignored, no flag does not mean the image is fit for the model.")
 
 
-def _gate(meta: BundleMeta) -> Section:
-    """The image-type gate and its measured rates (``reports/gate/<run>/gate.json``)."""
+def _gate(meta: BundleMeta, bundle_path: Path) -> Section:
+    """The image-type gate and its measured rates (``reports/gate/<run>/gate.json``); an ensemble's is
+    its first member's that has one, as the Predictor uses it."""
     from skinlesion.io import read_json
 
     s = Section("Image-type gate (dermoscopic, clinical photo, other)")
     g = meta.raw.get("gate")
+    if not g and meta.kind == "ensemble":
+        from skinlesion.bundle.format import load
+        from skinlesion.serving.inference import Predictor
+
+        owner = next((m.meta for m in Predictor.member_bundles(load(bundle_path)) if m.meta.raw.get("gate")), None)
+        if owner is not None:
+            s.text(f"The ensemble's images are screened by its member `{owner.run_id}`'s gate.")
+            meta, g = owner, owner.raw["gate"]
     if not g:
         return s.text("None in this bundle: every image gets a benign/malignant answer, including phone photos "
                       "and pictures that are not skin, for which the answer is meaningless. Fit one with "
@@ -461,7 +470,7 @@ def build_model_card(meta: BundleMeta, bundle_path: str | os.PathLike[str],
         versions.text("not recorded")
     sections = [
         _details(meta), intended, _training_data(meta), _evaluation(meta, bundle_path, report, results),
-        _generalisation(meta, bundle_path), _calibration(meta, results), _skin_tone(results), _policy(meta), _gate(meta), _ood(meta),
+        _generalisation(meta, bundle_path), _calibration(meta, results), _skin_tone(results), _policy(meta), _gate(meta, bundle_path), _ood(meta),
         _limitations(meta),
         _leakage(results), versions,
     ]
