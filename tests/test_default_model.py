@@ -194,7 +194,7 @@ def fake_run(models, tmp_path, monkeypatch):
         trained.append(cfg)
         if cfg.run_id == "fail":
             raise RuntimeError("training failed")
-        return _fake_bundle(Path(config.models_dir()), cfg.run_id or "20260101-000000-x")
+        return _fake_bundle(Path(cfg.out_dir or config.models_dir()), cfg.run_id or "20260101-000000-x")
 
     monkeypatch.setattr(train, "train", fake_train)
 
@@ -228,14 +228,17 @@ def test_make_run_writes_the_default_model_and_replaces_it_safely(fake_run, mode
     assert sorted(p.name for p in models.iterdir()) == sorted([config.DEFAULT_MODEL, *DEFAULT_MEMBERS])  # nothing aside
     assert resolve_default_bundle() == models / config.DEFAULT_MODEL
 
-    # A failed retraining puts the previous default back.
-    (old / "marker").write_text("old")
+    # A failure anywhere (here: the ensemble) leaves the previous default and its members as they were.
+    for name in DEFAULT_MEMBERS:
+        (models / name / "marker").write_text("old")
     monkeypatch.setattr(config, "DEFAULT_MODEL", "fail")
     (models / config.DEFAULT_MODEL).mkdir()
     ((models / "fail") / "marker").write_text("old")
     r = CliRunner().invoke(main, ["run", "--quiet"])
     assert r.exit_code != 0
     assert (models / "fail" / "marker").read_text() == "old"
+    assert all((models / name / "marker").read_text() == "old" for name in DEFAULT_MEMBERS)
+    assert not any(p.name.startswith(".") for p in models.iterdir())  # no staging or aside folder left
 
 
 def test_make_run_with_another_backbone_is_not_the_default(fake_run, models) -> None:

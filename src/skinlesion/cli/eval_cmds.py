@@ -142,13 +142,22 @@ def run(data_dir, backbone, quiet) -> None:
     is_default = bool(cfg.sources) and not backbone
     if is_default:
         models = Path(cfg.out_dir) if cfg.out_dir else config.models_dir()
-        members = [_replacing(models / name, partial(run_train, c))
-                   for name, c in default_members(sources=cfg.sources, progress=cfg.progress).items()]
-        # The ensemble is screened by its first member's gate; fitted before the ensemble records
-        # its members' checksums.
-        _fit_gate(members[0], quiet)
-        bundle_path = _replacing(models / config.DEFAULT_MODEL,
-                                 lambda: make_ensemble(members, out_dir=models, run_id=config.DEFAULT_MODEL))
+        # Members and ensemble are made in a hidden staging folder and moved in together, so a
+        # failure anywhere (a fine-tuning run stopped halfway) leaves the served default as it was.
+        staging = models / f".staging-{config.DEFAULT_MODEL}"
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            members = [run_train(replace(c, out_dir=str(staging)))
+                       for c in default_members(sources=cfg.sources, progress=cfg.progress).values()]
+            # The ensemble is screened by its first member's gate; fitted before the ensemble records
+            # its members' checksums.
+            _fit_gate(members[0], quiet)
+            make_ensemble(members, out_dir=staging, run_id=config.DEFAULT_MODEL)
+            for staged in [*members, staging / config.DEFAULT_MODEL]:
+                _replacing(models / staged.name, partial(_move, staged, models / staged.name))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        bundle_path = models / config.DEFAULT_MODEL
     else:
         bundle_path = run_train(cfg)
         _fit_gate(bundle_path, quiet)
@@ -186,6 +195,10 @@ def _fit_gate(bundle_path: Path, quiet: bool) -> None:
         click.echo(f"no image-type gate for this bundle ({exc}); phone photos will get an answer too", err=True)
         return
     click.echo(f"image-type gate fitted: dermoscopic when P >= {entry['threshold']:.2f} ({entry['images']})")
+
+
+def _move(source: Path, target: Path) -> Path:
+    return source.rename(target)
 
 
 def _replacing(target: Path, make: Callable[[], Path]) -> Path:
