@@ -19,7 +19,7 @@ import os
 import platform
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -236,6 +236,13 @@ def load(path: str | os.PathLike[str]) -> Bundle:
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     return Bundle(path=folder, meta=load_meta(path))
+
+
+def member_refs(member_paths: Sequence[str | os.PathLike[str]], bundle_folder: str | os.PathLike[str]) -> list[str]:
+    """How an ensemble bundle in ``bundle_folder`` names its members: paths relative to that folder,
+    so a models/ folder stays relocatable (``Predictor.member_bundles`` resolves them against it)."""
+    folder = Path(bundle_folder).resolve()
+    return [os.path.relpath(Path(p).resolve(), folder) for p in member_paths]
 
 
 def resolve_default_bundle(

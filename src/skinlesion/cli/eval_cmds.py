@@ -154,7 +154,7 @@ def run(data_dir, backbone, quiet) -> None:
             _fit_gate(members[0], quiet)
             make_ensemble(members, out_dir=staging, run_id=config.DEFAULT_MODEL)
             for staged in [*members, staging / config.DEFAULT_MODEL]:
-                _replacing(models / staged.name, partial(_move, staged, models / staged.name))
+                _replacing(models / staged.name, partial(staged.rename, models / staged.name))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         bundle_path = models / config.DEFAULT_MODEL
@@ -195,10 +195,6 @@ def _fit_gate(bundle_path: Path, quiet: bool) -> None:
         click.echo(f"no image-type gate for this bundle ({exc}); phone photos will get an answer too", err=True)
         return
     click.echo(f"image-type gate fitted: dermoscopic when P >= {entry['threshold']:.2f} ({entry['images']})")
-
-
-def _move(source: Path, target: Path) -> Path:
-    return source.rename(target)
 
 
 def _replacing(target: Path, make: Callable[[], Path]) -> Path:

@@ -83,13 +83,12 @@ def cached_probabilities(bundle_path: Path, files: list[Path], *, progress: bool
     """:func:`stage1_probabilities` of a bundle, or of an ensemble with at least one stage-1 member.
 
     An ensemble is served as the temperature-scaled mean of its members' calibrated probabilities
-    (``Predictor._probabilities``); its stage-1 members are scored here from cached features, the
+    (:func:`~skinlesion.serving.inference.ensemble_output`, as the Predictor serves it); its stage-1 members are scored here from cached features, the
     others by their own Predictor (the same TTA, which ``make_ensemble`` makes the members share).
     None when nothing can be taken from the cache.
     """
     from skinlesion.bundle.format import load
-    from skinlesion.metrics.calibration import apply_temperature
-    from skinlesion.serving.inference import Predictor
+    from skinlesion.serving.inference import Predictor, ensemble_output
 
     b = load(bundle_path)
     if b.kind != "ensemble":
@@ -104,8 +103,7 @@ def cached_probabilities(bundle_path: Path, files: list[Path], *, progress: bool
     ok = np.array([not e for e in errors], dtype=bool)
     prob, raw = np.full(len(files), np.nan), np.full(len(files), np.nan)
     if ok.any():
-        raw[ok] = np.mean([f["probability"].to_numpy(float)[ok] for f in frames], axis=0)
-        prob[ok] = apply_temperature(raw[ok], b.meta.temperature)
+        prob[ok], raw[ok] = ensemble_output([f["probability"].to_numpy(float)[ok] for f in frames], b.meta.temperature)
     return pd.DataFrame({"path": [str(f) for f in files], "probability": prob, "raw_probability": raw, "error": errors})
 
 
@@ -182,14 +180,19 @@ def leave_one_source_out(
     out_dir = out_dir or config.reports_dir() / "generalisation"
     models_dir = models_dir or config.models_dir() / "loso"
     summary: dict[str, Any] = {"recipe": recipe, "held_out": {}, "reference": {}}
+
+    def fold_bundle(fold: str, train_on: list[str], holdout: tuple[str, ...]) -> Path:
+        run_id = f"loso-{recipe}-{fold}"
+        if ensemble_of:
+            return _ensemble_or_reuse(ensemble_of, fold, models_dir, run_id, reused)
+        return _train_or_reuse(train, dataclasses.replace(cfg, sources=tuple(train_on), holdout=holdout,
+                                                          out_dir=str(models_dir), run_id=run_id),
+                               models_dir / run_id, reused)
+
     all_preds: list[pd.DataFrame] = []
     for held in sources:
         train_on = [s for s in sources if s != held]
-        run_id = f"loso-{recipe}-{held}"
-        bundle = (_ensemble_or_reuse(ensemble_of, held, models_dir, run_id, reused) if ensemble_of else
-                  _train_or_reuse(train, dataclasses.replace(cfg, sources=tuple(train_on), holdout=(held,),
-                                                             out_dir=str(models_dir), run_id=run_id),
-                                  models_dir / run_id, reused))
+        bundle = fold_bundle(held, train_on, (held,))
         table = pd.read_csv(bundle / "splits.csv")
         frame = held_out_frame(table, held)
         roots = {s: config.source_root(s) for s in sources}
@@ -202,15 +205,11 @@ def leave_one_source_out(
         log.info("held out %s: AUC %.3f [%.3f, %.3f], sens %.3f, spec %.3f (n=%d)", held, entry["roc_auc"],
                  *entry["roc_auc_ci"], entry["sensitivity"], entry["specificity"], entry["n"])
     if reference:
-        run_id = f"loso-{recipe}-all"
-        bundle = (_ensemble_or_reuse(ensemble_of, "all", models_dir, run_id, reused) if ensemble_of else
-                  _train_or_reuse(train, dataclasses.replace(cfg, sources=tuple(sources), holdout=(),
-                                                             out_dir=str(models_dir), run_id=run_id),
-                                  models_dir / run_id, reused))
+        bundle = fold_bundle("all", sources, ())
         table = pd.read_csv(bundle / "splits.csv")
         roots = {s: config.source_root(s) for s in sources}
         for src in sources:
-            frame = table[(table["source"] == src) & (table["split"] == "test")]
+            frame = held_out_frame(table, src)
             if frame.empty or frame["label"].nunique() < 2:
                 continue
             entry, preds = score_held_out(bundle, frame, roots, n_resamples=n_resamples)
@@ -219,9 +218,8 @@ def leave_one_source_out(
     aucs = [v["roc_auc"] for v in summary["held_out"].values()]
     summary["mean_roc_auc"] = float(np.mean(aucs))
     summary["worst_roc_auc"] = float(np.min(aucs))
-    summary["config"] = cfg.to_dict() if hasattr(cfg, "to_dict") else {}
-    if ensemble_of:
-        summary["config"] = {"ensemble_of": list(ensemble_of), "sources": list(sources)}
+    summary["config"] = ({"ensemble_of": list(ensemble_of), "sources": list(sources)} if ensemble_of
+                         else cfg.to_dict() if hasattr(cfg, "to_dict") else {})
     summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
     previous = (out_dir / recipe / "details.json")
     if all(reused) and previous.is_file():

@@ -384,10 +384,10 @@ def _loso_runs() -> list[dict[str, Any]]:
     return [read_json(f, ReportError) for f in sorted((config.reports_dir() / "generalisation").glob("*/details.json"))]
 
 
-def _loso_run(meta: BundleMeta, bundle_path: Path) -> dict[str, Any] | None:
+def _loso_run(meta: BundleMeta, bundle_path: Path, runs: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
     """The LOSO run of this bundle's recipe: the same training config; for an ensemble, the run of
     ``generalise --ensemble-of`` whose member recipes are, in order, those of its members."""
-    runs = _loso_runs()
+    runs = _loso_runs() if runs is None else runs
     if meta.kind != "ensemble":
         return next((d for d in runs if _same_recipe(d.get("config", {}), meta.training.config)), None)
     from skinlesion.bundle.format import load
@@ -395,7 +395,7 @@ def _loso_run(meta: BundleMeta, bundle_path: Path) -> dict[str, Any] | None:
 
     recipes = []
     for member in Predictor.member_bundles(load(bundle_path)):
-        found = _loso_run(member.meta, member.path)
+        found = _loso_run(member.meta, member.path, runs)
         if found is None:
             return None
         recipes.append(found["recipe"])

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from skinlesion.bundle.format import BUNDLE_FILE
+from skinlesion.bundle.format import BUNDLE_FILE, member_refs
 from skinlesion.data.datasets import DataError
 from skinlesion.data.sources import Source
 
@@ -231,7 +231,7 @@ def calibrate_site(
     run_id = run_id or f"{new_run_id(str(meta.get('backbone') or 'model'))}-site-{_slug(source.name)}"
     if predictor.bundle.kind == "ensemble":
         # The same member bundles, named relative to where the new bundle goes.
-        meta["members"] = [os.path.relpath(m.bundle.path.resolve(), (out / run_id).resolve()) for m in predictor.members]
+        meta["members"] = member_refs([m.bundle.path for m in predictor.members], out / run_id)
     path = write_bundle(meta, files, out_dir=out, run_id=run_id)
     log.info("site-calibrated bundle written: %s", config.display_path(path))
     return path

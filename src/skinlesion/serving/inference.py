@@ -101,6 +101,18 @@ class Prediction:
         return d
 
 
+def ensemble_output(member_probs: Sequence[np.ndarray], temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """(calibrated, raw) P(malignant) of an ensemble from its members' calibrated probabilities.
+
+    The mean of the calibrated members is the ensemble's raw output: the quantity its own
+    temperature, fitted on validation (bundle.json), scales, and the one a site calibration re-fits.
+    """
+    from skinlesion.metrics.calibration import apply_temperature
+
+    raw = np.mean(member_probs, axis=0)
+    return apply_temperature(raw, temperature), raw
+
+
 @dataclass
 class _Member:
     bundle: Bundle
@@ -230,14 +242,10 @@ class Predictor:
                 types, type_conf, p_types = m.gate.classify(np.mean([member_feats[v] for v in m.gate.views], axis=0))
                 type_probs = [dict(zip(m.gate.classes, map(float, row))) for row in p_types]
                 gated = True
-        prob = np.mean(probs, axis=0)
-        raw = np.mean(raws, axis=0)
         if self.bundle.kind == "ensemble":
-            # The mean of calibrated members is itself re-calibrated on validation (bundle.json), so
-            # that mean is the ensemble's raw output: the quantity its own temperature scales (and a
-            # site calibration re-fits).
-            raw = prob
-            prob = apply_temperature(prob, self.meta.temperature)
+            prob, raw = ensemble_output(probs, self.meta.temperature)
+        else:
+            prob, raw = np.mean(probs, axis=0), np.mean(raws, axis=0)
         # Ratio to each member's threshold, so members of different backbones are comparable.
         ratio = np.mean([d / t for d, t in zip(dists, thresholds)], axis=0) if dists else np.zeros_like(prob)
         return _Scores(prob, raw, ratio, bool(dists), list(types), np.asarray(type_conf, dtype=float), type_probs)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from skinlesion.bundle.format import BundleError, load, write_bundle
+from skinlesion.bundle.format import BundleError, load, member_refs, write_bundle
 from skinlesion.io import sha256_file
 
 
@@ -74,7 +74,7 @@ def make_ensemble(
         "kind": "ensemble",
         "backbone": f"ensemble({names})",
         # Relative paths keep a models/ folder relocatable.
-        "members": [os.path.relpath(m.path, (out_dir / run_id).resolve()) for m in members],
+        "members": member_refs([m.path for m in members], out_dir / run_id),
         "member_bundle_sha256": [sha256_file(m.file("bundle.json")) for m in members],
         "input_size": first.input_size,
         "last_conv_layer": first.meta.last_conv_layer,
