@@ -4,8 +4,11 @@ The trained bundle is the session's shared ``synth_bundles`` "a" (conftest.py).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -69,6 +72,23 @@ def test_fine_tune_smoke(synth_root, tmp_path):
     meta = json.loads((path / "bundle.json").read_text())
     assert meta["stage"].startswith("fine-tuned")
     assert "fine_tune" in set(pd.read_csv(path / "history.csv")["stage"])
+
+
+@pytest.mark.slow
+def test_a_training_does_not_depend_on_what_ran_before_it(synth_root, tmp_path):
+    """`skinlesion run` trains two models in one process and `generalise` one per fold: each must be
+    the model the same configuration gives alone in a fresh process (every stochastic stage is
+    re-seeded; augmentation draws are taken in a fixed order)."""
+    cfg = _cfg(synth_root, tmp_path / "fresh", run_id="b", head_units=0, fine_tune=10, fine_tune_epochs=1,
+               batch_size=16, augment=("dihedral", "colour", "scale", "blur"))
+    code = ("import json, sys; from skinlesion.training.train import TrainConfig, train; "
+            "train(TrainConfig(**json.loads(sys.argv[1])))")
+    subprocess.run([sys.executable, "-c", code, json.dumps(cfg.to_dict())], check=True, capture_output=True)
+    out = tmp_path / "after"
+    train(_cfg(synth_root, out, run_id="a", views=("id", "fh")))
+    again = train(dataclasses.replace(cfg, out_dir=str(out), splits_file=str(out / "splits.csv")))
+    fresh = pd.read_csv(tmp_path / "fresh" / "b" / "val_predictions.csv")
+    assert np.allclose(pd.read_csv(again / "val_predictions.csv")["prob"], fresh["prob"], atol=1e-6)
 
 
 @pytest.mark.slow

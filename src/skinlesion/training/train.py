@@ -241,6 +241,9 @@ def train(cfg: TrainConfig) -> Path:
                 raise DataError(f"the {name} split has only one class after reading the images; need both")
         log.info("features: %d train x %d views, %d val in %.1fs", len(tr), len(cfg.views), len(va), feat_seconds)
 
+        # Re-seeded before each stochastic stage: what ran earlier in this process (another
+        # training, warm caches) must not change this model (`skinlesion run` trains two in a row).
+        set_seeds(cfg.seed)
         with strategy.scope():
             full, head = backbones.build_classifier(
                 cfg.backbone, None, size, head_units=cfg.head_units, dropout=cfg.dropout, l2=cfg.l2, **fe)
@@ -454,19 +457,17 @@ def random_dihedral(x, seed: int):
     return tf.cond(flip, lambda: tf.image.flip_left_right(x), lambda: x)
 
 
-def _fine_tune(full, data: TrainingData, tr: pd.DataFrame, va: pd.DataFrame, cfg: TrainConfig, strategy):
-    """Stage 2: unfreeze the top ``cfg.fine_tune`` layers and train end to end on images."""
-    import keras
+def augmented_batches(X: np.ndarray, y: np.ndarray, w: np.ndarray, cfg: TrainConfig, *,
+                      parallel_calls: int | None = None):
+    """The fine-tuning input: shuffled, batched, augmented with ``cfg.augment``, prefetched.
+
+    ``parallel_calls`` None (what training uses) augments one batch at a time: the augmentation
+    draws from stateful generators, and parallel calls would take their draws in a racy order, a
+    different model every run. It stays far faster than the training step it feeds
+    (``benchmarks/augment_pipeline.py``).
+    """
     import tensorflow as tf
 
-    from skinlesion.models.backbones import freeze_for_fine_tuning
-
-    size = int(full.input_shape[1])
-    Xtr = _load_arrays(data.files(tr), size, cfg.progress)
-    Xva = _load_arrays(data.files(va), size, cfg.progress)
-    ytr = tr["label"].to_numpy().astype("float32")
-    yva = va["label"].to_numpy().astype("float32")
-    wtr = sample_weights(tr, cfg.balance).astype("float32")
     kinds = tuple(k for k in cfg.augment if k)
     aug = augmentation_layers(cfg.seed, kinds)
 
@@ -478,13 +479,31 @@ def _fine_tune(full, data: TrainingData, tr: pd.DataFrame, va: pd.DataFrame, cfg
             x = layer(x, training=True)
         return tf.clip_by_value(x, 0.0, 255.0), y, w
 
-    train_ds = (
-        tf.data.Dataset.from_tensor_slices((Xtr, ytr, wtr))
-        .shuffle(len(Xtr), seed=cfg.seed, reshuffle_each_iteration=True)
+    return (
+        tf.data.Dataset.from_tensor_slices((X, y, w))
+        .shuffle(len(X), seed=cfg.seed, reshuffle_each_iteration=True)
         .batch(cfg.batch_size // 2)
-        .map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+        .map(augment, num_parallel_calls=parallel_calls)
         .prefetch(tf.data.AUTOTUNE)
     )
+
+
+def _fine_tune(full, data: TrainingData, tr: pd.DataFrame, va: pd.DataFrame, cfg: TrainConfig, strategy):
+    """Stage 2: unfreeze the top ``cfg.fine_tune`` layers and train end to end on images."""
+    import keras
+    import tensorflow as tf
+
+    from skinlesion.models.backbones import freeze_for_fine_tuning
+    from skinlesion.seeds import set_seeds
+
+    size = int(full.input_shape[1])
+    Xtr = _load_arrays(data.files(tr), size, cfg.progress)
+    Xva = _load_arrays(data.files(va), size, cfg.progress)
+    ytr = tr["label"].to_numpy().astype("float32")
+    yva = va["label"].to_numpy().astype("float32")
+    wtr = sample_weights(tr, cfg.balance).astype("float32")
+    set_seeds(cfg.seed)
+    train_ds = augmented_batches(Xtr, ytr, wtr, cfg)
     val_ds = tf.data.Dataset.from_tensor_slices((Xva, yva)).batch(cfg.batch_size).prefetch(tf.data.AUTOTUNE)
     with strategy.scope():
         n_trainable = freeze_for_fine_tuning(full, cfg.fine_tune)
@@ -494,7 +513,7 @@ def _fine_tune(full, data: TrainingData, tr: pd.DataFrame, va: pd.DataFrame, cfg
             metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
         )
     log.info("fine-tuning: top %d layers (%d weight tensors trainable, BatchNorm frozen), augment %s, balance %s",
-             cfg.fine_tune, n_trainable, ",".join(kinds) or "none", cfg.balance)
+             cfg.fine_tune, n_trainable, ",".join(k for k in cfg.augment if k) or "none", cfg.balance)
     cb = [keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=cfg.fine_tune_patience,
                                         restore_best_weights=True)]
     # tf.data already shuffles (seeded); Keras' own shuffle flag does not apply to datasets.
