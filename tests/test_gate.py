@@ -244,6 +244,10 @@ def test_an_ensemble_is_gated_by_its_first_gated_member(clinical_bundle, tiny_bu
     assert Predictor.from_bundle(ens).predict(dermoscopic_jpeg).decision == NOT_ASSESSED
     card = model_card(ens)
     assert f"member `{Predictor.from_bundle(clinical_bundle).name}`'s gate" in card and "None in this bundle: every" not in card
+    # Model details describe each member's recipe, not the first member's as the ensemble's.
+    for member in (plain, clinical_bundle):
+        assert f"| Member `{Predictor.from_bundle(member).name}` | efficientnet_lite0" in card
+    assert "ensemble of 2 models" in card and "| Architecture |" not in card
 
 
 def test_dermoscopic_gate_keeps_the_decision(tiny_bundle, tmp_path, dermoscopic_jpeg):

@@ -184,19 +184,32 @@ def _metrics_rows(r: dict[str, Any]) -> list[list[str]]:
             for key, label in METRIC_LABELS.items()]
 
 
-def _details(meta: BundleMeta) -> Section:
-    members = meta.all_members
+def _recipe(meta: BundleMeta) -> str:
+    """One model's architecture and training recipe, in one line."""
     t = meta.training
-    return Section("Model details").table(["", ""], [
-        ["Run id", meta.run_id], ["Created", meta.created or "n/a"],
-        ["Kind", meta.kind + (f" (members: {', '.join(members)})" if members else "")],
-        ["Task", "binary classification of a dermoscopic image: benign vs malignant; output P(malignant)"],
-        ["Architecture", f"{meta.backbone} backbone + dense head (hidden units: {t.head_units})"],
-        ["Pretrained weights", meta.weights or "n/a"],
-        ["Training stage", meta.stage or "n/a"],
-        ["Input", f"RGB {meta.input_size} x {meta.input_size} px, centre square crop, pixel values 0-255"],
-        ["Seed / training views", f"{t.seed} / {', '.join(t.views) if t.views else 'n/a'}"],
-    ])
+    fine_tuned = int(t.config.get("fine_tune") or 0) > 0
+    augment = ", ".join(t.config.get("augment") or ()) or "none"
+    return (f"{meta.backbone} ({meta.weights or 'n/a'} weights) + dense head (hidden units: {t.head_units}); "
+            + ("head trained on the frozen backbone's features" if meta.stage == "head" else meta.stage or "n/a")
+            + (f" with augmentation {augment}" if fine_tuned else "")
+            + f"; training views {', '.join(t.views) or 'n/a'}; seed {t.seed}")
+
+
+def _details(meta: BundleMeta, bundle_path: Path) -> Section:
+    rows = [["Run id", meta.run_id], ["Created", meta.created or "n/a"]]
+    if meta.kind == "ensemble":
+        from skinlesion.bundle.format import load
+        from skinlesion.serving.inference import Predictor
+
+        members = [b.meta for b in Predictor.member_bundles(load(bundle_path))]
+        rows.append(["Kind", f"ensemble of {len(members)} models: the mean of their calibrated P(malignant), "
+                             "calibrated again with the ensemble's own temperature and threshold"])
+        rows += [[f"Member `{m.run_id}`", _recipe(m)] for m in members]
+    else:
+        rows += [["Kind", meta.kind], ["Architecture", _recipe(meta)]]
+    rows += [["Task", "binary classification of a dermoscopic image: benign vs malignant; output P(malignant)"],
+             ["Input", f"RGB {meta.input_size} x {meta.input_size} px, centre square crop, pixel values 0-255"]]
+    return Section("Model details").table(["", ""], rows)
 
 
 def _training_data(meta: BundleMeta) -> Section:
@@ -307,10 +320,10 @@ def _gate(meta: BundleMeta, bundle_path: Path) -> Section:
         from skinlesion.bundle.format import load
         from skinlesion.serving.inference import Predictor
 
-        owner = next((m.meta for m in Predictor.member_bundles(load(bundle_path)) if m.meta.raw.get("gate")), None)
+        owner = Predictor.gate_owner(Predictor.member_bundles(load(bundle_path)))
         if owner is not None:
-            s.text(f"The ensemble's images are screened by its member `{owner.run_id}`'s gate.")
-            meta, g = owner, owner.raw["gate"]
+            s.text(f"The ensemble's images are screened by its member `{owner.meta.run_id}`'s gate.")
+            meta, g = owner.meta, owner.meta.raw["gate"]
     if not g:
         return s.text("None in this bundle: every image gets a benign/malignant answer, including phone photos "
                       "and pictures that are not skin, for which the answer is meaningless. Fit one with "
@@ -469,7 +482,7 @@ def build_model_card(meta: BundleMeta, bundle_path: str | os.PathLike[str],
     else:
         versions.text("not recorded")
     sections = [
-        _details(meta), intended, _training_data(meta), _evaluation(meta, bundle_path, report, results),
+        _details(meta, bundle_path), intended, _training_data(meta), _evaluation(meta, bundle_path, report, results),
         _generalisation(meta, bundle_path), _calibration(meta, results), _skin_tone(results), _policy(meta), _gate(meta, bundle_path), _ood(meta),
         _limitations(meta),
         _leakage(results), versions,

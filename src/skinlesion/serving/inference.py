@@ -145,7 +145,9 @@ class Predictor:
             raise BundleError(f"{bundle.path}: the bundle records no decision policy, so it cannot be served")
         self.policy = self.meta.decision
         self.backend = backend
-        self.members = [self._member(b, backend) for b in self.member_bundles(bundle)]
+        bundles = self.member_bundles(bundle)
+        owner = self.gate_owner(bundles)
+        self.members = [self._member(b, backend, gated=b is owner) for b in bundles]
         self.input_size = self.members[0].bundle.input_size
 
     # -- loading ------------------------------------------------------------------------
@@ -176,20 +178,24 @@ class Predictor:
         return members
 
     @staticmethod
-    def _member(b: Bundle, backend: str = "keras") -> _Member:
+    def gate_owner(bundles: list[Bundle]) -> Bundle | None:
+        """Of the bundles that make an answer (:meth:`member_bundles`), the one whose image-type gate
+        screens every image: the first that has a gate (None: no gate)."""
+        return next((b for b in bundles if b.meta.raw.get("gate")), None)
+
+    @staticmethod
+    def _member(b: Bundle, backend: str = "keras", *, gated: bool = False) -> _Member:
         from skinlesion.models.gate import ImageTypeGate
         from skinlesion.models.ood import OODDetector
         from skinlesion.serving.backends import make_backend
 
         ood = OODDetector.load(b.file(b.meta.ood.file)) if b.meta.ood else None
-        gate_entry = b.meta.raw.get("gate")
-        gate = ImageTypeGate.load(b.file(gate_entry["file"])) if gate_entry else None
+        gate = ImageTypeGate.load(b.file(b.meta.raw["gate"]["file"])) if gated else None
         return _Member(b, make_backend(b, backend), b.meta.temperature, ood, gate)
 
     @property
     def has_gate(self) -> bool:
-        """Whether an image-type gate screens images before any decision (an ensemble uses the
-        gate of its first member that has one)."""
+        """Whether an image-type gate screens images before any decision (:meth:`gate_owner`'s)."""
         return any(m.gate is not None for m in self.members)
 
     @property
@@ -217,7 +223,6 @@ class Predictor:
         types: list[str] = ["unknown"] * n
         type_conf = np.full(n, np.nan)
         type_probs: list[dict[str, float]] = [{} for _ in range(n)]
-        gated = False
         for m in self.members:
             batch = batch_by_size[m.bundle.input_size]
             member_raw, member_feats = [], {}
@@ -232,7 +237,7 @@ class Predictor:
             if m.ood is not None:
                 dists.append(m.ood.distance(f0))
                 thresholds.append(m.ood.threshold)
-            if m.gate is not None and not gated:
+            if m.gate is not None:  # only the gate owner's is loaded
                 # The gate reads the mean pooled features over its views (the 8 dihedral views of a
                 # TTA bundle: no extra network pass when served with TTA), so its call does not
                 # depend on orientation. Without TTA its missing views are computed for it.
@@ -241,7 +246,6 @@ class Predictor:
                         member_feats[v] = np.asarray(m.infer(apply_view(batch, v))[0])
                 types, type_conf, p_types = m.gate.classify(np.mean([member_feats[v] for v in m.gate.views], axis=0))
                 type_probs = [dict(zip(m.gate.classes, map(float, row))) for row in p_types]
-                gated = True
         if self.bundle.kind == "ensemble":
             prob, raw = ensemble_output(probs, self.meta.temperature)
         else:
