@@ -76,3 +76,10 @@ def test_loso_recipes_match_the_published_summary() -> None:
     assert row["mean"] == pytest.approx(np.mean(list(aucs.values())))
     assert row["worst"] == pytest.approx(min(aucs.values())) and row["worst source"] == min(aucs, key=aucs.get)
     assert t["mean"].is_monotonic_decreasing
+    # Each recipe in words: an ensemble by its members, a fine-tuned one by its depth.
+    for recipe, words in t["recipe"].dropna().items():
+        assert "None" not in words and "views ," not in words, (recipe, words)
+    if "ens-lite0-s1-ft60-idfhzio-linear-tta" in t.index:
+        assert t.loc["ens-lite0-s1-ft60-idfhzio-linear-tta", "recipe"] == (
+            "the ensemble of `lite0-s1-idfhzio-linear-tta` and `lite0-ft60-idfhzio-linear-tta`")
+        assert "top 60 layers fine-tuned" in t.loc["lite0-ft60-idfhzio-linear-tta", "recipe"]

@@ -618,9 +618,12 @@ def loso_recipes(folder: str | os.PathLike[str] | None = None) -> pd.DataFrame:
             row[f"{s} CI"] = tuple(float(x) for x in v["roc_auc_ci"])
         if "kaggle" in reference:  # the model trained on every source, on the Kaggle test split
             row["kaggle in-source"] = float(reference["kaggle"]["roc_auc"])
-        if cfg:
+        if cfg.get("ensemble_of"):
+            row["recipe"] = "the ensemble of " + " and ".join(f"`{m}`" for m in cfg["ensemble_of"])
+        elif cfg:
             head = "a linear head" if not cfg.get("head_units") else f"a {cfg['head_units']}-unit head"
-            row["recipe"] = (f"{cfg.get('backbone')} stage {2 if cfg.get('fine_tune') else 1} on views "
+            stage = f"top {cfg['fine_tune']} layers fine-tuned" if cfg.get("fine_tune") else "stage 1"
+            row["recipe"] = (f"{cfg.get('backbone')} {stage} on views "
                              f"{'+'.join(cfg.get('views') or [])}, {head}"
                              + (", dihedral TTA (threshold fitted on it)" if cfg.get("tta") else "")
                              + (f", {cfg['balance']}-balanced" if cfg.get("balance", "class") != "class" else ""))
