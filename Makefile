@@ -47,7 +47,7 @@ dashboard: $(STAMP) ## Start the Voila dashboard
 notebooks: $(STAMP) ## Re-execute every notebook on the full data and rewrite the outputs
 	$(PY) tools/notebooks.py run-all
 
-benchmark: $(STAMP) ## Print speed figures (feature pipeline, Keras vs TFLite features, Grad-CAM latency, web app under load, TTA cost, image-type gate cost, Keras vs TFLite)
+benchmark: $(STAMP) ## Print speed figures (feature pipeline, Keras vs TFLite features, Grad-CAM latency, web app under load, TTA cost, image-type gate cost, Keras vs TFLite, fine-tuning input)
 	$(PY) benchmarks/feature_pipeline.py
 	$(PY) benchmarks/feature_backends.py
 	$(PY) benchmarks/explain_latency.py
@@ -55,6 +55,7 @@ benchmark: $(STAMP) ## Print speed figures (feature pipeline, Keras vs TFLite fe
 	$(PY) benchmarks/tta_cost.py
 	$(PY) benchmarks/gate_cost.py
 	$(PY) benchmarks/export_backends.py
+	$(PY) benchmarks/augment_pipeline.py
 
 audit: $(STAMP) ## Leakage audit of test vs train (writes reports/audit)
 	$(VENV)/bin/skinlesion data audit
