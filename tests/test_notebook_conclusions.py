@@ -83,3 +83,5 @@ def test_loso_recipes_match_the_published_summary() -> None:
         assert t.loc["ens-lite0-s1-ft60-idfhzio-linear-tta", "recipe"] == (
             "the ensemble of `lite0-s1-idfhzio-linear-tta` and `lite0-ft60-idfhzio-linear-tta`")
         assert "top 60 layers fine-tuned" in t.loc["lite0-ft60-idfhzio-linear-tta", "recipe"]
+    if "lite0-s1-idfhzio-linear-tta-seed7" in t.index:  # a training-noise row names its seed
+        assert t.loc["lite0-s1-idfhzio-linear-tta-seed7", "recipe"].endswith(", seed 7")

@@ -21,6 +21,7 @@ import pandas as pd
 
 from skinlesion import CLASS_NAMES, config
 from skinlesion.data.datasets import DataError, scan_class_folders
+from skinlesion.seeds import DEFAULT_SEED
 
 NOTEBOOKS: tuple[str, ...] = (
     "01_data_exploration.ipynb",
@@ -626,7 +627,8 @@ def loso_recipes(folder: str | os.PathLike[str] | None = None) -> pd.DataFrame:
             row["recipe"] = (f"{cfg.get('backbone')} {stage} on views "
                              f"{'+'.join(cfg.get('views') or [])}, {head}"
                              + (", dihedral TTA (threshold fitted on it)" if cfg.get("tta") else "")
-                             + (f", {cfg['balance']}-balanced" if cfg.get("balance", "class") != "class" else ""))
+                             + (f", {cfg['balance']}-balanced" if cfg.get("balance", "class") != "class" else "")
+                             + (f", seed {cfg['seed']}" if cfg.get("seed", DEFAULT_SEED) != DEFAULT_SEED else ""))
         rows[path.parent.name] = row
     return pd.DataFrame(rows).T.sort_values("mean", ascending=False) if rows else pd.DataFrame()
 
