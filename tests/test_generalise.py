@@ -208,3 +208,14 @@ def test_loso_of_an_ensemble_scores_each_folds_ensemble_as_served(fake_sources, 
     assert bad.exit_code == 2 and "--views" in bad.output
     one = runner.invoke(main, ["generalise", "--recipe", "ens", "--ensemble-of", "lin", *common])
     assert one.exit_code == 2 and "at least two" in one.output
+    again = runner.invoke(main, ["generalise", "--recipe", "ens", "--ensemble-of", "lin,mlp", "--retrain", *common])
+    assert again.exit_code == 2 and "retrain its member recipes" in again.output
+    # A trained recipe's folds are reused on a re-run, and trained again (replaced) with --retrain.
+    lin = ["generalise", "--recipe", "lin", "--input-size", "64", "--tta", "--head-units", "0", *common]
+    inode = (models / "loso-lin-kaggle" / "bundle.json").stat().st_ino
+    assert runner.invoke(main, lin).exit_code == 0
+    assert (models / "loso-lin-kaggle" / "bundle.json").stat().st_ino == inode
+    r = runner.invoke(main, [*lin, "--retrain"])
+    assert r.exit_code == 0, r.output
+    assert (models / "loso-lin-kaggle" / "bundle.json").stat().st_ino != inode
+    assert not any(p.name.startswith((".previous-", ".tmp-")) for p in models.iterdir())

@@ -19,7 +19,7 @@ import os
 import platform
 import shutil
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -278,3 +278,23 @@ def resolve_default_bundle(
         f"skinlesion.config). Train it with `make run` (or `skinlesion run`), or set SKINLESION_MODEL "
         f"to a bundle folder.{hint}"
     )
+
+
+def replacing(target: Path, make: Callable[[], Path], *, announce: Callable[[str], Any] | None = None) -> Path:
+    """``make()`` writes the bundle ``target``, replacing one already there only once the new one
+    is written (a failed run puts the old one back); ``announce`` gets one line when it replaces."""
+    if not target.exists():
+        return make()
+    aside = target.with_name(f".previous-{target.name}")  # hidden: never listed or served
+    shutil.rmtree(aside, ignore_errors=True)
+    if announce is not None:
+        announce(f"replacing {config.display_path(target)} (kept aside until the new bundle is written)")
+    target.rename(aside)
+    try:
+        path = make()
+    except BaseException:
+        if not target.exists():
+            aside.rename(target)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+    return path

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -106,6 +105,7 @@ def run(data_dir, backbone, quiet) -> None:
     is written); otherwise the first member recipe alone on the one dataset found, under a
     time-stamped run id that is served only when named (SKINLESION_MODEL, --model).
     """
+    from skinlesion.bundle.format import replacing
     from skinlesion.data.datasets import DataError, download
     from skinlesion.data.sources import DERMOSCOPIC_SOURCES, find_sources
     from skinlesion.data.synth import generate_dataset, is_synthetic
@@ -154,7 +154,7 @@ def run(data_dir, backbone, quiet) -> None:
             _fit_gate(members[0], quiet)
             make_ensemble(members, out_dir=staging, run_id=config.DEFAULT_MODEL)
             for staged in [*members, staging / config.DEFAULT_MODEL]:
-                _replacing(models / staged.name, partial(staged.rename, models / staged.name))
+                replacing(models / staged.name, partial(staged.rename, models / staged.name), announce=click.echo)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         bundle_path = models / config.DEFAULT_MODEL
@@ -197,20 +197,3 @@ def _fit_gate(bundle_path: Path, quiet: bool) -> None:
     click.echo(f"image-type gate fitted: dermoscopic when P >= {entry['threshold']:.2f} ({entry['images']})")
 
 
-def _replacing(target: Path, make: Callable[[], Path]) -> Path:
-    """``make()`` writes the bundle ``target``, replacing one already there only once the new one
-    is written (a failed run puts the old one back)."""
-    if not target.exists():
-        return make()
-    aside = target.with_name(f".previous-{target.name}")  # hidden: never listed or served
-    shutil.rmtree(aside, ignore_errors=True)
-    click.echo(f"replacing {config.display_path(target)} (kept aside until the new bundle is written)")
-    target.rename(aside)
-    try:
-        path = make()
-    except BaseException:
-        if not target.exists():
-            aside.rename(target)
-        raise
-    shutil.rmtree(aside, ignore_errors=True)
-    return path

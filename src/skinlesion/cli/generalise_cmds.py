@@ -22,9 +22,11 @@ ENSEMBLE_OPTIONS = ("sources", "out_dir", "quiet")
 @click.option("--report-dir", type=click.Path(path_type=Path), default=None, help="Default reports/generalisation.")
 @click.option("--ensemble-of", default="", help="Train nothing: score, fold by fold, the `skinlesion ensemble` of these "
               "recipes' LOSO bundles (comma-separated recipe names, each run with `generalise` first).")
+@click.option("--retrain", is_flag=True, help="Train every fold again, replacing fold bundles of the same configuration "
+              "(they are reused otherwise; use it after a code change that alters training).")
 @_train_options
 @friendly
-def generalise(recipe, publish, resamples, report_dir, ensemble_of, **kw) -> None:
+def generalise(recipe, publish, resamples, report_dir, ensemble_of, retrain, **kw) -> None:
     """Train on all sources but one, score the held-out one; for each of --sources in turn.
 
     --sources defaults to kaggle,ham10000,isic2017. Every other option is a training option
@@ -45,6 +47,9 @@ def generalise(recipe, publish, resamples, report_dir, ensemble_of, **kw) -> Non
                  and ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
         if given:
             raise click.UsageError(f"--ensemble-of trains nothing; drop {', '.join('--' + g.replace('_', '-') for g in given)}")
+        if retrain:
+            raise click.UsageError("--ensemble-of trains nothing; retrain its member recipes instead (an ensemble's "
+                                   "folds are rebuilt whenever their member bundles change)")
         if len(members) < 2 or recipe in members:
             raise click.BadParameter("name at least two member recipes, none of them --recipe itself",
                                      param_hint="--ensemble-of")
@@ -54,7 +59,7 @@ def generalise(recipe, publish, resamples, report_dir, ensemble_of, **kw) -> Non
     command = "skinlesion " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     summary = leave_one_source_out(cfg, list(cfg.sources), recipe=recipe, out_dir=out, n_resamples=resamples,
                                    models_dir=Path(kw["out_dir"]) if kw["out_dir"] else None, command=command,
-                                   ensemble_of=members)
+                                   ensemble_of=members, retrain=retrain)
     if publish:
         publish_summary(out / recipe, out)
     for src, v in summary["held_out"].items():

@@ -164,8 +164,13 @@ def leave_one_source_out(
     reference: bool = True,
     command: str = "",
     ensemble_of: tuple[str, ...] = (),
+    retrain: bool = False,
 ) -> dict[str, Any]:
     """Train and score the recipe ``cfg`` (a TrainConfig) once per held-out source; write the reports.
+
+    A fold bundle already trained with the same configuration is reused (a re-run after a crash)
+    unless ``retrain``: then each is trained again and replaces the old one once it is written (for
+    a code change that alters training, which the configuration does not show).
 
     With ``ensemble_of`` (recipe names), nothing is trained: each fold's model is the
     ``skinlesion ensemble`` of those recipes' bundles for the same fold (``models/loso/
@@ -187,7 +192,7 @@ def leave_one_source_out(
             return _ensemble_or_reuse(ensemble_of, fold, models_dir, run_id, reused)
         return _train_or_reuse(train, dataclasses.replace(cfg, sources=tuple(train_on), holdout=holdout,
                                                           out_dir=str(models_dir), run_id=run_id),
-                               models_dir / run_id, reused)
+                               models_dir / run_id, reused, retrain=retrain)
 
     all_preds: list[pd.DataFrame] = []
     for held in sources:
@@ -252,11 +257,17 @@ def publish(recipe_dir: Path, out_dir: Path) -> None:
         atomic_write_text(out_dir / name, (recipe_dir / name).read_text())
 
 
-def _train_or_reuse(train_fn: Any, cfg: Any, path: Path, reused: list[bool]) -> Path:
-    """Reuse a finished bundle of the same run id and configuration (a re-run after a crash)."""
+def _train_or_reuse(train_fn: Any, cfg: Any, path: Path, reused: list[bool], *, retrain: bool = False) -> Path:
+    """Reuse a finished bundle of the same run id and configuration (a re-run after a crash); with
+    ``retrain``, train it again and replace the old one once the new one is written."""
     import json
 
+    from skinlesion.bundle.format import replacing
+
     meta = path / "bundle.json"
+    if retrain:
+        reused.append(False)
+        return replacing(path, lambda: Path(train_fn(cfg)), announce=log.info)
     if meta.is_file():
         saved = json.loads(meta.read_text()).get("training", {}).get("config", {})
         # Options added after the bundle was trained count as their defaults.
