@@ -17,7 +17,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from skinlesion import DISCLAIMER, config
-from skinlesion.bundle.format import load_meta
+from skinlesion.bundle.format import Bundle, load, load_meta
 from skinlesion.bundle.meta import BundleMeta
 from skinlesion.evaluation.common import (
     METRIC_LABELS,
@@ -184,6 +184,13 @@ def _metrics_rows(r: dict[str, Any]) -> list[list[str]]:
             for key, label in METRIC_LABELS.items()]
 
 
+def _member_bundles(bundle_path: Path) -> list[Bundle]:
+    """The bundles whose outputs make this bundle's answer, as the Predictor loads them."""
+    from skinlesion.serving.inference import Predictor
+
+    return Predictor.member_bundles(load(bundle_path))
+
+
 def _recipe(meta: BundleMeta) -> str:
     """One model's architecture and training recipe, in one line."""
     t = meta.training
@@ -198,10 +205,7 @@ def _recipe(meta: BundleMeta) -> str:
 def _details(meta: BundleMeta, bundle_path: Path) -> Section:
     rows = [["Run id", meta.run_id], ["Created", meta.created or "n/a"]]
     if meta.kind == "ensemble":
-        from skinlesion.bundle.format import load
-        from skinlesion.serving.inference import Predictor
-
-        members = [b.meta for b in Predictor.member_bundles(load(bundle_path))]
+        members = [b.meta for b in _member_bundles(bundle_path)]
         rows.append(["Kind", f"ensemble of {len(members)} models: the mean of their calibrated P(malignant), "
                              "calibrated again with the ensemble's own temperature and threshold"])
         rows += [[f"Member `{m.run_id}`", _recipe(m)] for m in members]
@@ -317,10 +321,9 @@ def _gate(meta: BundleMeta, bundle_path: Path) -> Section:
     s = Section("Image-type gate (dermoscopic, clinical photo, other)")
     g = meta.raw.get("gate")
     if not g and meta.kind == "ensemble":
-        from skinlesion.bundle.format import load
         from skinlesion.serving.inference import Predictor
 
-        owner = Predictor.gate_owner(Predictor.member_bundles(load(bundle_path)))
+        owner = Predictor.gate_owner(_member_bundles(bundle_path))
         if owner is not None:
             s.text(f"The ensemble's images are screened by its member `{owner.meta.run_id}`'s gate.")
             meta, g = owner.meta, owner.meta.raw["gate"]
@@ -403,11 +406,8 @@ def _loso_run(meta: BundleMeta, bundle_path: Path, runs: list[dict[str, Any]] | 
     runs = _loso_runs() if runs is None else runs
     if meta.kind != "ensemble":
         return next((d for d in runs if _same_recipe(d.get("config", {}), meta.training.config)), None)
-    from skinlesion.bundle.format import load
-    from skinlesion.serving.inference import Predictor
-
     recipes = []
-    for member in Predictor.member_bundles(load(bundle_path)):
+    for member in _member_bundles(bundle_path):
         found = _loso_run(member.meta, member.path, runs)
         if found is None:
             return None
