@@ -9,13 +9,18 @@ training rows (both views, class-balanced weights, standardised features, C pick
 in-source validation AUC) and prints the held-out ROC AUC (mean probability over id and fh) of
 each feature set. Splits are the LOSO ones of ``skinlesion generalise``; the scores are for
 comparing feature sets with each other here, not with the table's rows (a different head).
+``--transforms`` instead fits the top features alone after each per-image transform named
+(``sqrt``, ``l2``, ``sqrt+l2``, ``log1p``; ``none`` is the plain features): does taking the
+image's overall activation level out of its features make a device matter less?
 
     python tools/multiscale_pilot.py --cache data/cache/multiscale_pilot.npz
+    python tools/multiscale_pilot.py --transforms none,sqrt,l2,sqrt+l2,log1p
 """
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +37,14 @@ FEATURE_SETS = {
     "b14+b10": ("lite_block14_add", "lite_block10_add"),
 }
 C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1)
+
+
+def _l2(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+# Per-image feature transforms (features are post-ReLU pools, >= 0): name -> function.
+TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"none": lambda x: x, "sqrt": np.sqrt, "l2": _l2, "sqrt+l2": lambda x: _l2(np.sqrt(x)), "log1p": np.log1p}
 
 
 def _folds():
@@ -72,7 +85,7 @@ def _columns(names: tuple[str, ...]) -> np.ndarray:
     return np.concatenate([np.arange(starts[i], starts[i + 1]) for i, n in enumerate(LAYERS) if n in names])
 
 
-def fit_all(cache: Path) -> None:
+def fit_all(cache: Path, transforms: list[str] | None = None) -> None:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.preprocessing import StandardScaler
@@ -86,12 +99,15 @@ def fit_all(cache: Path) -> None:
         x = {name: feats[[row[str(f)] for f in data.files(part)]] for name, part in (("tr", tr), ("va", va), ("te", te))}
         y_tr, y_va, y_te = (p["label"].to_numpy() for p in (tr, va, te))
         w_tr = sample_weights(tr, "class")
-        for set_name, layers in FEATURE_SETS.items():
-            cols = _columns(layers)
-            x_tr = x["tr"][:, :, cols].reshape(-1, len(cols))  # both views as training rows
+        runs = ([(name, "top", TRANSFORMS[name]) for name in transforms] if transforms else
+                [(name, name, TRANSFORMS["none"]) for name in FEATURE_SETS])
+        for set_name, layers_name, transform in runs:
+            cols = _columns(FEATURE_SETS[layers_name])
+            xt = {part: transform(x[part][:, :, cols]) for part in x}
+            x_tr = xt["tr"].reshape(-1, len(cols))  # both views as training rows
             scaler = StandardScaler().fit(x_tr)
             x_tr = scaler.transform(x_tr)
-            x_va, x_te = ([scaler.transform(x[part][:, v, cols]) for v in range(len(VIEWS))] for part in ("va", "te"))
+            x_va, x_te = ([scaler.transform(xt[part][:, v]) for v in range(len(VIEWS))] for part in ("va", "te"))
 
             def p_mean(clf, views: list[np.ndarray]) -> np.ndarray:
                 return np.mean([clf.predict_proba(xv)[:, 1] for xv in views], axis=0)
@@ -112,10 +128,14 @@ def fit_all(cache: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cache", type=Path, default=Path("data/cache/multiscale_pilot.npz"))
+    ap.add_argument("--transforms", help=f"comma-separated, from {','.join(TRANSFORMS)}: top features only, transformed")
     args = ap.parse_args()
+    transforms = args.transforms.split(",") if args.transforms else None
+    if transforms and not set(transforms) <= set(TRANSFORMS):
+        ap.error(f"--transforms: choose from {', '.join(TRANSFORMS)}")
     if not args.cache.exists():
         extract(args.cache)
-    fit_all(args.cache)
+    fit_all(args.cache, transforms)
 
 
 if __name__ == "__main__":
