@@ -12,9 +12,16 @@ comparing feature sets with each other here, not with the table's rows (a differ
 ``--transforms`` instead fits the top features alone after each per-image transform named
 (``sqrt``, ``l2``, ``sqrt+l2``, ``log1p``; ``none`` is the plain features): does taking the
 image's overall activation level out of its features make a device matter less?
+``--weightings`` fits the top features under other training weights: within a class, a diagnosis
+group (per source; the Kaggle set has one per class) of n images weighs n^(1 - a) in all, a = 0.5
+(``dx-sqrt``) or 1 (``dx-full``, every diagnosis equal), in both classes or only among benign lesions
+(``-benign``); ``class`` is the plain class balance. Do the rarer benign diagnoses (keratoses,
+dermatofibromas) that a nevus-dominated benign class under-weights cost the held-out specificity?
+It also prints, per held-out source, the AUC of its malignant images against each benign diagnosis.
 
     python tools/multiscale_pilot.py --cache data/cache/multiscale_pilot.npz
     python tools/multiscale_pilot.py --transforms none,sqrt,l2,sqrt+l2,log1p
+    python tools/multiscale_pilot.py --weightings class,dx-sqrt,dx-full,dx-sqrt-benign,dx-full-benign
 """
 from __future__ import annotations
 
@@ -85,7 +92,36 @@ def _columns(names: tuple[str, ...]) -> np.ndarray:
     return np.concatenate([np.arange(starts[i], starts[i + 1]) for i, n in enumerate(LAYERS) if n in names])
 
 
-def fit_all(cache: Path, transforms: list[str] | None = None) -> None:
+def diagnosis_weights(frame, alpha: float, classes: tuple[int, ...] = (0, 1)) -> np.ndarray:
+    """Per-image weights: within each class in ``classes`` a (source, diagnosis) group of n images
+    weighs n^(1 - alpha) in all; both classes weigh the same; the mean weight is 1."""
+    group = frame["source"] + ":" + frame["diagnosis"].astype(str)
+    n = group.map(group.value_counts()).to_numpy(dtype=float)
+    label = frame["label"].to_numpy()
+    w = np.where(np.isin(label, classes), n ** -alpha, 1.0)
+    for y in (0, 1):
+        w[label == y] /= w[label == y].sum()
+    return w / w.mean()
+
+
+WEIGHTINGS = {
+    "class": None,  # skinlesion.training.train.sample_weights(frame, "class")
+    "dx-sqrt": (0.5, (0, 1)), "dx-full": (1.0, (0, 1)), "dx-sqrt-benign": (0.5, (0,)), "dx-full-benign": (1.0, (0,)),
+}
+
+
+def _per_diagnosis(y, p, diagnosis) -> str:
+    """AUC of the malignant images against each benign diagnosis (only where there are several)."""
+    from sklearn.metrics import roc_auc_score
+
+    benign = sorted(set(diagnosis[y == 0]))
+    if len(benign) < 2:
+        return ""
+    return "; malignant vs " + ", ".join(
+        f"{d} {roc_auc_score(y[m], p[m]):.4f}" for d in benign for m in [(y == 1) | (diagnosis == d)])
+
+
+def fit_all(cache: Path, transforms: list[str] | None = None, weightings: list[str] | None = None) -> None:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.preprocessing import StandardScaler
@@ -98,10 +134,12 @@ def fit_all(cache: Path, transforms: list[str] | None = None) -> None:
     for held, data, tr, va, te in _folds():
         x = {name: feats[[row[str(f)] for f in data.files(part)]] for name, part in (("tr", tr), ("va", va), ("te", te))}
         y_tr, y_va, y_te = (p["label"].to_numpy() for p in (tr, va, te))
-        w_tr = sample_weights(tr, "class")
-        runs = ([(name, "top", TRANSFORMS[name]) for name in transforms] if transforms else
-                [(name, name, TRANSFORMS["none"]) for name in FEATURE_SETS])
-        for set_name, layers_name, transform in runs:
+        runs = ([(name, "top", TRANSFORMS[name], "class") for name in transforms] if transforms else
+                [(name, "top", TRANSFORMS["none"], name) for name in weightings] if weightings else
+                [(name, name, TRANSFORMS["none"], "class") for name in FEATURE_SETS])
+        for set_name, layers_name, transform, weighting in runs:
+            spec = WEIGHTINGS[weighting]
+            w_tr = sample_weights(tr, "class") if spec is None else diagnosis_weights(tr, *spec)
             cols = _columns(FEATURE_SETS[layers_name])
             xt = {part: transform(x[part][:, :, cols]) for part in x}
             x_tr = xt["tr"].reshape(-1, len(cols))  # both views as training rows
@@ -122,20 +160,27 @@ def fit_all(cache: Path, transforms: list[str] | None = None) -> None:
             auc_va, c, clf = best
             p_te = p_mean(clf, x_te)
             print(f"held out {held:9s} {set_name:16s} ({len(cols):4d} features, C={c:g}): held-out AUC "
-                  f"{roc_auc_score(y_te, p_te):.4f}, in-source val AUC {auc_va:.4f}", flush=True)
+                  f"{roc_auc_score(y_te, p_te):.4f}, in-source val AUC {auc_va:.4f}"
+                  f"{_per_diagnosis(y_te, p_te, te['diagnosis'].astype(str).to_numpy())}", flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cache", type=Path, default=Path("data/cache/multiscale_pilot.npz"))
     ap.add_argument("--transforms", help=f"comma-separated, from {','.join(TRANSFORMS)}: top features only, transformed")
+    ap.add_argument("--weightings", help=f"comma-separated, from {','.join(WEIGHTINGS)}: top features only, these weights")
     args = ap.parse_args()
     transforms = args.transforms.split(",") if args.transforms else None
+    weightings = args.weightings.split(",") if args.weightings else None
+    if transforms and weightings:
+        ap.error("--transforms and --weightings: one at a time")
     if transforms and not set(transforms) <= set(TRANSFORMS):
         ap.error(f"--transforms: choose from {', '.join(TRANSFORMS)}")
+    if weightings and not set(weightings) <= set(WEIGHTINGS):
+        ap.error(f"--weightings: choose from {', '.join(WEIGHTINGS)}")
     if not args.cache.exists():
         extract(args.cache)
-    fit_all(args.cache, transforms)
+    fit_all(args.cache, transforms, weightings)
 
 
 if __name__ == "__main__":
