@@ -353,7 +353,10 @@ def _limitations(meta: BundleMeta) -> Section:
         items[:2] = ["Three public dermoscopic collections that overlap and share a few devices; no external "
                      "clinical validation. Leave-one-source-out scores (above) are the estimate for a new "
                      "collection, and they are much lower than in-source test scores.",
-                     "Phone photos and other non-dermoscopic images are out of scope."]
+                     "Phone photos and other non-dermoscopic images are out of scope.",
+                     "Benign keratoses (seborrhoeic keratoses, solar lentigines) are its weakest point: on "
+                     "collections it never saw it separates malignant lesions from them far worse than from nevi, "
+                     "and calls most of them suspicious (README, recipe search; `tools/per_diagnosis.py`)."]
     if meta.synthetic:
         items.insert(0, "SYNTHETIC MODEL: it was trained on generated images, not real lesions; its output says "
                         "nothing about skin cancer.")
