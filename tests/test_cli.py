@@ -27,6 +27,19 @@ def test_info_verifies_bundle(runner, tiny_bundle):
     assert json.loads(r.stdout)["backbone"] == "efficientnet_lite0"
 
 
+def test_evaluate_writes_the_model_card_beside_its_report(runner, tiny_bundle, training_data_dir, tmp_path):
+    """A re-evaluated model never leaves an older model's card beside its new report."""
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "MODEL_CARD.md").write_text("a card of some older model")
+    r = runner.invoke(main, ["evaluate", str(tiny_bundle), "--data-dir", str(training_data_dir), "--out", str(out),
+                             "--resamples", "20", "--no-skin-tone", "--quiet"])
+    assert r.exit_code == 0, r.output
+    card = (out / "MODEL_CARD.md").read_text()
+    assert f"model card: {out / 'MODEL_CARD.md'}" in r.output and "older model" not in card
+    assert "## Evaluation" in card and (out / "metrics.json").is_file()
+
+
 def test_info_refuses_tampered_bundle(runner, tiny_bundle, tmp_path):
     copy = tmp_path / "b"
     shutil.copytree(tiny_bundle, copy)

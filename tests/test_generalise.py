@@ -154,6 +154,8 @@ def test_run_trains_the_default_recipe_on_all_sources(fake_sources, tmp_path, mo
     r = CliRunner().invoke(main, ["run", "--quiet"])
     assert r.exit_code == 0, r.output
     assert "data: kaggle" in r.output and "test:isic2017" in r.output and "Research tool" in r.output
+    card = (tmp_path / "reports" / config.DEFAULT_MODEL / "MODEL_CARD.md").read_text()  # written with the report
+    assert f"| Run id | {config.DEFAULT_MODEL} |" in card and "Benign keratoses" in card
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == sorted([config.DEFAULT_MODEL, *DEFAULT_MEMBERS])
     for name, recipe in DEFAULT_MEMBERS.items():
         cfg = json.loads((tmp_path / "models" / name / "bundle.json").read_text())["training"]["config"]

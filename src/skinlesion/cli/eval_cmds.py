@@ -29,6 +29,7 @@ from skinlesion.metrics.stats import N_BOOTSTRAP
 def evaluate(bundle, data_dir, external, no_test, tta, resamples, out, no_skin_tone, quiet) -> None:
     """Score a bundle on the test split, the de-duplicated test and --external folders; write report.md."""
     from skinlesion.evaluation.evaluate import evaluate_bundle, format_results, save_results
+    from skinlesion.evaluation.model_card import write_model_card
     from skinlesion.evaluation.report import write_report
 
     results, preds = evaluate_bundle(bundle, data_dir=data_dir, external=tuple(str(e) for e in external), tta=tta,
@@ -47,9 +48,9 @@ def evaluate(bundle, data_dir, external, no_test, tta, resamples, out, no_skin_t
         roots.update(test=Path(data_dir), test_dedup=Path(data_dir))
     report = write_report(results, preds, bundle, path, skin_tone=not no_skin_tone, roots=roots,
                           n_resamples=resamples)
+    card = write_model_card(bundle, path)
     click.echo(format_results(results))
-    click.echo(f"report: {report}")
-    click.echo(f"model card: skinlesion model-card {bundle} --report {path}")
+    click.echo(f"report: {report}\nmodel card: {card}")
 
 
 @main.command("compare")
@@ -77,12 +78,15 @@ def model_card_cmd(bundle, report_dir, out) -> None:
     """Write a model card (intended use, data, evaluation with CIs, subgroups, limitations)."""
     from skinlesion.bundle.format import load_meta
     from skinlesion.evaluation.common import default_report_dir
-    from skinlesion.evaluation.model_card import model_card
+    from skinlesion.evaluation.model_card import model_card, write_model_card
 
-    text = model_card(bundle, report_dir)
     if out is None:
         folder = report_dir or default_report_dir(load_meta(bundle))
-        out = folder / "MODEL_CARD.md" if (folder / "metrics.json").is_file() else Path("-")
+        if (folder / "metrics.json").is_file():
+            click.echo(f"model card: {write_model_card(bundle, folder)}")
+            return
+        out = Path("-")
+    text = model_card(bundle, report_dir)
     if str(out) == "-":
         click.echo(text)
         return
@@ -110,6 +114,7 @@ def run(data_dir, backbone, quiet) -> None:
     from skinlesion.data.sources import DERMOSCOPIC_SOURCES, find_sources
     from skinlesion.data.synth import generate_dataset, is_synthetic
     from skinlesion.evaluation.evaluate import evaluate_bundle, format_results, save_results
+    from skinlesion.evaluation.model_card import write_model_card
     from skinlesion.evaluation.report import write_report
     from skinlesion.training.ensemble import make_ensemble
     from skinlesion.training.train import SYNTHETIC_BANNER, default_members, default_recipe
@@ -162,10 +167,12 @@ def run(data_dir, backbone, quiet) -> None:
         bundle_path = run_train(cfg)
         _fit_gate(bundle_path, quiet)
     results, preds = evaluate_bundle(bundle_path, progress=not quiet)
-    report = write_report(results, preds, bundle_path, save_results(results, preds))
+    report_dir = save_results(results, preds)
+    report = write_report(results, preds, bundle_path, report_dir)
+    card = write_model_card(bundle_path, report_dir)
     click.echo("")
     click.echo(format_results(results))
-    click.echo(f"\nbundle: {bundle_path}\nreport: {report}\nwall time: {time.perf_counter() - t0:.0f} s")
+    click.echo(f"\nbundle: {bundle_path}\nreport: {report}\nmodel card: {card}\nwall time: {time.perf_counter() - t0:.0f} s")
     serve = "" if is_default else f"SKINLESION_MODEL={config.display_path(bundle_path)} "
     if not is_default:
         click.echo(f"not the default model ({config.DEFAULT_MODEL}: the default recipe on "

@@ -498,3 +498,15 @@ def model_card(bundle_path: str | os.PathLike[str], report_dir: str | os.PathLik
     ``reports/<run-id>`` when it exists)."""
     meta = load_meta(bundle_path)
     return build_model_card(meta, bundle_path, report_dir).to_markdown()
+
+
+def write_model_card(bundle_path: str | os.PathLike[str], report_dir: str | os.PathLike[str]) -> Path:
+    """Write ``MODEL_CARD.md`` beside the evaluation report in ``report_dir`` and return its path.
+
+    ``skinlesion evaluate`` and ``skinlesion run`` call it after every report they write, so a
+    committed card never describes an older model than the report beside it.
+    """
+    out = Path(report_dir) / "MODEL_CARD.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(model_card(bundle_path, report_dir))
+    return out
