@@ -4,11 +4,11 @@ The default serves the mean over the 8 dihedral views. Its heads were also train
 and zoom-out (``zi``, ``zo``), so the same views could be averaged in at test time. For each recipe
 given (several seeds of one recipe, so the gain can be set against training noise) and each held-out
 source, this applies the fold bundle's head to the cached backbone features of the held-out images
-under every view and prints the held-out ROC AUC of several view sets, then each set's gain over the
-8 dihedral views (mean, min and max over the recipes), and the AUC of the recipes' mean served
-probability (an ensemble of the seeds). It trains nothing; the recipes must have been
-run with ``skinlesion generalise`` (stage-1 bundles only). The zoom views are not rotated, so a set
-with them is no longer exactly rotation-invariant.
+under every view (``evaluation.generalise.stage1_view_outputs``) and prints the held-out ROC AUC of
+several view sets, then each set's gain over the 8 dihedral views (mean, min and max over the
+recipes), and the AUC of the recipes' mean served output (an ensemble of the seeds). It trains
+nothing; the recipes must have been run with ``skinlesion generalise`` (stage-1 bundles only). The
+zoom views are not rotated, so a set with them is no longer exactly rotation-invariant.
 
     python tools/framing_tta_pilot.py lite0-s1-idfhzio-linear-tta lite0-s1-idfhzio-linear-tta-seed7 \
         lite0-s1-idfhzio-linear-tta-seed1 lite0-s1-idfhzio-linear-tta-seed2
@@ -33,29 +33,22 @@ def view_sets() -> dict[str, tuple[str, ...]]:
             "D8+zi30+zo30": (*d8, "zi30", "zo30"), "id+fh+zi+zo": ("id", "fh", "zi", "zo")}
 
 
-def held_out_probabilities(recipe: str, held: str, extractor_cache: dict) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """P(malignant) of the fold bundle of ``recipe`` without ``held`` on its held-out images, per view."""
+def held_out_outputs(recipe: str, held: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Raw P(malignant) of the fold bundle of ``recipe`` without ``held`` on its held-out images, per view."""
     from skinlesion import config
-    from skinlesion.bundle.format import load
-    from skinlesion.evaluation.generalise import head_model
-    from skinlesion.models import backbones
-    from skinlesion.models.features import VIEWS, extract_features
+    from skinlesion.evaluation.generalise import stage1_view_outputs
+    from skinlesion.models.features import VIEWS
 
-    b = load(config.models_dir() / "loso" / f"loso-{recipe}-{held}")
-    if b.kind != "single" or b.meta.stage != "head":
-        raise SystemExit(f"{recipe}: this pilot reads stage-1 bundles only")
-    name, size = str(b.meta.backbone), int(b.meta.input_size or 224)
-    if (name, size) not in extractor_cache:
-        extractor_cache[name, size] = backbones.build_feature_extractor(name, "imagenet", size)
-    table = pd.read_csv(b.path / "splits.csv")
+    path = config.models_dir() / "loso" / f"loso-{recipe}-{held}"
+    table = pd.read_csv(path / "splits.csv")
     test = table[(table["source"] == held) & (table["split"] == "test")]
     files = [config.source_root(s) / p for s, p in zip(test["source"], test["path"])]
     views = (*VIEWS, *ZOOMS)
-    x, ok, _ = extract_features(extractor_cache[name, size], files, backbone=name, weights_tag=str(b.meta.weights),
-                                views=views, progress=False)
-    n, v, d = x[ok].shape
-    p = head_model(b).predict(x[ok].reshape(n * v, d), verbose=0, batch_size=4096).reshape(n, v)
-    return {view: p[:, i] for i, view in enumerate(views)}, test["label"].to_numpy()[ok]
+    out = stage1_view_outputs(path, files, views)
+    if out is None:
+        raise SystemExit(f"{recipe}: this pilot reads stage-1 bundles only")
+    raw, ok, _ = out
+    return {view: raw[ok, i] for i, view in enumerate(views)}, test["label"].to_numpy()[ok]
 
 
 def main() -> None:
@@ -65,12 +58,11 @@ def main() -> None:
     ap.add_argument("recipes", nargs="+", help="stage-1 recipes run with `skinlesion generalise` (e.g. several seeds)")
     args = ap.parse_args()
     rows: list[dict] = []
-    extractors: dict = {}
     served: dict[str, list[np.ndarray]] = {}
     y_held: dict[str, np.ndarray] = {}
     for held in SOURCES:
         for recipe in args.recipes:
-            probs, y = held_out_probabilities(recipe, held, extractors)
+            probs, y = held_out_outputs(recipe, held)
             y_held[held] = y
             served.setdefault(held, []).append(np.mean([probs[v] for v in view_sets()["D8 (served)"]], axis=0))
             for set_name, views in view_sets().items():
@@ -85,7 +77,7 @@ def main() -> None:
     summary = gain.groupby(["views", "held out"], sort=False)["gain"].agg(["mean", "min", "max"]).unstack("held out")
     print(f"gain over the 8 dihedral views (mean, min, max over the recipes):\n{summary.round(4).to_string()}\n")
     ens = {held: roc_auc_score(y_held[held], np.mean(p, axis=0)) for held, p in served.items()}
-    print("the recipes' mean served probability (8 dihedral views): "
+    print("the recipes' mean served output (8 dihedral views): "
           + ", ".join(f"{h} {a:.4f}" for h, a in ens.items()) + f", mean {np.mean(list(ens.values())):.4f}")
 
 

@@ -80,14 +80,12 @@ def model_card_cmd(bundle, report_dir, out) -> None:
     from skinlesion.evaluation.common import default_report_dir
     from skinlesion.evaluation.model_card import model_card, write_model_card
 
-    if out is None:
-        folder = report_dir or default_report_dir(load_meta(bundle))
-        if (folder / "metrics.json").is_file():
-            click.echo(f"model card: {write_model_card(bundle, folder)}")
-            return
-        out = Path("-")
+    folder = report_dir or default_report_dir(load_meta(bundle))
+    if out is None and (folder / "metrics.json").is_file():
+        click.echo(f"model card: {write_model_card(bundle, folder)}")
+        return
     text = model_card(bundle, report_dir)
-    if str(out) == "-":
+    if out is None or str(out) == "-":
         click.echo(text)
         return
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,11 @@ def head_model(bundle: Any) -> Any:
     return keras.Model(bundle.model.get_layer(bundle.meta.feature_layer).output, bundle.model.output)
 
 
-def stage1_probabilities(bundle_path: Path, files: list[Path], *, progress: bool = False) -> pd.DataFrame | None:
-    """Calibrated probabilities of a stage-1 bundle from cached backbone features, or None.
+def stage1_view_outputs(
+    bundle_path: Path, files: list[Path], views: Sequence[str], *, progress: bool = False
+) -> tuple[np.ndarray, np.ndarray, dict[int, str]] | None:
+    """Raw (uncalibrated) outputs of a stage-1 bundle under each of ``views``, from cached backbone
+    features: (outputs (n, len(views)), NaN where unreadable; ok mask; errors), or None.
 
     A stage-1 model is the frozen ImageNet backbone followed by the trained head, so its output
     equals the head applied to the cached features of the same decoded image (the same intake
@@ -48,7 +52,6 @@ def stage1_probabilities(bundle_path: Path, files: list[Path], *, progress: bool
     score tens of thousands of held-out images per run; this makes that seconds instead of
     minutes on a CPU. Anything else (fine-tuned, ensembles, random weights) returns None.
     """
-
     from skinlesion.bundle.format import load
     from skinlesion.models import backbones
     from skinlesion.models.features import extract_features
@@ -56,7 +59,7 @@ def stage1_probabilities(bundle_path: Path, files: list[Path], *, progress: bool
     b = load(bundle_path)
     meta = b.meta
     cfg = meta.training.config
-    if b.kind != "single" or meta.stage != "head" or not meta.weights or meta.weights == "random" or meta.decision is None:
+    if b.kind != "single" or meta.stage != "head" or not meta.weights or meta.weights == "random":
         return None
     backbone, size = str(meta.backbone), int(meta.input_size or 0)
     weights = cfg.get("weights") or "imagenet"
@@ -64,15 +67,31 @@ def stage1_probabilities(bundle_path: Path, files: list[Path], *, progress: bool
         return None
     fe = backbones.front_end(cfg)
     extractor = backbones.build_feature_extractor(backbone, weights, size, **fe)
-    views = meta.served_views
     feats, ok, errors = extract_features(extractor, files, backbone=backbones.feature_key(backbone, **fe),
                                          weights_tag=meta.weights, views=views, progress=progress)
     head = head_model(b)
-    raw = np.full(len(files), np.nan)
+    raw = np.full((len(files), len(views)), np.nan, dtype=np.float32)  # the head's own dtype
     if ok.any():
-        # Mean of the raw outputs over the views, then calibration: the Predictor's TTA rule.
-        raw[ok] = np.mean([np.asarray(head.predict(feats[ok, v], verbose=0, batch_size=1024)).ravel()
-                           for v in range(len(views))], axis=0)
+        raw[ok] = np.stack([np.asarray(head.predict(feats[ok, v], verbose=0, batch_size=1024)).ravel()
+                            for v in range(len(views))], axis=1)
+    return raw, ok, errors
+
+
+def stage1_probabilities(bundle_path: Path, files: list[Path], *, progress: bool = False) -> pd.DataFrame | None:
+    """Calibrated probabilities of a stage-1 bundle as served, from cached backbone features
+    (:func:`stage1_view_outputs` over the bundle's served views), or None."""
+    from skinlesion.bundle.format import load_meta
+
+    meta = load_meta(bundle_path)
+    if meta.decision is None:
+        return None
+    out = stage1_view_outputs(bundle_path, files, meta.served_views, progress=progress)
+    if out is None:
+        return None
+    views_raw, ok, errors = out
+    raw = np.full(len(files), np.nan)
+    # Mean of the raw outputs over the views, then calibration: the Predictor's TTA rule.
+    raw[ok] = np.mean([views_raw[ok, v] for v in range(views_raw.shape[1])], axis=0)
     prob = np.full(len(files), np.nan)
     prob[ok] = meta.decision.calibrate(raw[ok])
     return pd.DataFrame({"path": [str(f) for f in files], "probability": prob, "raw_probability": raw,
