@@ -17,11 +17,19 @@ group (per source; the Kaggle set has one per class) of n images weighs n^(1 - a
 (``dx-sqrt``) or 1 (``dx-full``, every diagnosis equal), in both classes or only among benign lesions
 (``-benign``); ``class`` is the plain class balance. Do the rarer benign diagnoses (keratoses,
 dermatofibromas) that a nevus-dominated benign class under-weights cost the held-out specificity?
+``--projections`` fits the top features after removing, from every image (training and held out
+alike, so nothing of the held-out source is used), linear directions that tell the training sources
+apart: ``src-mean`` the within-class differences of the sources' mean features (the collection
+shortcut's simplest form), ``inlpK`` K rounds of iterative nullspace projection (Ravfogel et al.,
+2020: fit a linear source classifier with every (source, class) group weighted equally, so it
+cannot use the class, project its direction out, repeat); ``none`` is the plain features. Does a
+head that cannot see which training collection an image looks like do better on a new one?
 It also prints, per held-out source, the AUC of its malignant images against each benign diagnosis.
 
     python tools/multiscale_pilot.py --cache data/cache/multiscale_pilot.npz
     python tools/multiscale_pilot.py --transforms none,sqrt,l2,sqrt+l2,log1p
     python tools/multiscale_pilot.py --weightings class,dx-sqrt,dx-full,dx-sqrt-benign,dx-full-benign
+    python tools/multiscale_pilot.py --projections none,src-mean,inlp2,inlp8,inlp32
 """
 from __future__ import annotations
 
@@ -110,6 +118,41 @@ WEIGHTINGS = {
 }
 
 
+def _orthonormal(directions: np.ndarray) -> np.ndarray:
+    """Orthonormal basis (rows) of the span of ``directions`` (rows), near-zero ones dropped."""
+    u, sv, vt = np.linalg.svd(directions, full_matrices=False)
+    return vt[sv > 1e-6 * sv.max()]
+
+
+def source_directions(x: np.ndarray, frame, method: str) -> np.ndarray:
+    """Orthonormal directions (rows) of standardised features ``x`` that separate ``frame``'s sources.
+
+    No library does iterative nullspace projection on plain arrays, and it is a few lines here."""
+    from sklearn.linear_model import LogisticRegression
+
+    source = frame["source"].to_numpy()
+    label = frame["label"].to_numpy()
+    if method == "src-mean":
+        diffs = []
+        for y in (0, 1):
+            means = [x[(label == y) & (source == s)].mean(axis=0) for s in np.unique(source)
+                     if ((label == y) & (source == s)).any()]
+            diffs += [m - means[0] for m in means[1:]]
+        return _orthonormal(np.array(diffs)) if diffs else np.zeros((0, x.shape[1]))
+    rounds = int(method.removeprefix("inlp"))
+    group = frame["source"].astype(str) + ":" + frame["label"].astype(str)
+    w = 1.0 / group.map(group.value_counts()).to_numpy(dtype=float)
+    basis = np.zeros((0, x.shape[1]))
+    for _ in range(rounds):
+        xp = x - (x @ basis.T) @ basis
+        clf = LogisticRegression(C=0.01, max_iter=2000).fit(xp, source, sample_weight=w / w.mean())
+        basis = _orthonormal(np.vstack([basis, clf.coef_]))
+    return basis
+
+
+PROJECTIONS = ("none", "src-mean", "inlp1", "inlp2", "inlp4", "inlp8", "inlp16", "inlp32")
+
+
 def _per_diagnosis(y, p, diagnosis) -> str:
     """AUC of the malignant images against each benign diagnosis (only where there are several)."""
     from sklearn.metrics import roc_auc_score
@@ -121,7 +164,8 @@ def _per_diagnosis(y, p, diagnosis) -> str:
         f"{d} {roc_auc_score(y[m], p[m]):.4f}" for d in benign for m in [(y == 1) | (diagnosis == d)])
 
 
-def fit_all(cache: Path, transforms: list[str] | None = None, weightings: list[str] | None = None) -> None:
+def fit_all(cache: Path, transforms: list[str] | None = None, weightings: list[str] | None = None,
+            projections: list[str] | None = None) -> None:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.preprocessing import StandardScaler
@@ -134,10 +178,11 @@ def fit_all(cache: Path, transforms: list[str] | None = None, weightings: list[s
     for held, data, tr, va, te in _folds():
         x = {name: feats[[row[str(f)] for f in data.files(part)]] for name, part in (("tr", tr), ("va", va), ("te", te))}
         y_tr, y_va, y_te = (p["label"].to_numpy() for p in (tr, va, te))
-        runs = ([(name, "top", TRANSFORMS[name], "class") for name in transforms] if transforms else
-                [(name, "top", TRANSFORMS["none"], name) for name in weightings] if weightings else
-                [(name, name, TRANSFORMS["none"], "class") for name in FEATURE_SETS])
-        for set_name, layers_name, transform, weighting in runs:
+        runs = ([(name, "top", TRANSFORMS[name], "class", "none") for name in transforms] if transforms else
+                [(name, "top", TRANSFORMS["none"], name, "none") for name in weightings] if weightings else
+                [(name, "top", TRANSFORMS["none"], "class", name) for name in projections] if projections else
+                [(name, name, TRANSFORMS["none"], "class", "none") for name in FEATURE_SETS])
+        for set_name, layers_name, transform, weighting, projection in runs:
             spec = WEIGHTINGS[weighting]
             w_tr = sample_weights(tr, "class") if spec is None else diagnosis_weights(tr, *spec)
             cols = _columns(FEATURE_SETS[layers_name])
@@ -146,6 +191,11 @@ def fit_all(cache: Path, transforms: list[str] | None = None, weightings: list[s
             scaler = StandardScaler().fit(x_tr)
             x_tr = scaler.transform(x_tr)
             x_va, x_te = ([scaler.transform(xt[part][:, v]) for v in range(len(VIEWS))] for part in ("va", "te"))
+            if projection != "none":
+                basis = source_directions(x_tr, tr.iloc[np.repeat(np.arange(len(tr)), len(VIEWS))], projection)
+                x_tr, x_va, x_te = (x_tr - (x_tr @ basis.T) @ basis,
+                                    *([xv - (xv @ basis.T) @ basis for xv in xs] for xs in (x_va, x_te)))
+                set_name = f"{projection} ({len(basis)} dirs)"
 
             def p_mean(clf, views: list[np.ndarray]) -> np.ndarray:
                 return np.mean([clf.predict_proba(xv)[:, 1] for xv in views], axis=0)
@@ -169,18 +219,23 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path("data/cache/multiscale_pilot.npz"))
     ap.add_argument("--transforms", help=f"comma-separated, from {','.join(TRANSFORMS)}: top features only, transformed")
     ap.add_argument("--weightings", help=f"comma-separated, from {','.join(WEIGHTINGS)}: top features only, these weights")
+    ap.add_argument("--projections", help=f"comma-separated, from {','.join(PROJECTIONS)}: top features only, "
+                    "source directions removed")
     args = ap.parse_args()
+    projections = args.projections.split(",") if args.projections else None
     transforms = args.transforms.split(",") if args.transforms else None
     weightings = args.weightings.split(",") if args.weightings else None
-    if transforms and weightings:
-        ap.error("--transforms and --weightings: one at a time")
+    if sum(bool(a) for a in (transforms, weightings, projections)) > 1:
+        ap.error("--transforms, --weightings, --projections: one at a time")
+    if projections and not set(projections) <= set(PROJECTIONS):
+        ap.error(f"--projections: choose from {', '.join(PROJECTIONS)}")
     if transforms and not set(transforms) <= set(TRANSFORMS):
         ap.error(f"--transforms: choose from {', '.join(TRANSFORMS)}")
     if weightings and not set(weightings) <= set(WEIGHTINGS):
         ap.error(f"--weightings: choose from {', '.join(WEIGHTINGS)}")
     if not args.cache.exists():
         extract(args.cache)
-    fit_all(args.cache, transforms, weightings)
+    fit_all(args.cache, transforms, weightings, projections)
 
 
 if __name__ == "__main__":

@@ -248,8 +248,8 @@ class Predictor:
                 type_probs = [dict(zip(m.gate.classes, map(float, row))) for row in p_types]
         if self.bundle.kind == "ensemble":
             prob, raw = ensemble_output(probs, self.meta.temperature)
-        else:
-            prob, raw = np.mean(probs, axis=0), np.mean(raws, axis=0)
+        else:  # a single bundle is its own only member
+            (prob,), (raw,) = probs, raws
         # Ratio to each member's threshold, so members of different backbones are comparable.
         ratio = np.mean([d / t for d, t in zip(dists, thresholds)], axis=0) if dists else np.zeros_like(prob)
         return _Scores(prob, raw, ratio, bool(dists), list(types), np.asarray(type_conf, dtype=float), type_probs)
