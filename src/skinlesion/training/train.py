@@ -87,6 +87,11 @@ class TrainConfig:
     # Stage 1 on several machines (training.distributed): MultiWorkerMirroredStrategy from TF_CONFIG.
     distributed: bool = False
 
+    @property
+    def augment_kinds(self) -> tuple[str, ...]:
+        """The named augmentations (``--augment ""`` gives an empty name: none)."""
+        return tuple(k for k in self.augment if k)
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         for k in ("views", "sources", "holdout", "augment"):
@@ -468,12 +473,12 @@ def augmented_batches(X: np.ndarray, y: np.ndarray, w: np.ndarray, cfg: TrainCon
     """
     import tensorflow as tf
 
-    kinds = tuple(k for k in cfg.augment if k)
-    aug = augmentation_layers(cfg.seed, kinds)
+    aug = augmentation_layers(cfg.seed, cfg.augment_kinds)
+    dihedral = "dihedral" in cfg.augment_kinds
 
     def augment(x, y, w):
         x = tf.cast(x, tf.float32)
-        if "dihedral" in kinds:
+        if dihedral:
             x = random_dihedral(x, cfg.seed)
         for layer in aug:
             x = layer(x, training=True)
@@ -513,7 +518,7 @@ def _fine_tune(full, data: TrainingData, tr: pd.DataFrame, va: pd.DataFrame, cfg
             metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
         )
     log.info("fine-tuning: top %d layers (%d weight tensors trainable, BatchNorm frozen), augment %s, balance %s",
-             cfg.fine_tune, n_trainable, ",".join(k for k in cfg.augment if k) or "none", cfg.balance)
+             cfg.fine_tune, n_trainable, ",".join(cfg.augment_kinds) or "none", cfg.balance)
     cb = [keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=cfg.fine_tune_patience,
                                         restore_best_weights=True)]
     # tf.data already shuffles (seeded); Keras' own shuffle flag does not apply to datasets.
