@@ -221,3 +221,13 @@ def test_loso_of_an_ensemble_scores_each_folds_ensemble_as_served(fake_sources, 
     assert r.exit_code == 0, r.output
     assert (models / "loso-lin-kaggle" / "bundle.json").stat().st_ino != inode
     assert not any(p.name.startswith((".previous-", ".tmp-")) for p in models.iterdir())
+    # The ensemble of a retrained member is built again from the new member (not refused, not reused);
+    # an ensemble of other members under the same name is refused.
+    old_ens = json.loads((models / "loso-ens-kaggle" / "bundle.json").read_text())["member_bundle_sha256"]
+    r = runner.invoke(main, ["generalise", "--recipe", "ens", "--ensemble-of", "lin,mlp", *common])
+    assert r.exit_code == 0, r.output
+    new_ens = json.loads((models / "loso-ens-kaggle" / "bundle.json").read_text())["member_bundle_sha256"]
+    assert new_ens[0] != old_ens[0] and new_ens[1] == old_ens[1]
+    assert not any(p.name.startswith((".previous-", ".tmp-")) for p in models.iterdir())
+    other = runner.invoke(main, ["generalise", "--recipe", "ens", "--ensemble-of", "mlp,lin", *common])
+    assert other.exit_code != 0 and "exists with other members" in other.output

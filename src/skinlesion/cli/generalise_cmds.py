@@ -48,8 +48,8 @@ def generalise(recipe, publish, resamples, report_dir, ensemble_of, retrain, **k
         if given:
             raise click.UsageError(f"--ensemble-of trains nothing; drop {', '.join('--' + g.replace('_', '-') for g in given)}")
         if retrain:
-            raise click.UsageError("--ensemble-of trains nothing; retrain its member recipes instead (an ensemble's "
-                                   "folds are rebuilt whenever their member bundles change)")
+            raise click.UsageError("--ensemble-of trains nothing; retrain its member recipes instead (a fold's "
+                                   "ensemble is built again when its member bundles were)")
         if len(members) < 2 or recipe in members:
             raise click.BadParameter("name at least two member recipes, none of them --recipe itself",
                                      param_hint="--ensemble-of")

@@ -301,9 +301,12 @@ def _train_or_reuse(train_fn: Any, cfg: Any, path: Path, reused: list[bool], *, 
 
 
 def _ensemble_or_reuse(members: tuple[str, ...], fold: str, models_dir: Path, run_id: str, reused: list[bool]) -> Path:
-    """The ensemble of the member recipes' bundles for ``fold``; reuse one made from the same member files."""
+    """The ensemble of the member recipes' bundles for ``fold``: one made from the same member files is
+    reused, one made from the same member folders whose bundles were since trained again (``--retrain``
+    of a member recipe) is built again and replaces it; one of other members is refused."""
     import json
 
+    from skinlesion.bundle.format import member_refs, replacing
     from skinlesion.io import sha256_file
     from skinlesion.training.ensemble import make_ensemble
 
@@ -314,14 +317,17 @@ def _ensemble_or_reuse(members: tuple[str, ...], fold: str, models_dir: Path, ru
                         "`skinlesion generalise --recipe <member> ...` with the member's options first (its command "
                         "is in reports/generalisation/<member>/report.md)")
     path = models_dir / run_id
-    if (path / "bundle.json").is_file():
-        saved = json.loads((path / "bundle.json").read_text()).get("member_bundle_sha256")
-        if saved == [sha256_file(p / "bundle.json") for p in paths]:
-            log.info("reusing %s", config.display_path(path))
-            reused.append(True)
-            return path
-        raise DataError(f"{path} exists with other members; remove it or choose another recipe name")
     reused.append(False)
+    if (path / "bundle.json").is_file():
+        saved = json.loads((path / "bundle.json").read_text())
+        if saved.get("member_bundle_sha256") == [sha256_file(p / "bundle.json") for p in paths]:
+            log.info("reusing %s", config.display_path(path))
+            reused[-1] = True
+            return path
+        if saved.get("members") != member_refs(paths, path):
+            raise DataError(f"{path} exists with other members; remove it or choose another recipe name")
+        log.info("members of %s were trained again: building it again", config.display_path(path))
+        return replacing(path, lambda: make_ensemble(paths, out_dir=models_dir, run_id=run_id), announce=log.info)
     return make_ensemble(paths, out_dir=models_dir, run_id=run_id)
 
 
