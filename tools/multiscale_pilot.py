@@ -120,7 +120,7 @@ WEIGHTINGS = {
 
 def _orthonormal(directions: np.ndarray) -> np.ndarray:
     """Orthonormal basis (rows) of the span of ``directions`` (rows), near-zero ones dropped."""
-    u, sv, vt = np.linalg.svd(directions, full_matrices=False)
+    _, sv, vt = np.linalg.svd(directions, full_matrices=False)
     return vt[sv > 1e-6 * sv.max()]
 
 

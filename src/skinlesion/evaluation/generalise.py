@@ -317,18 +317,18 @@ def _ensemble_or_reuse(members: tuple[str, ...], fold: str, models_dir: Path, ru
                         "`skinlesion generalise --recipe <member> ...` with the member's options first (its command "
                         "is in reports/generalisation/<member>/report.md)")
     path = models_dir / run_id
-    reused.append(False)
     if (path / "bundle.json").is_file():
         saved = json.loads((path / "bundle.json").read_text())
         if saved.get("member_bundle_sha256") == [sha256_file(p / "bundle.json") for p in paths]:
             log.info("reusing %s", config.display_path(path))
-            reused[-1] = True
+            reused.append(True)
             return path
         if saved.get("members") != member_refs(paths, path):
             raise DataError(f"{path} exists with other members; remove it or choose another recipe name")
         log.info("members of %s were trained again: building it again", config.display_path(path))
-        return replacing(path, lambda: make_ensemble(paths, out_dir=models_dir, run_id=run_id), announce=log.info)
-    return make_ensemble(paths, out_dir=models_dir, run_id=run_id)
+    reused.append(False)
+    # replacing() builds it directly when there is none yet, and puts an old one back if building fails.
+    return replacing(path, lambda: make_ensemble(paths, out_dir=models_dir, run_id=run_id), announce=log.info)
 
 
 def _fmt_entry(v: dict[str, Any]) -> str:
