@@ -24,12 +24,20 @@ shortcut's simplest form), ``inlpK`` K rounds of iterative nullspace projection 
 2020: fit a linear source classifier with every (source, class) group weighted equally, so it
 cannot use the class, project its direction out, repeat); ``none`` is the plain features. Does a
 head that cannot see which training collection an image looks like do better on a new one?
+``--poolings`` fits the top activation (7 x 7 x 1280) pooled over other parts of the image than the
+plain global average: ``centre5`` / ``centre3`` the mean of the central 5 x 5 / 3 x 3 cells (the outer
+ring or two, where vignettes, rulers and field stops lie, left out), ``gauss`` a centred Gaussian
+weighting (sigma = 1/4 side, the Grad-CAM baseline that beat every map), ``gem3`` a generalised mean
+(p = 3, closer to the strongest cells), ``max`` the largest cell, ``gap`` the plain pool; and
+``gap+ring`` the plain pool beside the outer ring's mean. Does a head that reads the lesion's centre
+of the frame rather than the whole frame transfer better? Its own cache (``--pool-cache``).
 It also prints, per held-out source, the AUC of its malignant images against each benign diagnosis.
 
     python tools/multiscale_pilot.py --cache data/cache/multiscale_pilot.npz
     python tools/multiscale_pilot.py --transforms none,sqrt,l2,sqrt+l2,log1p
     python tools/multiscale_pilot.py --weightings class,dx-sqrt,dx-full,dx-sqrt-benign,dx-full-benign
     python tools/multiscale_pilot.py --projections none,src-mean,inlp2,inlp8,inlp32
+    python tools/multiscale_pilot.py --poolings gap,centre5,centre3,gauss,gem3,max,gap+ring
 """
 from __future__ import annotations
 
@@ -91,6 +99,52 @@ def extract(cache: Path) -> None:
         for v, view in enumerate(VIEWS):
             out[idx, v] = model.predict_on_batch(apply_view(batch, view))
     print(f"features of {len(files)} images x {len(VIEWS)} views in {time.perf_counter() - t0:.0f} s", flush=True)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, files=np.array(files), features=out)
+
+
+def _pool_weights(side: int) -> dict[str, np.ndarray]:
+    """Spatial weights (side x side, summing to 1) of the weighted-mean poolings."""
+    r = np.abs(np.arange(side) - (side - 1) / 2)
+    ring = np.maximum.outer(r, r)  # Chebyshev distance from the centre, in cells
+    d2 = np.add.outer(r**2, r**2)
+    masks = {"gap": np.ones((side, side)), "centre5": ring <= (side - 1) / 2 - 1, "centre3": ring <= (side - 1) / 2 - 2,
+             "ring": ring > (side - 1) / 2 - 1, "gauss": np.exp(-d2 / (2 * (side / 4) ** 2))}
+    return {k: (m / m.sum()).astype(np.float32) for k, m in masks.items()}
+
+
+POOL_STORED = ("gap", "centre5", "centre3", "ring", "gauss", "gem3", "max")
+POOLINGS = {"gap": ("gap",), "centre5": ("centre5",), "centre3": ("centre3",), "gauss": ("gauss",),
+            "gem3": ("gem3",), "max": ("max",), "gap+ring": ("gap", "ring")}
+
+
+def pool(fmap: np.ndarray) -> np.ndarray:
+    """(n, side, side, c) post-activation maps -> (n, len(POOL_STORED), c) pooled features."""
+    w = _pool_weights(fmap.shape[1])
+    out = [np.einsum("nhwc,hw->nc", fmap, w[k]) if k in w else
+           np.cbrt(np.mean(np.maximum(fmap, 0) ** 3, axis=(1, 2))) if k == "gem3" else fmap.max(axis=(1, 2))
+           for k in POOL_STORED]
+    return np.stack(out, axis=1)
+
+
+def extract_pooled(cache: Path) -> None:
+    """Top-activation poolings of every image any fold reads, for both views, into ``cache``."""
+    import keras
+
+    from skinlesion.models import backbones
+    from skinlesion.models.features import apply_view, iter_image_batches
+
+    files = sorted({str(f) for _h, data, tr, va, te in _folds() for part in (tr, va, te) for f in data.files(part)})
+    backbone = backbones.build_feature_extractor("efficientnet_lite0", "imagenet")
+    model = keras.Model(backbone.input, backbone.get_layer("lite_top_activation").output)
+    out = np.zeros((len(files), len(VIEWS), len(POOL_STORED), LAYERS["lite_top_activation"]), np.float32)
+    t0 = time.perf_counter()
+    for batch, idx, _keys, errors in iter_image_batches(files, int(backbone.input_shape[1])):
+        if errors:
+            raise SystemExit(f"unreadable images: {errors}")
+        for v, view in enumerate(VIEWS):
+            out[idx, v] = pool(np.asarray(model.predict_on_batch(apply_view(batch, view))))
+    print(f"pooled maps of {len(files)} images x {len(VIEWS)} views in {time.perf_counter() - t0:.0f} s", flush=True)
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, files=np.array(files), features=out)
 
@@ -164,8 +218,13 @@ def _per_diagnosis(y, p, diagnosis) -> str:
         f"{d} {roc_auc_score(y[m], p[m]):.4f}" for d in benign for m in [(y == 1) | (diagnosis == d)])
 
 
+def _pool_columns(names: tuple[str, ...]) -> np.ndarray:
+    c = LAYERS["lite_top_activation"]
+    return np.concatenate([np.arange(POOL_STORED.index(n) * c, (POOL_STORED.index(n) + 1) * c) for n in names])
+
+
 def fit_all(cache: Path, transforms: list[str] | None = None, weightings: list[str] | None = None,
-            projections: list[str] | None = None) -> None:
+            projections: list[str] | None = None, poolings: list[str] | None = None) -> None:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.preprocessing import StandardScaler
@@ -175,17 +234,19 @@ def fit_all(cache: Path, transforms: list[str] | None = None, weightings: list[s
     z = np.load(cache)
     row = {f: i for i, f in enumerate(z["files"])}
     feats = z["features"]
+    feats = feats.reshape(*feats.shape[:2], -1)  # pooled cache: (n, views, poolings x channels)
     for held, data, tr, va, te in _folds():
         x = {name: feats[[row[str(f)] for f in data.files(part)]] for name, part in (("tr", tr), ("va", va), ("te", te))}
         y_tr, y_va, y_te = (p["label"].to_numpy() for p in (tr, va, te))
         runs = ([(name, "top", TRANSFORMS[name], "class", "none") for name in transforms] if transforms else
                 [(name, "top", TRANSFORMS["none"], name, "none") for name in weightings] if weightings else
                 [(name, "top", TRANSFORMS["none"], "class", name) for name in projections] if projections else
+                [(name, name, TRANSFORMS["none"], "class", "none") for name in poolings] if poolings else
                 [(name, name, TRANSFORMS["none"], "class", "none") for name in FEATURE_SETS])
         for set_name, layers_name, transform, weighting, projection in runs:
             spec = WEIGHTINGS[weighting]
             w_tr = sample_weights(tr, "class") if spec is None else diagnosis_weights(tr, *spec)
-            cols = _columns(FEATURE_SETS[layers_name])
+            cols = _pool_columns(POOLINGS[layers_name]) if poolings else _columns(FEATURE_SETS[layers_name])
             xt = {part: transform(x[part][:, :, cols]) for part in x}
             x_tr = xt["tr"].reshape(-1, len(cols))  # both views as training rows
             scaler = StandardScaler().fit(x_tr)
@@ -221,7 +282,19 @@ def main() -> None:
     ap.add_argument("--weightings", help=f"comma-separated, from {','.join(WEIGHTINGS)}: top features only, these weights")
     ap.add_argument("--projections", help=f"comma-separated, from {','.join(PROJECTIONS)}: top features only, "
                     "source directions removed")
+    ap.add_argument("--poolings", help=f"comma-separated, from {','.join(POOLINGS)}: the top activation pooled so")
+    ap.add_argument("--pool-cache", type=Path, default=Path("data/cache/pooling_pilot.npz"))
     args = ap.parse_args()
+    poolings = args.poolings.split(",") if args.poolings else None
+    if poolings:
+        if not set(poolings) <= set(POOLINGS):
+            ap.error(f"--poolings: choose from {', '.join(POOLINGS)}")
+        if args.transforms or args.weightings or args.projections:
+            ap.error("--poolings: not with --transforms, --weightings or --projections")
+        if not args.pool_cache.exists():
+            extract_pooled(args.pool_cache)
+        fit_all(args.pool_cache, poolings=poolings)
+        return
     projections = args.projections.split(",") if args.projections else None
     transforms = args.transforms.split(",") if args.transforms else None
     weightings = args.weightings.split(",") if args.weightings else None
