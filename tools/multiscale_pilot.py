@@ -80,8 +80,9 @@ def _folds():
         yield held, data, data.part("train"), data.part("val"), held_out_frame(data.table, held)
 
 
-def extract(cache: Path) -> None:
-    """Pooled stage features of every image any fold reads, for both views, into ``cache``."""
+def _extract(cache: Path, outputs: Callable, width: tuple[int, ...], post: Callable = np.asarray) -> None:
+    """Features of every image any fold reads, for both views, into ``cache``: the Lite0 backbone's
+    ``outputs(backbone)`` per batch, through ``post``, ``width`` values per image and view."""
     import keras
 
     from skinlesion.models import backbones
@@ -89,18 +90,25 @@ def extract(cache: Path) -> None:
 
     files = sorted({str(f) for _h, data, tr, va, te in _folds() for part in (tr, va, te) for f in data.files(part)})
     backbone = backbones.build_feature_extractor("efficientnet_lite0", "imagenet")
-    pooled = [keras.layers.GlobalAveragePooling2D()(backbone.get_layer(n).output) for n in LAYERS]
-    model = keras.Model(backbone.input, keras.layers.Concatenate()(pooled))
-    out = np.zeros((len(files), len(VIEWS), sum(LAYERS.values())), np.float32)
+    model = keras.Model(backbone.input, outputs(backbone))
+    out = np.zeros((len(files), len(VIEWS), *width), np.float32)
     t0 = time.perf_counter()
     for batch, idx, _keys, errors in iter_image_batches(files, int(backbone.input_shape[1])):
         if errors:
             raise SystemExit(f"unreadable images: {errors}")
         for v, view in enumerate(VIEWS):
-            out[idx, v] = model.predict_on_batch(apply_view(batch, view))
+            out[idx, v] = post(model.predict_on_batch(apply_view(batch, view)))
     print(f"features of {len(files)} images x {len(VIEWS)} views in {time.perf_counter() - t0:.0f} s", flush=True)
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, files=np.array(files), features=out)
+
+
+def extract(cache: Path) -> None:
+    """Pooled stage features (``LAYERS``, concatenated) into ``cache``."""
+    import keras
+
+    _extract(cache, lambda backbone: keras.layers.Concatenate()(
+        [keras.layers.GlobalAveragePooling2D()(backbone.get_layer(n).output) for n in LAYERS]), (sum(LAYERS.values()),))
 
 
 def _pool_weights(side: int) -> dict[str, np.ndarray]:
@@ -128,30 +136,15 @@ def pool(fmap: np.ndarray) -> np.ndarray:
 
 
 def extract_pooled(cache: Path) -> None:
-    """Top-activation poolings of every image any fold reads, for both views, into ``cache``."""
-    import keras
-
-    from skinlesion.models import backbones
-    from skinlesion.models.features import apply_view, iter_image_batches
-
-    files = sorted({str(f) for _h, data, tr, va, te in _folds() for part in (tr, va, te) for f in data.files(part)})
-    backbone = backbones.build_feature_extractor("efficientnet_lite0", "imagenet")
-    model = keras.Model(backbone.input, backbone.get_layer("lite_top_activation").output)
-    out = np.zeros((len(files), len(VIEWS), len(POOL_STORED), LAYERS["lite_top_activation"]), np.float32)
-    t0 = time.perf_counter()
-    for batch, idx, _keys, errors in iter_image_batches(files, int(backbone.input_shape[1])):
-        if errors:
-            raise SystemExit(f"unreadable images: {errors}")
-        for v, view in enumerate(VIEWS):
-            out[idx, v] = pool(np.asarray(model.predict_on_batch(apply_view(batch, view))))
-    print(f"pooled maps of {len(files)} images x {len(VIEWS)} views in {time.perf_counter() - t0:.0f} s", flush=True)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, files=np.array(files), features=out)
+    """The top activation under every pooling of ``POOL_STORED`` into ``cache``."""
+    _extract(cache, lambda backbone: backbone.get_layer("lite_top_activation").output,
+             (len(POOL_STORED), LAYERS["lite_top_activation"]), lambda fmap: pool(np.asarray(fmap)))
 
 
-def _columns(names: tuple[str, ...]) -> np.ndarray:
-    starts = np.cumsum([0, *LAYERS.values()])
-    return np.concatenate([np.arange(starts[i], starts[i + 1]) for i, n in enumerate(LAYERS) if n in names])
+def _columns(names: tuple[str, ...], blocks: dict[str, int] = LAYERS) -> np.ndarray:
+    """Columns of the named ``blocks`` (name -> width, in cache order) in a cache row."""
+    starts = np.cumsum([0, *blocks.values()])
+    return np.concatenate([np.arange(starts[i], starts[i + 1]) for i, n in enumerate(blocks) if n in names])
 
 
 def diagnosis_weights(frame, alpha: float, classes: tuple[int, ...] = (0, 1)) -> np.ndarray:
@@ -218,11 +211,6 @@ def _per_diagnosis(y, p, diagnosis) -> str:
         f"{d} {roc_auc_score(y[m], p[m]):.4f}" for d in benign for m in [(y == 1) | (diagnosis == d)])
 
 
-def _pool_columns(names: tuple[str, ...]) -> np.ndarray:
-    c = LAYERS["lite_top_activation"]
-    return np.concatenate([np.arange(POOL_STORED.index(n) * c, (POOL_STORED.index(n) + 1) * c) for n in names])
-
-
 def fit_all(cache: Path, transforms: list[str] | None = None, weightings: list[str] | None = None,
             projections: list[str] | None = None, poolings: list[str] | None = None) -> None:
     from sklearn.linear_model import LogisticRegression
@@ -246,7 +234,8 @@ def fit_all(cache: Path, transforms: list[str] | None = None, weightings: list[s
         for set_name, layers_name, transform, weighting, projection in runs:
             spec = WEIGHTINGS[weighting]
             w_tr = sample_weights(tr, "class") if spec is None else diagnosis_weights(tr, *spec)
-            cols = _pool_columns(POOLINGS[layers_name]) if poolings else _columns(FEATURE_SETS[layers_name])
+            cols = (_columns(POOLINGS[layers_name], dict.fromkeys(POOL_STORED, LAYERS["lite_top_activation"]))
+                    if poolings else _columns(FEATURE_SETS[layers_name]))
             xt = {part: transform(x[part][:, :, cols]) for part in x}
             x_tr = xt["tr"].reshape(-1, len(cols))  # both views as training rows
             scaler = StandardScaler().fit(x_tr)
@@ -285,31 +274,24 @@ def main() -> None:
     ap.add_argument("--poolings", help=f"comma-separated, from {','.join(POOLINGS)}: the top activation pooled so")
     ap.add_argument("--pool-cache", type=Path, default=Path("data/cache/pooling_pilot.npz"))
     args = ap.parse_args()
-    poolings = args.poolings.split(",") if args.poolings else None
-    if poolings:
-        if not set(poolings) <= set(POOLINGS):
-            ap.error(f"--poolings: choose from {', '.join(POOLINGS)}")
-        if args.transforms or args.weightings or args.projections:
-            ap.error("--poolings: not with --transforms, --weightings or --projections")
-        if not args.pool_cache.exists():
-            extract_pooled(args.pool_cache)
-        fit_all(args.pool_cache, poolings=poolings)
-        return
     projections = args.projections.split(",") if args.projections else None
     transforms = args.transforms.split(",") if args.transforms else None
     weightings = args.weightings.split(",") if args.weightings else None
-    if sum(bool(a) for a in (transforms, weightings, projections)) > 1:
-        ap.error("--transforms, --weightings, --projections: one at a time")
+    poolings = args.poolings.split(",") if args.poolings else None
+    if sum(bool(a) for a in (transforms, weightings, projections, poolings)) > 1:
+        ap.error("--transforms, --weightings, --projections, --poolings: one at a time")
     if projections and not set(projections) <= set(PROJECTIONS):
         ap.error(f"--projections: choose from {', '.join(PROJECTIONS)}")
     if transforms and not set(transforms) <= set(TRANSFORMS):
         ap.error(f"--transforms: choose from {', '.join(TRANSFORMS)}")
     if weightings and not set(weightings) <= set(WEIGHTINGS):
         ap.error(f"--weightings: choose from {', '.join(WEIGHTINGS)}")
-    if not args.cache.exists():
-        extract(args.cache)
-    fit_all(args.cache, transforms, weightings, projections)
-
+    if poolings and not set(poolings) <= set(POOLINGS):
+        ap.error(f"--poolings: choose from {', '.join(POOLINGS)}")
+    cache, make = (args.pool_cache, extract_pooled) if poolings else (args.cache, extract)
+    if not cache.exists():
+        make(cache)
+    fit_all(cache, transforms, weightings, projections, poolings)
 
 if __name__ == "__main__":
     main()
