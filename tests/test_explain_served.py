@@ -208,12 +208,6 @@ def test_energy_pointing_and_baseline():
     assert g.max() == 1.0 and loc.pointing_hit(g, box) == 1.0 and loc.energy_in_box(g, box) > 0.25
 
 
-def test_mean_ci_brackets_the_mean_and_skips_nan():
-    r = loc.mean_ci([0.0, 1.0, 1.0, 1.0, float("nan")], n_resamples=200)
-    assert r["n"] == 4 and r["mean"] == 0.75 and r["low"] <= 0.75 <= r["high"]
-    assert loc.mean_ci([])["mean"] is None
-
-
 # --------------------------------------------------------------------------- trap painters
 
 

@@ -336,3 +336,10 @@ def test_roc_band_with_ties_matches_roc_curve_vertices() -> None:
 def test_roc_band_needs_both_classes() -> None:
     with pytest.raises(ValueError, match="both"):
         S.roc_curve_with_band([1, 1, 1], [0.2, 0.5, 0.9], n_resamples=10)
+
+
+def test_mean_ci_brackets_the_mean_and_skips_nan():
+    r = S.mean_ci([0.0, 1.0, 1.0, 1.0, float("nan")], n_resamples=200)
+    assert r["n"] == 4 and r["mean"] == 0.75 and r["low"] <= 0.75 <= r["high"]
+    assert S.mean_ci([])["mean"] is None
+    assert S.mean_ci([0.0, 0.0, 0.0]) == {"mean": 0.0, "low": 0.0, "high": 0.0, "n": 3}

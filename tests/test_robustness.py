@@ -56,13 +56,31 @@ def test_summarise_shape():
     import pandas as pd
 
     table = pd.DataFrame({"transform": ["id", "id", "r90", "r90", "webp_q80", "webp_q80"],
-                          "dp": [0.0, 0.0, 0.1, -0.3, np.nan, 0.2], "flip": [0.0, 0.0, 1.0, 0.0, np.nan, 1.0]})
+                          "dp": [0.0, 0.0, 0.1, -0.3, np.nan, 0.2], "flip": [0.0, 0.0, 1.0, 0.0, np.nan, 1.0],
+                          "crosses_threshold": [0.0, 0.0, 0.0, 0.0, np.nan, 1.0]})
     s = rb.summarise(table)
-    assert s["transforms"]["id"] == {"mean_abs_dp": 0.0, "p95_abs_dp": 0.0, "decision_flip_rate": 0.0, "n": 2}
-    assert s["transforms"]["r90"]["mean_abs_dp"] == pytest.approx(0.2)
-    assert s["transforms"]["r90"]["decision_flip_rate"] == 0.5
-    assert s["transforms"]["webp_q80"]["n"] == 1
-    assert s["groups"]["dihedral"]["n"] == 2
+    assert s["transforms"]["id"] == {"mean_abs_dp": 0.0, "p95_abs_dp": 0.0, "decision_flip_rate": 0.0,
+                                     "threshold_cross_rate": 0.0, "mean_dp": 0.0, "mean_dp_ci": [0.0, 0.0], "n": 2}
+    r90 = s["transforms"]["r90"]
+    assert r90["mean_abs_dp"] == pytest.approx(0.2) and r90["mean_dp"] == pytest.approx(-0.1)
+    assert r90["mean_dp_ci"][0] <= -0.1 <= r90["mean_dp_ci"][1]
+    assert r90["decision_flip_rate"] == 0.5 and r90["threshold_cross_rate"] == 0.0
+    assert s["transforms"]["webp_q80"]["n"] == 1 and s["transforms"]["webp_q80"]["threshold_cross_rate"] == 1.0
+    # The pooled views count each image several times: no CI for them.
+    assert s["groups"]["dihedral"]["n"] == 2 and "mean_dp_ci" not in s["groups"]["dihedral"]
+
+
+def test_a_shift_every_image_shares_is_told_from_spread():
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    shift = 0.05 + rng.normal(0, 0.01, 200)  # most images move the same way
+    spread = rng.normal(0, 0.05, 200)  # as large, but no direction
+    table = pd.DataFrame({"transform": ["shift"] * 200 + ["spread"] * 200, "dp": np.r_[shift, spread],
+                          "flip": 0.0, "crosses_threshold": 0.0})
+    s = rb.summarise(table)["transforms"]
+    assert s["shift"]["mean_dp_ci"][0] > 0.04
+    assert s["spread"]["mean_dp_ci"][0] < 0 < s["spread"]["mean_dp_ci"][1]
 
 
 # --- on the tiny trained bundle ---------------------------------------------------------------
@@ -106,10 +124,13 @@ def test_robustness_command_writes_report(tiny_bundle, tmp_path):
     doc = json.loads((out / "robustness.json").read_text())
     assert set(doc["transforms"]) == set(rb.TRANSFORMS)
     for name, v in doc["transforms"].items():
-        assert set(v) == {"mean_abs_dp", "p95_abs_dp", "decision_flip_rate", "n"}, name
+        assert set(v) == {"mean_abs_dp", "p95_abs_dp", "decision_flip_rate", "threshold_cross_rate", "mean_dp",
+                          "mean_dp_ci", "n"}, name
         assert isinstance(v["n"], int) and v["n"] == doc["n_images"] == 5
         assert 0.0 <= v["mean_abs_dp"] <= v["p95_abs_dp"] + 1e-12 <= 1.0 + 1e-12
-        assert 0.0 <= v["decision_flip_rate"] <= 1.0
+        assert 0.0 <= v["decision_flip_rate"] <= 1.0 and 0.0 <= v["threshold_cross_rate"] <= 1.0
+        assert abs(v["mean_dp"]) <= v["mean_abs_dp"] + 1e-12
+        assert v["mean_dp_ci"][0] <= v["mean_dp"] <= v["mean_dp_ci"][1]
     assert doc["transforms"]["id"]["mean_abs_dp"] == 0.0
     assert doc["transforms"]["id"]["decision_flip_rate"] == 0.0
     assert (out / "robustness.png").stat().st_size > 1000

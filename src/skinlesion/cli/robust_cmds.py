@@ -31,7 +31,7 @@ def robustness(bundle, data, n, seed, out) -> None:
     """How often the decision flips under rotations, re-encoding, rescaling, zoom and colour changes.
 
     Writes robustness.json ({"transforms": {name: {mean_abs_dp, p95_abs_dp, decision_flip_rate,
-    n}}}), robustness.png and per_image.csv.
+    threshold_cross_rate, mean_dp, mean_dp_ci, n}}}), robustness.png and per_image.csv.
     """
     import json
 
@@ -40,12 +40,13 @@ def robustness(bundle, data, n, seed, out) -> None:
     folder = run_robustness(bundle, data, n=n, seed=seed, out_dir=out)
     result = json.loads((folder / "robustness.json").read_text())
     click.echo(f"{result['bundle']} on {result['n_images']} images of {result['data']}")
-    click.echo(f"{'transform':16s} {'flips':>7s} {'mean|dp|':>9s} {'p95|dp|':>8s}")
+    click.echo(f"{'transform':16s} {'flips':>7s} {'crosses':>8s} {'mean|dp|':>9s} {'p95|dp|':>8s} {'mean dp':>8s}")
     rows = dict(result["transforms"])
     rows.update({f"[{k}]": v for k, v in result.get("groups", {}).items()})
     for name, v in rows.items():
         if v["n"]:
-            click.echo(f"{name:16s} {100 * v['decision_flip_rate']:6.1f}% {v['mean_abs_dp']:9.4f} {v['p95_abs_dp']:8.4f}")
+            click.echo(f"{name:16s} {100 * v['decision_flip_rate']:6.1f}% {100 * v['threshold_cross_rate']:7.1f}% "
+                       f"{v['mean_abs_dp']:9.4f} {v['p95_abs_dp']:8.4f} {v['mean_dp']:+8.4f}")
     click.echo(str(folder))
 
 

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from skinlesion.data.datasets import DataError
+from skinlesion.metrics.stats import N_BOOTSTRAP, mean_ci
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,6 @@ BASELINE_SIGMA = 0.25
 BOX_CSV = "HAM10000_metadata_ext.csv"
 DEFAULT_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "scorecam", "smoothgrad")
 BASELINE = "baseline: centred Gaussian"
-N_RESAMPLES = 2000
 
 
 # --------------------------------------------------------------------------------------------
@@ -100,23 +100,6 @@ def gaussian_baseline(size: int, sigma: float = BASELINE_SIGMA) -> np.ndarray:
     c = np.arange(size) + 0.5 - size / 2
     g = np.exp(-(c[:, None] ** 2 + c[None, :] ** 2) / (2 * (sigma * size) ** 2))
     return (g / g.max()).astype(np.float32)
-
-
-def mean_ci(values: Sequence[float] | np.ndarray, *, n_resamples: int = N_RESAMPLES, seed: int = 0,
-            confidence: float = 0.95) -> dict[str, Any]:
-    """``{"mean", "low", "high", "n"}``: the mean of the finite values with a percentile bootstrap CI."""
-    from scipy.stats import bootstrap
-
-    v = np.asarray(values, np.float64)
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return {"mean": None, "low": None, "high": None, "n": 0}
-    if v.size == 1 or np.ptp(v) == 0.0:
-        return {"mean": float(v.mean()), "low": float(v.mean()), "high": float(v.mean()), "n": int(v.size)}
-    res = bootstrap((v,), np.mean, n_resamples=n_resamples, confidence_level=confidence, method="percentile",
-                    rng=np.random.default_rng(seed))
-    return {"mean": float(v.mean()), "low": float(res.confidence_interval.low),
-            "high": float(res.confidence_interval.high), "n": int(v.size)}
 
 
 def score_map(heatmap: np.ndarray, box: Sequence[float], tolerance: float = TOLERANCE_PX) -> dict[str, float]:
@@ -276,7 +259,7 @@ def run_localisation(bundle_path: str | os.PathLike[str], *, n: int = 300, metho
                             "largest spatial variance (tf-keras-vis max_N), not all 1,280"} if m == "scorecam" else {}),
                         **({"smooth_samples": smooth_samples, "smooth_noise": 0.2} if m == "smoothgrad" else {})}
                     for m in methods},
-        "ci": f"95 % percentile bootstrap over images ({N_RESAMPLES} resamples, seed {seed})",
+        "ci": f"95 % percentile bootstrap over images ({N_BOOTSTRAP} resamples, seed {seed})",
         "seed": seed,
         "seconds_per_image": {str(m): float(g["seconds"].mean()) for m, g in table.groupby("method", sort=False)
                               if m != BASELINE},
@@ -340,7 +323,7 @@ def run_sanity(bundle_path: str | os.PathLike[str], *, n: int = 50, method: str 
                 "randomised model vs the original (identity view, no TTA). Low similarity = the map depends "
                 "on the learnt weights",
         "spearman_note": "undefined (left out, counted in undefined_spearman) when either map is constant",
-        "ci": f"95 % percentile bootstrap over images ({N_RESAMPLES} resamples, seed {seed})",
+        "ci": f"95 % percentile bootstrap over images ({N_BOOTSTRAP} resamples, seed {seed})",
         "steps": steps,
         "synthetic": bool(predictor.meta.synthetic),
         "seconds": round(time.perf_counter() - t0, 1),

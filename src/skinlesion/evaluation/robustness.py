@@ -4,8 +4,10 @@ Each transform acts on the *decoded original* image (full resolution), before th
 own intake (centre square crop, resize), as the same lesion photographed, stored or sent
 differently would. JPEG and WebP re-encodings go in as bytes, the rest as uint8 arrays. The
 reference is the Predictor's answer for the untouched image; for every transform we report the
-mean and 95th percentile of ``|p_transformed - p_reference|`` on the calibrated probability and
-the fraction of images whose decision string changes.
+mean and 95th percentile of ``|p_transformed - p_reference|`` on the calibrated probability, the
+fraction of images whose decision string changes, the fraction whose probability crosses the
+bundle's threshold, and the signed mean of ``p_transformed - p_reference`` with a bootstrap CI:
+a change that moves most images the same way is a cue the model reads, not resampling noise.
 
 Transforms (:data:`TRANSFORMS`, in this order):
 
@@ -32,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from skinlesion.data.datasets import DataError
+from skinlesion.metrics.stats import mean_ci
 from skinlesion.models.features import WEBP_QUALITY, downscale
 
 log = logging.getLogger(__name__)
@@ -154,6 +157,7 @@ def measure(predictor: Any, images: Sequence[np.ndarray], *, transforms: Sequenc
     ids = list(ids) if ids is not None else [str(i) for i in range(len(images))]
     if len(ids) != len(images):
         raise ValueError(f"{len(ids)} ids for {len(images)} images")
+    threshold = float(predictor.policy.threshold)
     ref = _predict(predictor, list(images), batch_size)
     keep = [i for i, r in enumerate(ref) if r is not None]
     rows: list[dict[str, Any]] = []
@@ -163,34 +167,49 @@ def measure(predictor: Any, images: Sequence[np.ndarray], *, transforms: Sequenc
             r = ref[i]
             row = {"image": ids[i], "transform": name, "ref_probability": r.probability,
                    "ref_raw_probability": r.raw_probability, "ref_decision": r.decision,
-                   "probability": np.nan, "raw_probability": np.nan, "decision": "", "dp": np.nan, "flip": np.nan}
+                   "probability": np.nan, "raw_probability": np.nan, "decision": "", "dp": np.nan, "flip": np.nan,
+                   "crosses_threshold": np.nan}
             if pred is not None:
                 row.update(probability=pred.probability, raw_probability=pred.raw_probability,
                            decision=pred.decision, dp=pred.probability - r.probability,
-                           flip=float(pred.decision != r.decision))
+                           flip=float(pred.decision != r.decision),
+                           crosses_threshold=float((pred.probability >= threshold) != (r.probability >= threshold)))
             rows.append(row)
         log.info("robustness: %s done (%d images)", name, len(keep))
     return pd.DataFrame(rows)
 
 
-def _stats(part: pd.DataFrame) -> dict[str, Any]:
+def _stats(part: pd.DataFrame, *, ci: bool = True) -> dict[str, Any]:
     ok = part.dropna(subset=["dp"])
-    dp = np.abs(ok["dp"].to_numpy(float))
     if not len(ok):
-        return {"mean_abs_dp": None, "p95_abs_dp": None, "decision_flip_rate": None, "n": 0}
-    return {"mean_abs_dp": float(dp.mean()), "p95_abs_dp": float(np.percentile(dp, 95)),
-            "decision_flip_rate": float(ok["flip"].mean()), "n": int(len(ok))}
+        return {"mean_abs_dp": None, "p95_abs_dp": None, "decision_flip_rate": None, "threshold_cross_rate": None,
+                "mean_dp": None, "n": 0} | ({"mean_dp_ci": None} if ci else {})
+    dp = ok["dp"].to_numpy(float)
+    out: dict[str, Any] = {"mean_abs_dp": float(np.abs(dp).mean()), "p95_abs_dp": float(np.percentile(np.abs(dp), 95)),
+                           "decision_flip_rate": float(ok["flip"].mean()),
+                           "threshold_cross_rate": float(ok["crosses_threshold"].mean()),
+                           "mean_dp": float(dp.mean()), "n": int(len(ok))}
+    if ci:
+        interval = mean_ci(dp)
+        out["mean_dp_ci"] = [interval["low"], interval["high"]]
+    return out
 
 
 def summarise(table: pd.DataFrame) -> dict[str, Any]:
-    """``{"transforms": {name: {mean_abs_dp, p95_abs_dp, decision_flip_rate, n}}, "groups": {...}}``.
+    """``{"transforms": {name: {mean_abs_dp, p95_abs_dp, decision_flip_rate, threshold_cross_rate,
+    mean_dp, mean_dp_ci, n}}, "groups": {...}}``.
 
-    ``groups["dihedral"]`` pools the 7 non-identity views (each image counted 7 times).
+    ``decision_flip_rate`` counts any change of the decision string, i.e. a crossing of either
+    edge of the refer band; ``threshold_cross_rate`` a crossing of the bundle's threshold, the
+    binary operating point of its sensitivity/specificity figures (it lies inside the band, so
+    either can happen without the other). ``mean_dp_ci`` is a 95 % percentile bootstrap over images.
+    ``groups["dihedral"]`` pools the 7 non-identity views (each image counted 7 times, so no CI:
+    its rows are not independent).
     """
     out: dict[str, Any] = {"transforms": {name: _stats(g) for name, g in table.groupby("transform", sort=False)}}
     views = table[table["transform"].isin([v for v in DIHEDRAL if v != "id"])]
     if len(views):
-        out["groups"] = {"dihedral": {**_stats(views), "views": sorted(views["transform"].unique())}}
+        out["groups"] = {"dihedral": {**_stats(views, ci=False), "views": sorted(views["transform"].unique())}}
     return out
 
 
@@ -261,17 +280,20 @@ def decode(files: Sequence[Path]) -> tuple[list[np.ndarray], list[int]]:
 # The report
 # --------------------------------------------------------------------------------------------
 def plot(summary: dict[str, Any], path: str | os.PathLike[str], title: str = "") -> Path:
-    """Bar chart of decision flip rate and mean |dp| per transform (PNG)."""
+    """Bar charts per transform (PNG): decision flips, mean |dp|, and the signed mean dp with its CI."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    names = list(summary["transforms"])
-    flips = [100 * (summary["transforms"][k]["decision_flip_rate"] or 0.0) for k in names]
-    dps = [summary["transforms"][k]["mean_abs_dp"] or 0.0 for k in names]
-    p95 = [summary["transforms"][k]["p95_abs_dp"] or 0.0 for k in names]
-    fig = Figure(figsize=(max(7.0, 0.5 * len(names) + 2), 6.5), dpi=110, layout="constrained")
+    rows = summary["transforms"]
+    names = list(rows)
+    flips = [100 * (rows[k]["decision_flip_rate"] or 0.0) for k in names]
+    dps = [rows[k]["mean_abs_dp"] or 0.0 for k in names]
+    p95 = [rows[k]["p95_abs_dp"] or 0.0 for k in names]
+    signed = np.array([rows[k]["mean_dp"] or 0.0 for k in names])
+    ci = np.array([rows[k]["mean_dp_ci"] or [0.0, 0.0] for k in names], float).reshape(-1, 2)
+    fig = Figure(figsize=(max(7.0, 0.5 * len(names) + 2), 9.0), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
-    ax1, ax2 = fig.subplots(2, 1, sharex=True)
+    ax1, ax2, ax3 = fig.subplots(3, 1, sharex=True)
     x = np.arange(len(names))
     ax1.bar(x, flips, color="tab:red")
     ax1.axhline(1.0, color="grey", ls="--", lw=1, label="goal 1 %")
@@ -281,8 +303,12 @@ def plot(summary: dict[str, Any], path: str | os.PathLike[str], title: str = "")
     ax2.scatter(x, p95, color="black", marker="_", s=120, label="95th percentile |Δp|")
     ax2.axhline(0.02, color="grey", ls="--", lw=1, label="goal mean 0.02")
     ax2.set_ylabel("|Δp| (calibrated probability)")
-    ax2.set_xticks(x, names, rotation=45, ha="right")
     ax2.legend(loc="upper right", fontsize=8)
+    ax3.bar(x, signed, color=np.where(signed >= 0, "tab:orange", "tab:green"))
+    ax3.errorbar(x, signed, yerr=np.abs(ci.T - signed), fmt="none", ecolor="black", lw=1, capsize=3)
+    ax3.axhline(0.0, color="grey", lw=1)
+    ax3.set_ylabel("mean Δp, signed (95 % CI)")
+    ax3.set_xticks(x, names, rotation=45, ha="right")
     if title:
         fig.suptitle(title, fontsize=10)
     path = Path(path)

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from skinlesion.data.datasets import DataError
+from skinlesion.metrics.stats import mean_ci
 from skinlesion.models.features import outside_circle_alpha
 
 log = logging.getLogger(__name__)
@@ -267,8 +268,6 @@ def measure(predictor: Any, images: Sequence[np.ndarray], *, artefacts: Sequence
 
 def summarise(table: pd.DataFrame, seed: int = 0) -> dict[str, Any]:
     """``{artefact: {mean_dp, mean_dp_ci, p95_dp, mean_abs_dp, decision_flip_rate, ...}}``."""
-    from skinlesion.evaluation.localisation import mean_ci
-
     out: dict[str, Any] = {}
     for name, part in table.groupby("artefact", sort=False):
         dp = part["dp"].to_numpy(float)

@@ -449,6 +449,21 @@ def paired_auc_test(
     }
 
 
+def mean_ci(values: Sequence[float] | np.ndarray, *, n_resamples: int = N_BOOTSTRAP, seed: int = 0,
+            confidence: float = 0.95) -> dict[str, Any]:
+    """``{"mean", "low", "high", "n"}``: the mean of the finite values with a percentile bootstrap CI."""
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return {"mean": None, "low": None, "high": None, "n": 0}
+    if v.size == 1 or np.ptp(v) == 0.0:
+        return {"mean": float(v.mean()), "low": float(v.mean()), "high": float(v.mean()), "n": int(v.size)}
+    res = stats.bootstrap((v,), np.mean, n_resamples=n_resamples, confidence_level=confidence, method="percentile",
+                          rng=np.random.default_rng(seed))
+    return {"mean": float(v.mean()), "low": float(res.confidence_interval.low),
+            "high": float(res.confidence_interval.high), "n": int(v.size)}
+
+
 def holm_adjust(p_values: ArrayLike) -> FloatArray:
     """Holm's (1979) step-down adjusted p-values, in the order given.
 
