@@ -311,7 +311,7 @@ def test_body_over_max_content_length_is_413(client, dermoscopic_jpeg, path):
     r = client.post(path, data=_form(huge_bytes(MAX_CONTENT_LENGTH + 1)), content_type="multipart/form-data")
     assert r.status_code == 413
     text = r.get_data(as_text=True)
-    assert "too large" in text and f"{MAX_BYTES // 2**20} MB" in text
+    assert "too large" in text and f"{MAX_BYTES // 2**20} MB in all" in text
     assert (r.mimetype == "application/json") == path.startswith("/api/")
     _assert_serves_good_request(client, dermoscopic_jpeg)
 
@@ -320,6 +320,64 @@ def test_file_just_over_intake_limit_is_413(client):
     """Under the HTTP body limit but over intake's byte limit: intake's own 413."""
     r = _api_predict(client, huge_bytes(MAX_BYTES + 1))
     assert r.status_code == 413 and r.json["error"]["status"] == 413
+
+
+def test_too_many_form_fields_is_not_called_a_large_image(client, dermoscopic_jpeg):
+    """Werkzeug's 413 for a small request with 1,000+ form parts must not blame the image's size."""
+    fields = {f"f{i}": "x" for i in range(1200)}
+    r = client.post("/api/v1/predict", data={**fields, **_form(dermoscopic_jpeg)}, content_type="multipart/form-data")
+    assert r.status_code == 413
+    assert "too many fields" in r.json["error"]["message"] and "MB" not in r.json["error"]["message"]
+
+
+@pytest.mark.parametrize("path", ["/api/v1/predict", "/predict"])
+def test_file_parts_without_a_name_are_uploads_too(client, dermoscopic_jpeg, path):
+    """Nothing sent is dropped silently: a part with no file name is analysed or reported."""
+    parts = [(io.BytesIO(b"hello, this is text\n"), ""), (io.BytesIO(dermoscopic_jpeg), "good.jpg")]
+    r = client.post(path, data={"image": parts}, content_type="multipart/form-data")
+    assert r.status_code == 200, r.get_data(as_text=True)
+    if path.startswith("/api/"):
+        assert r.json["n_images"] == 2 and r.json["n_rejected"] == 1
+        assert r.json["images"][0]["filename"] == "image 1" and r.json["images"][0]["error"]["status"] == 415
+    # A browser's empty, unnamed part ("no file chosen") beside a real file is not an upload.
+    parts = [(io.BytesIO(b""), ""), (io.BytesIO(dermoscopic_jpeg), "good.jpg")]
+    r = client.post(path, data={"image": parts}, content_type="multipart/form-data")
+    assert r.status_code == 200, r.get_data(as_text=True)
+
+
+def test_405_says_which_methods_are_allowed(client):
+    r = client.get("/api/v1/predict")
+    assert r.status_code == 405 and r.mimetype == "application/json"
+    assert "POST" in r.headers["Allow"]
+    r = client.post("/model")
+    assert r.status_code == 405 and r.mimetype == "text/html" and "GET" in r.headers["Allow"]
+
+
+def test_explain_is_read_the_same_on_both_routes_and_never_echoed_whole(client, dermoscopic_jpeg):
+    assert _ui_predict(client, dermoscopic_jpeg, explain=" gradcam ").status_code == 200
+    assert _api_predict(client, dermoscopic_jpeg, explain=" gradcam ").status_code == 200
+    r = _api_predict(client, dermoscopic_jpeg, explain="<x>" * 10_000)
+    assert r.status_code == 400 and len(r.json["error"]["message"]) < 300
+
+
+def test_no_server_path_reaches_a_client(client, tiny_bundle, no_model_app, tmp_path):
+    """bundle.json records where the run read and wrote; clients see those paths without the
+    server's directory layout (relative to the project root, else only their last part)."""
+    text = client.get("/api/v1/model").get_data(as_text=True) + client.get("/model").get_data(as_text=True)
+    assert str(tiny_bundle.parent) not in text and "pytest-of" not in text
+    blank = no_model_app.test_client()
+    for r in (blank.get("/"), blank.get("/readyz"), blank.get("/api/v1/model"), blank.get("/model"),
+              blank.post("/api/v1/predict", data=_form(b"\xff\xd8\xff"), content_type="multipart/form-data")):
+        assert str(tmp_path) not in r.get_data(as_text=True), r.request.path
+        assert "make run" in r.get_data(as_text=True), r.request.path
+
+
+def test_public_text_keeps_sentences_and_urls():
+    from webapp.analysis import public_text
+
+    assert public_text("no bundle at /srv/x/models/m1, run `make run`") == "no bundle at …/m1, run `make run`"
+    assert public_text("see https://example.org/a/b and 5 MB/s") == "see https://example.org/a/b and 5 MB/s"
+    assert public_text("evaluate ../../tmp/p/run-1 here") == "evaluate …/run-1 here"
 
 
 # -------------------------------------------------------------------------- no model
@@ -468,3 +526,11 @@ def test_uploads_are_never_written_to_disk(client, app, dermoscopic_jpeg, monkey
     assert writes == []
     after = {d: sorted(os.listdir(d)) if os.path.isdir(d) else None for d in watched}
     assert after == before
+
+
+def test_a_refused_batch_says_which_image(predictor, dermoscopic_jpeg):
+    from skinlesion.data.intake import ImageRejected
+
+    with pytest.raises(ImageRejected, match="Image 2 of 2: ") as info:
+        predictor.predict_many([dermoscopic_jpeg, b"hello, this is text"])
+    assert info.value.status == 415

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from skinlesion.config import project_root
 from skinlesion.data.intake import MAX_BYTES, ImageRejected
 from skinlesion.serving.budget import Deadline
 from skinlesion.serving.explanation import ExplanationCaption, explained_model_text, explanation_caption
@@ -21,6 +23,9 @@ from webapp.model import ModelHolder
 PREVIEW_MAX_SIDE = 640
 # Photos of one lesion analysed together per request (the multipart field ``image`` repeated).
 MAX_IMAGES = MAX_PHOTOS
+# A path inside a sentence that may lead out of the project: absolute ("/" not preceded by a word,
+# ".", ":" or "/", so not "MB/s" or a URL) or starting with "../" (how display_path shows those).
+_OUTWARD_PATH = re.compile(r"(?<![\w.:/])(?:/|(?:\.\./)+)[\w.\-]+(?:/[\w.\-]+)*/?")
 
 
 class UserError(Exception):
@@ -48,50 +53,71 @@ class Analysis:
 def check_method(name: str, allowed: Sequence[str]) -> str:
     """``name`` if it is an explanation method we offer; else a 400 that lists the valid ones."""
     if name not in allowed:
-        raise UserError(400, f"Unknown explanation method {name!r}. Choose one of: {', '.join(allowed)}.")
+        shown = name if len(name) <= 40 else name[:40] + "…"
+        raise UserError(400, f"Unknown explanation method {shown!r}. Choose one of: {', '.join(allowed)}.")
     return name
 
 
-def uploaded_bytes(files: Mapping[str, Any], form: Mapping[str, str], *, allow_inline: bool = False) -> bytes:
-    """The bytes of the multipart file field ``image``.
-
-    With ``allow_inline`` (the result page's "explain again" form) a base64 copy of an earlier
-    upload in the form field ``image_b64`` is accepted when no new file is attached.
-    """
-    upload = files.get("image")
-    if upload is not None and upload.filename:
-        # One byte over the limit is enough for intake to answer 413 with its own message.
-        return upload.read(MAX_BYTES + 1)
-    if allow_inline and form.get("image_b64"):
-        try:
-            return base64.b64decode(form["image_b64"], validate=True)
-        except (binascii.Error, ValueError):
-            raise UserError(400, "The image carried by the page is damaged; upload the file again.") from None
-    if upload is not None:
-        # A form submitted without choosing a file still sends an empty part with no name.
-        data = upload.read(MAX_BYTES + 1)
-        if data:
-            return data
-        raise UserError(400, "No file was chosen. Choose a dermoscopic image (JPEG, PNG, BMP, TIFF or WebP) and try again.")
-    raise UserError(400, "No image was sent. Send the file in the multipart/form-data field 'image'.")
+def _inline_copy(form: Mapping[str, str]) -> bytes:
+    try:
+        return base64.b64decode(form["image_b64"], validate=True)
+    except (binascii.Error, ValueError):
+        raise UserError(400, "The image carried by the page is damaged; upload the file again.") from None
 
 
 def uploaded_files(files: Any, form: Mapping[str, str], *, allow_inline: bool = False,
                    limit: int = MAX_IMAGES) -> list[tuple[str, bytes]]:
     """(file name, bytes) of every file in the multipart field ``image``: 1 to ``limit`` photos of one lesion.
 
-    One file (or none, or the result page's carried copy) is exactly :func:`uploaded_bytes`; more
-    than ``limit`` is a 413 that says how many are allowed. ``files`` is Werkzeug's MultiDict.
+    Every part is an upload, named or not (an API client need not send a file name), except an
+    empty part with no name, which is what a browser sends when no file was chosen. With
+    ``allow_inline`` (the result page's "explain again" form) a base64 copy of an earlier upload
+    in the form field ``image_b64`` stands in when no file is attached. More than ``limit`` photos
+    is a 413 that says how many are allowed. ``files`` is Werkzeug's MultiDict.
     """
-    named = [u for u in files.getlist("image") if u.filename] if hasattr(files, "getlist") else []
-    if len(named) > limit:
-        raise UserError(413, f"Too many images: {len(named)} files were sent, and at most {limit} photos of one "
+    parts = files.getlist("image") if hasattr(files, "getlist") else [files[k] for k in ("image",) if k in files]
+    uploads = []
+    for number, part in enumerate(parts, 1):
+        # One byte over the limit is enough for intake to refuse that file with its own 413.
+        data = part.read(MAX_BYTES + 1)
+        if part.filename or data:
+            uploads.append((part.filename or f"image {number}", data))
+    if len(uploads) > limit:
+        raise UserError(413, f"Too many images: {len(uploads)} files were sent, and at most {limit} photos of one "
                              f"lesion are analysed together. Send {limit} or fewer.")
-    if len(named) <= 1:
-        name = named[0].filename if named else "image"
-        return [(name, uploaded_bytes(files, form, allow_inline=allow_inline))]
-    # One byte over the limit is enough for intake to refuse that file with its own 413.
-    return [(u.filename, u.read(MAX_BYTES + 1)) for u in named]
+    if uploads:
+        return uploads
+    if allow_inline and form.get("image_b64"):
+        return [("image", _inline_copy(form))]
+    if parts:
+        raise UserError(400, "No file was chosen. Choose a dermoscopic image (JPEG, PNG, BMP, TIFF or WebP) and try again.")
+    raise UserError(400, "No image was sent. Send the file in the multipart/form-data field 'image'.")
+
+
+def _public_path(path: str) -> str:
+    root = project_root().resolve()
+    p = (root / path).resolve()  # an absolute path replaces root
+    try:
+        return p.relative_to(root).as_posix()
+    except ValueError:
+        return f"…/{p.name}" if p.name else "…"
+
+
+def public_text(text: str) -> str:
+    """``text`` with every path that leads out of the project cut to its last part (an absolute
+    one inside it made relative), so what clients see does not carry this server's layout."""
+    return _OUTWARD_PATH.sub(lambda m: _public_path(m.group(0)), text)
+
+
+def public_json(value: Any) -> Any:
+    """``value`` (JSON-like) with :func:`public_text` applied to every string in it."""
+    if isinstance(value, str):
+        return public_text(value)
+    if isinstance(value, Mapping):
+        return {k: public_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [public_json(v) for v in value]
+    return value
 
 
 @dataclass

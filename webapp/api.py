@@ -15,6 +15,8 @@ from webapp.analysis import (
     check_method,
     explain_deadline,
     none_analysed,
+    public_json,
+    public_text,
     uploaded_files,
 )
 from webapp.model import holder
@@ -70,8 +72,8 @@ def _result_json(result: Analysis) -> dict:
 
 @bp.get("/api/v1/model")
 def model():
-    """The served bundle's metadata (bundle.json as written)."""
-    return jsonify(clean_json(holder().get().meta.raw))
+    """The served bundle's metadata (bundle.json as written, paths relative to the project root)."""
+    return jsonify(clean_json(public_json(holder().get().meta.raw)))
 
 
 @bp.get("/healthz")
@@ -96,6 +98,6 @@ def readyz():
     if reason is None:
         h.start_warm_up()
         reason = h.not_ready_reason()
-    response = jsonify(status="not ready", reason=reason)
+    response = jsonify(status="not ready", reason=reason and public_text(reason))
     response.headers["Retry-After"] = "5"
     return response, 503

@@ -10,6 +10,7 @@ from markupsafe import Markup, escape
 from skinlesion.bundle.meta import BundleMeta
 from skinlesion.evaluation.model_card import ModelCard, build_model_card
 from skinlesion.metrics.calibration import BENIGN_APPEARING, SUSPICIOUS, UNCERTAIN_REFER
+from webapp.analysis import public_text
 
 DECISION_HELP = {
     SUSPICIOUS: "The probability is at or above the upper edge of the uncertainty band: "
@@ -30,8 +31,9 @@ _INLINE = (
 
 
 def inline_markdown(text: object) -> Markup:
-    """Escaped ``text`` with `code`, **bold** and *italic* turned into HTML (Jinja filter ``md``)."""
-    html = str(escape(str(text)))
+    """Escaped ``text`` with `code`, **bold** and *italic* turned into HTML (Jinja filter ``md``);
+    paths out of the project are cut to their last part (:func:`webapp.analysis.public_text`)."""
+    html = str(escape(public_text(str(text))))
     for pattern, repl in _INLINE:
         html = pattern.sub(repl, html)
     return Markup(html)

@@ -18,6 +18,7 @@ from webapp.analysis import (
     data_uri,
     explain_deadline,
     none_analysed,
+    public_text,
     uploaded_files,
 )
 from webapp.model import holder
@@ -30,7 +31,7 @@ def index():
     """Upload form, or how to train a model when there is none."""
     return render_template(
         "index.html",
-        no_model=holder().unavailable_reason(),
+        no_model=(reason := holder().unavailable_reason()) and public_text(reason),
         methods=current_app.config["EXPLAIN_METHODS"],
         selected=current_app.config["DEFAULT_EXPLAIN_METHOD"],
         max_mb=MAX_BYTES // 2**20,
@@ -49,7 +50,7 @@ def predict():
     """Analyse an upload (or the image carried by the result page) and show the result; several
     photos of one lesion get one combined result and each photo's own."""
     config = current_app.config
-    method = check_method(request.form.get("explain") or config["DEFAULT_EXPLAIN_METHOD"],
+    method = check_method(request.form.get("explain", "").strip() or config["DEFAULT_EXPLAIN_METHOD"],
                           config["EXPLAIN_METHODS"])
     uploads = uploaded_files(request.files, request.form, allow_inline=True)
     deadline = explain_deadline(method, config)

@@ -220,7 +220,8 @@ def _training_data(meta: BundleMeta) -> Section:
     t = meta.training
     s = Section("Training data")
     if meta.synthetic:
-        s.text(f"Generated (SYNTHETIC) images from `{t.data_dir}`; nothing below about the Kaggle data "
+        where = config.display_path(t.data_dir) if t.data_dir else "n/a"
+        s.text(f"Generated (SYNTHETIC) images from `{where}`; nothing below about the Kaggle data "
                "applies to this run's numbers.")
     if t.sources and not t.data_dir:
         return s.text(

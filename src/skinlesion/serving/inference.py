@@ -12,7 +12,7 @@ import numpy as np
 
 from skinlesion import DISCLAIMER
 from skinlesion.bundle.format import Bundle, BundleError, load, resolve_default_bundle
-from skinlesion.data.intake import load_for_model
+from skinlesion.data.intake import ImageRejected, load_for_model
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -204,8 +204,19 @@ class Predictor:
 
     # -- prediction -----------------------------------------------------------------------
     def _arrays(self, images: list, size: int) -> np.ndarray:
-        return np.stack([x if isinstance(x, np.ndarray) and x.shape == (size, size, 3) and x.dtype == np.uint8
-                         else load_for_model(x, size) for x in images])
+        arrays = []
+        for number, x in enumerate(images, 1):
+            if isinstance(x, np.ndarray) and x.shape == (size, size, 3) and x.dtype == np.uint8:
+                arrays.append(x)
+                continue
+            try:
+                arrays.append(load_for_model(x, size))
+            except ImageRejected as exc:
+                if len(images) == 1:
+                    raise
+                # A batch is refused whole, so say which of its images was the cause.
+                raise ImageRejected(exc.status, f"Image {number} of {len(images)}: {exc.message}") from exc
+        return np.stack(arrays)
 
     @property
     def default_tta(self) -> bool:
@@ -295,7 +306,6 @@ class Predictor:
         import pandas as pd
         from tqdm.auto import tqdm
 
-        from skinlesion.data.intake import ImageRejected
 
         sizes = {m.bundle.input_size for m in self.members}
         rows: list[dict[str, Any]] = []
