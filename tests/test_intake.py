@@ -444,3 +444,14 @@ def test_a_real_dermoscopic_jpeg_loads() -> None:
     array = load_for_model(data, 224)
     assert array.shape == (224, 224, 3) and array.dtype == np.uint8
     assert 20 < array.mean() < 235  # a real photo, not a blank frame
+
+
+def test_a_float_file_out_of_range_gets_advice_for_a_file_not_for_code() -> None:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((64, 64), 200.0, np.float32)).save(buf, format="TIFF")
+    with pytest.raises(ImageRejected) as info:
+        load_for_model(buf.getvalue(), 32)
+    assert info.value.status == 422 and "8- or 16-bit" in info.value.message and "uint8" not in info.value.message
+    _assert_helpful(info.value)
+    with pytest.raises(ImageRejected, match="uint8 array"):
+        load_for_model(np.full((64, 64, 3), 200.0, np.float32), 32)

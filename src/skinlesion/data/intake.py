@@ -313,8 +313,13 @@ def _scale_int16(values: np.ndarray) -> np.ndarray:
     return ((wide + 128) // 257).astype(np.uint8)
 
 
-def _float_to_uint8(values: np.ndarray) -> np.ndarray:
-    """[0, 1] floats -> uint8; anything else is refused rather than guessed at."""
+_ARRAY_ADVICE = "Divide 0-255 data by 255 first, or pass a uint8 array."
+_FILE_ADVICE = "Please save it as an ordinary 8- or 16-bit image."
+
+
+def _float_to_uint8(values: np.ndarray, advice: str = _ARRAY_ADVICE) -> np.ndarray:
+    """[0, 1] floats -> uint8; anything else is refused rather than guessed at (``advice`` says
+    what to do instead: a programmer passing an array and a person uploading a file differ)."""
     if values.size and not np.isfinite(values).all():
         raise ImageRejected(422, "The image data contains NaN or infinite values.")
     low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
@@ -322,8 +327,7 @@ def _float_to_uint8(values: np.ndarray) -> np.ndarray:
     if low < -1e-3 or high > 1 + 1e-3:
         raise ImageRejected(
             422,
-            f"Float image data must lie in [0, 1], but it ranges from {low:g} to {high:g}. "
-            "Divide 0-255 data by 255 first, or pass a uint8 array.",
+            f"Float image data must lie in [0, 1], but it ranges from {low:g} to {high:g}. {advice}",
         )
     return np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
 
@@ -349,7 +353,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
             )
         return Image.fromarray(_scale_int16(values)).convert("RGB")
     if mode == "F":
-        return Image.fromarray(_float_to_uint8(np.asarray(img))).convert("RGB")
+        return Image.fromarray(_float_to_uint8(np.asarray(img), _FILE_ADVICE)).convert("RGB")
     if img.has_transparency_data:
         return _on_white(img)
     if mode == "RGB":
