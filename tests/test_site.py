@@ -94,8 +94,13 @@ def test_curve_runs_shape_without_a_model():
                 "sensitivity_p10", "specificity_p90", "repeats"):
         assert col in curve
     assert curve["sensitivity_mean"].between(0, 1).all() and (curve["repeats"] == 4).all()
-    # Too large for the site: skipped (needs >= 5 held-out images per class).
-    assert 190 not in set(site_mod.curve_runs(scored, parent, sizes=(190,), repeats=2)["n"])
+    # Too large for the site: skipped (needs >= 5 held-out images per class); when no size is left,
+    # a clear error before any report is written.
+    assert 190 not in set(site_mod.curve_runs(scored, parent, sizes=(25, 190), repeats=2)["n"])
+    with pytest.raises(DataError, match=r"none of the curve sizes \[190\]"):
+        site_mod.curve_runs(scored, parent, sizes=(190,), repeats=2)
+    with pytest.raises(DataError, match="repeats must be at least 1"):
+        site_mod.curve_runs(scored, parent, sizes=(25,), repeats=0)
     with pytest.raises(DataError, match="below the minimum"):
         site_mod.curve_runs(scored, parent, sizes=(10,), repeats=2)
 

@@ -221,6 +221,18 @@ def test_hash_cache_is_reused_and_rebuilt_when_broken(tmp_path):
     assert len(find_pairs(c)) == 0
 
 
+def test_an_undecodable_image_is_named_not_left_out_of_the_audit(tmp_path):
+    from skinlesion.data.datasets import DataError
+
+    files = [_img(tmp_path / f"{i}.jpg", i) for i in range(2)]
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("not an image")
+    with pytest.raises(DataError, match=r"2 of 4 images cannot be decoded.*empty\.jpg") as info:
+        hash_images([*files, tmp_path / "empty.jpg", tmp_path / "text.jpg"], progress=False,
+                    cache=tmp_path / "hashes.npz")
+    assert "text.jpg" in str(info.value)
+
+
 # --- grouped splits ------------------------------------------------------------------------------
 
 def _records(n: int, rng: np.random.Generator, sources=("a", "b"), n_groups: int | None = None) -> pd.DataFrame:

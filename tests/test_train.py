@@ -112,6 +112,19 @@ def test_one_class_dataset_refused(tmp_path, synth_root):
         train(_cfg(root, tmp_path))
 
 
+def test_too_few_training_images_refused_before_training(tmp_path, synth_root):
+    """A 4-per-class folder trains a head but cannot give out-of-distribution statistics: say so first."""
+    root = tmp_path / "tiny"
+    for split in ("train", "test"):
+        for cls in ("benign", "malignant"):
+            (root / split / cls).mkdir(parents=True)
+            for f in sorted((synth_root / split / cls).iterdir())[:5]:
+                shutil.copy(f, root / split / cls / f.name)
+    with pytest.raises(DataError, match="need at least 10"):
+        train(_cfg(root, tmp_path / "out"))
+    assert not list((tmp_path / "out").glob("*/bundle.json"))
+
+
 def test_empty_data_dir_refused(tmp_path):
     with pytest.raises(DataError, match="no dataset at"):
         train(_cfg(tmp_path / "missing", tmp_path))

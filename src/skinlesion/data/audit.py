@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from skinlesion import config
+from skinlesion.data.datasets import DataError
 
 # The rule, validated on pairs inspected by eye (notebook 01 shows true and false matches side
 # by side): re-encoded, recoloured, rescaled and re-framed copies of one photo have pHash distance
@@ -38,15 +39,19 @@ PAIR_COLUMNS = ["a", "b", "kind", "phash_distance", "thumb_correlation"]
 _BLOCK = 2048  # rows of the pairwise Hamming-distance matrix computed at once (memory bound)
 
 
-def _hash_one(path: Path) -> tuple[str, int, np.ndarray]:
+def _hash_one(path: Path) -> tuple[str, int, np.ndarray] | None:
+    """md5, pHash and 16x16 thumbnail of one image; None when Pillow cannot decode it."""
     import imagehash
     from PIL import Image
 
     data = path.read_bytes()
-    with Image.open(path) as src:
-        im = src.convert("RGB")
-        bits = imagehash.phash(im).hash.ravel()
-        thumb = np.asarray(im.convert("L").resize((16, 16), Image.Resampling.BILINEAR), dtype=np.float32).ravel()
+    try:
+        with Image.open(path) as src:
+            im = src.convert("RGB")
+            bits = imagehash.phash(im).hash.ravel()
+            thumb = np.asarray(im.convert("L").resize((16, 16), Image.Resampling.BILINEAR), dtype=np.float32).ravel()
+    except (OSError, ValueError, Image.DecompressionBombError):  # UnidentifiedImageError is an OSError
+        return None
     return hashlib.md5(data).hexdigest(), int(np.packbits(bits.astype(np.uint8)).view(">u8")[0]), thumb
 
 
@@ -79,10 +84,19 @@ def hash_images(paths: Sequence[str | os.PathLike[str]], *, progress: bool = Tru
     md5s = [hashlib.md5(p.read_bytes()).hexdigest() for p in files]
     todo = [i for i, m in enumerate(md5s) if m not in store]
     if todo:
+        unreadable = []
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
             it = pool.map(_hash_one, [files[i] for i in todo])
-            for m, h, t in tqdm(it, total=len(todo), desc="hashing", unit="img", disable=not progress):
-                store[m] = (h, t)
+            for i, result in zip(todo, tqdm(it, total=len(todo), desc="hashing", unit="img", disable=not progress)):
+                if result is None:
+                    unreadable.append(files[i])
+                else:
+                    store[result[0]] = result[1:]
+        if unreadable:
+            # A duplicate audit that quietly left images out would certify them clean.
+            shown = ", ".join(str(f) for f in unreadable[:5]) + (" …" if len(unreadable) > 5 else "")
+            raise DataError(f"{len(unreadable)} of {len(files)} images cannot be decoded, so they cannot be checked "
+                            f"for duplicates: {shown}. Remove or replace them and run again.")
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(f".{cache.stem}.{os.getpid()}.tmp.npz")
         keys = list(store)
@@ -232,7 +246,7 @@ def audit(
     test = splits[splits["split"] == "test"].reset_index(drop=True)
     ref = splits[splits["split"] != "test"].reset_index(drop=True)
     if test.empty:
-        raise ValueError("the splits have no test images to audit")
+        raise DataError("the splits have no test images to audit: give a dataset with a test split")
     both = pd.concat([test, ref], ignore_index=True)
     table = hash_images([root / p for p in both["path"]], progress=progress)
     n = len(test)

@@ -260,6 +260,8 @@ def curve_runs(scored: pd.DataFrame, parent_policy: Any, sizes: Sequence[int] = 
     y_all = scored["label"].to_numpy(int)
     raw_all = scored["raw_probability"].to_numpy(float)
     check_site_set(y_all, "the site set")
+    if repeats < 1:
+        raise DataError(f"repeats must be at least 1, not {repeats}")
     rows: list[dict[str, Any]] = []
     for size in sizes:
         if size < MIN_SITE_IMAGES:
@@ -280,6 +282,11 @@ def curve_runs(scored: pd.DataFrame, parent_policy: Any, sizes: Sequence[int] = 
                          "n_calibration_malignant": int(y_all[cal].sum()), "n_held_out": int(len(held)),
                          "n_held_out_malignant": int(y_ho.sum()), "temperature": policy.temperature,
                          "threshold": policy.threshold, "sensitivity": sens, "specificity": spec})
+    if not rows:
+        # Nothing to plot or summarise: say so before any report file is written.
+        raise DataError(f"none of the curve sizes {list(sizes)} leaves {MIN_PER_CLASS} held-out site images of each "
+                        f"class among the {len(y_all)} scored ({int(y_all.sum())} malignant); use smaller sizes "
+                        "or a larger site set")
     return pd.DataFrame(rows, columns=["n", "repeat", "n_calibration", "n_calibration_malignant", "n_held_out",
                                        "n_held_out_malignant", "temperature", "threshold", "sensitivity",
                                        "specificity"])

@@ -41,6 +41,10 @@ class OODDetector:
             return cls(z["mean"], z["precision"], float(z["threshold"]), float(z["quantile"]))
 
 
+# Fewer training images than this give no usable covariance estimate for the distance.
+MIN_TRAIN_FEATURES = 10
+
+
 def fit_ood(train_features: np.ndarray, val_features: np.ndarray, quantile: float = 0.995) -> OODDetector:
     """Fit on training features; threshold = ``quantile`` of held-out validation distances.
 
@@ -50,8 +54,8 @@ def fit_ood(train_features: np.ndarray, val_features: np.ndarray, quantile: floa
     from sklearn.covariance import LedoitWolf
 
     train_features = np.asarray(train_features, dtype=np.float64)
-    if train_features.ndim != 2 or len(train_features) < 10:
-        raise ValueError("OOD statistics need at least 10 training feature vectors")
+    if train_features.ndim != 2 or len(train_features) < MIN_TRAIN_FEATURES:
+        raise ValueError(f"OOD statistics need at least {MIN_TRAIN_FEATURES} training feature vectors")
     lw = LedoitWolf().fit(train_features)
     det = OODDetector(lw.location_, lw.precision_, np.inf, quantile)
     ref = det.distance(val_features if len(val_features) else train_features)

@@ -193,7 +193,7 @@ def train(cfg: TrainConfig) -> Path:
     from skinlesion.metrics.classification import roc_auc
     from skinlesion.models import backbones
     from skinlesion.models.features import VIEWS, extract_features
-    from skinlesion.models.ood import fit_ood
+    from skinlesion.models.ood import MIN_TRAIN_FEATURES, fit_ood
     from skinlesion.seeds import set_seeds
 
     cap, level = _capture_logs()
@@ -244,6 +244,9 @@ def train(cfg: TrainConfig) -> Path:
         for name, y in (("train", ytr), ("validation", yva)):
             if len(np.unique(y)) < 2:
                 raise DataError(f"the {name} split has only one class after reading the images; need both")
+        if len(tr) < MIN_TRAIN_FEATURES:
+            # Checked here, not after training: the out-of-distribution statistics fitted then need them.
+            raise DataError(f"the train split has {len(tr)} readable images; need at least {MIN_TRAIN_FEATURES}")
         log.info("features: %d train x %d views, %d val in %.1fs", len(tr), len(cfg.views), len(va), feat_seconds)
 
         # Re-seeded before each stochastic stage: what ran earlier in this process (another
