@@ -95,6 +95,34 @@ def test_evaluate_official_external_and_single_class(two_bundles, tmp_path):
     assert json.loads((out / "metrics.json").read_text())["bundle"] == "a"
 
 
+def test_two_external_folders_of_one_name_are_refused(two_bundles, tmp_path):
+    import shutil
+
+    from skinlesion.data.datasets import DataError
+    from skinlesion.evaluation.evaluate import evaluate_bundle
+
+    root, _, a, _ = two_bundles
+    for parent in ("site1", "site2"):
+        shutil.copytree(root / "test", tmp_path / parent / "x")
+    with pytest.raises(DataError, match="both be called 'external:x'"):
+        evaluate_bundle(a, external=(str(tmp_path / "site1" / "x"), str(tmp_path / "site2" / "x")), progress=False)
+
+
+def test_a_model_card_refuses_another_models_report(two_bundles, tmp_path):
+    from skinlesion.evaluation.common import ReportError
+    from skinlesion.evaluation.evaluate import evaluate_bundle, save_results
+    from skinlesion.evaluation.model_card import model_card
+
+    _, _, a, b = two_bundles
+    report = save_results(*evaluate_bundle(a, n_resamples=50, progress=False), tmp_path / "rep-a")
+    assert "a" in model_card(a, report)
+    with pytest.raises(ReportError, match="evaluation of 'a', not of 'b'"):
+        model_card(b, report)
+    (report / "metrics.json").write_text("[1, 2]")
+    with pytest.raises(ReportError, match="not a JSON object"):
+        model_card(a, report)
+
+
 def test_tta_changes_little_and_stays_valid(two_bundles):
     from skinlesion.serving.inference import Predictor
 

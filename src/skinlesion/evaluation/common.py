@@ -146,6 +146,8 @@ def load_evaluation(report_dir: str | os.PathLike[str]) -> tuple[dict[str, Any],
     if not f.is_file():
         raise ReportError(f"{d} is not an evaluation report (no metrics.json); run `skinlesion evaluate BUNDLE` first")
     results = read_json(f, ReportError)
+    if not isinstance(results, dict):
+        raise ReportError(f"{f} is not an evaluation report (not a JSON object)")
     preds = {}
     for name in results.get("sets", {}):
         p = d / f"predictions_{set_file_stem(name)}.csv"

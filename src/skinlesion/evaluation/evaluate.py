@@ -71,6 +71,12 @@ def evaluation_sets(
         root = Path(ext)
         sets.append(EvalSet(f"external:{root.name}", root, [p.relative_to(root).as_posix() for p in scan.paths],
                             np.asarray(scan.labels)))
+    names = [s.name for s in sets]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        # Reports, predictions_<set>.csv and metrics are keyed by the set's name: one would overwrite the other.
+        raise DataError(f"two evaluation sets would both be called {clash[0]!r}: give the --external folders "
+                        "different names (or the same one only once)")
     return sets
 
 

@@ -475,6 +475,10 @@ def build_model_card(meta: BundleMeta, bundle_path: str | os.PathLike[str],
     bundle_path = Path(bundle_path)
     report = find_report(meta, bundle_path, report_dir)
     results = load_evaluation(report)[0] if report else None
+    if results is not None and results.get("bundle", meta.run_id) != meta.run_id:
+        # Another model's metrics and threshold under this model's name would be a false card.
+        raise ReportError(f"{report} is the evaluation of {results['bundle']!r}, not of {meta.run_id!r}; "
+                          f"run `skinlesion evaluate {bundle_path}` or give its own report")
     banners = ([SYNTHETIC_BANNER] if meta.synthetic else []) + [NOT_A_DEVICE_BANNER]
     intended = Section("Intended use").text(
         "Research and education only: studying dermoscopic image classification, calibration, decision "
