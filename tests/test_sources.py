@@ -331,3 +331,18 @@ def test_real_sources_match_the_shared_readme(name, real_shared_sources):
     if name == "isic2017":
         assert d["splits"]["test"] == {"benign": 483, "malignant": 117}
         assert d["splits"]["val"] == {"benign": 120, "malignant": 30}
+
+
+def test_lesion_boxes_that_are_not_boxes_are_refused(tmp_path):
+    from skinlesion.evaluation.localisation import BOX_CSV, ham10000_with_boxes
+
+    root = make_ham(tmp_path / "ham", [("HAM_1", "ISIC_1", "mel"), ("HAM_2", "ISIC_2", "nv")])
+    boxes = pd.DataFrame({"image_id": ["ISIC_1", "ISIC_2"], "top": [2, 10], "bottom": [30, 40],
+                          "left": [5, 8], "right": [40, 44]})
+    boxes.to_csv(root / BOX_CSV, index=False)
+    frame, _ = ham10000_with_boxes(tmp_path, root=root)
+    assert len(frame) == 2 and frame["bottom"].dtype.kind in "if"
+    for bad in ({"top": 50}, {"right": 1}, {"left": "x"}, {"bottom": -3}):
+        boxes.assign(**{k: [v, boxes[k][1]] for k, v in bad.items()}).to_csv(root / BOX_CSV, index=False)
+        with pytest.raises(DataError, match="1 lesion boxes are not boxes.*ISIC_1"):
+            ham10000_with_boxes(tmp_path, root=root)

@@ -125,6 +125,14 @@ def ham10000_with_boxes(bundle_path: str | os.PathLike[str], *, n: int | None = 
     boxes = pd.read_csv(csv, usecols=["image_id", "top", "bottom", "left", "right"])
     if boxes["image_id"].duplicated().any():
         raise DataError(f"{csv}: duplicate image ids")
+    edges = boxes[["top", "bottom", "left", "right"]].apply(pd.to_numeric, errors="coerce")
+    bad = (edges.isna().any(axis=1) | (edges < 0).any(axis=1)
+           | (edges["top"] >= edges["bottom"]) | (edges["left"] >= edges["right"]))
+    if bad.any():
+        # A box that is not one would still give a map score: a wrong number, not a missing one.
+        raise DataError(f"{csv}: {int(bad.sum())} lesion boxes are not boxes (a missing or non-numeric edge, a "
+                        f"negative one, or top >= bottom / left >= right), first {boxes['image_id'][bad].iloc[0]}")
+    boxes[edges.columns] = edges
     recs = src.records.assign(file=[str(p) for p in src.paths(src.records)])
     splits = Path(bundle_path) / "splits.csv"
     what = "HAM10000 (all images; the bundle has no HAM10000 validation split)"
