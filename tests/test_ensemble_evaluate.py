@@ -95,6 +95,14 @@ def test_evaluate_official_external_and_single_class(two_bundles, tmp_path):
     assert json.loads((out / "metrics.json").read_text())["bundle"] == "a"
 
 
+def test_an_ensemble_of_one_bundle_twice_is_refused(two_bundles):
+    from skinlesion.training.ensemble import make_ensemble
+
+    _, _, a, _ = two_bundles
+    with pytest.raises(BundleError, match="more than once"):
+        make_ensemble([a, a.parent / ".." / a.parent.name / a.name], run_id="twice")
+
+
 def test_two_external_folders_of_one_name_are_refused(two_bundles, tmp_path):
     import shutil
 

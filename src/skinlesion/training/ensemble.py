@@ -51,6 +51,10 @@ def make_ensemble(
     paths = [Path(p).resolve() for p in bundle_paths]
     if len(paths) < 2:
         raise BundleError("an ensemble needs at least two bundles")
+    twice = sorted({str(p) for p in paths if paths.count(p) > 1})
+    if twice:
+        # It would be served as an ensemble while weighting one model double, with no second opinion.
+        raise BundleError(f"{twice[0]} is given more than once; an ensemble needs different bundles")
     members = [load(p) for p in paths]
     splits = {sha256_file(m.file("splits.csv")) for m in members}
     if len(splits) != 1:
