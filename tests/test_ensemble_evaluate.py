@@ -93,6 +93,10 @@ def test_evaluate_official_external_and_single_class(two_bundles, tmp_path):
     assert "SYNTHETIC" in text and "roc_auc n/a" in text
     out = save_results(results, preds, tmp_path / "rep")
     assert json.loads((out / "metrics.json").read_text())["bundle"] == "a"
+    assert (out / "predictions_external_ext.csv").is_file()
+    # Evaluated again into the same folder without that set: its old predictions go with it.
+    save_results(results, {"test": preds["test"]}, out)
+    assert sorted(p.name for p in out.glob("predictions_*.csv")) == ["predictions_test.csv"]
 
 
 def test_an_ensemble_of_one_bundle_twice_is_refused(two_bundles):

@@ -13,6 +13,7 @@ import pandas as pd
 from skinlesion import config
 from skinlesion.bundle.meta import BundleMeta
 from skinlesion.data.datasets import DataError, scan_class_folders
+from skinlesion.evaluation.common import set_file_stem
 from skinlesion.io import write_json
 from skinlesion.metrics.stats import N_BOOTSTRAP
 
@@ -221,10 +222,20 @@ def format_results(results: dict[str, Any]) -> str:
 
 
 def save_results(results: dict[str, Any], preds: dict[str, pd.DataFrame], out_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Write metrics.json and per-set predictions CSVs to ``reports/<run>/``."""
+    """Write metrics.json and per-set predictions CSVs to ``reports/<run>/``.
+
+    A ``predictions_*.csv`` of an earlier evaluation into the same folder whose set this one
+    does not have is removed: left beside the new metrics.json it would read as part of it.
+    """
     out = Path(out_dir) if out_dir else config.reports_dir() / results["bundle"]
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", results)
+    written = set()
     for name, df in preds.items():
-        df.to_csv(out / f"predictions_{name.replace(':', '_')}.csv", index=False)
+        path = out / f"predictions_{set_file_stem(name)}.csv"
+        df.to_csv(path, index=False)
+        written.add(path.name)
+    for stale in out.glob("predictions_*.csv"):
+        if stale.name not in written:
+            stale.unlink()
     return out
