@@ -178,6 +178,8 @@ def test_compare_two_runs_and_refuse_different_images(dataset, evaluated, tmp_pa
         compare.compare([out_a, out_c])
     with pytest.raises(common.ReportError, match="no evaluation set 'external:x'"):
         compare.compare([out_a, out_b], "external:x")
+    with pytest.raises(common.ReportError, match="more than once"):
+        compare.compare([out_a, out_b, out_a / ".." / out_a.name])
 
 
 def test_model_card_sections(evaluated):

@@ -56,10 +56,13 @@ def compare_runs(
     """
     if len(runs) < 2:
         raise ReportError("compare needs at least two evaluated runs (report folders or bundles)")
-    loaded = []
+    loaded: list[tuple[str, Path, dict[str, Any], Any]] = []
     names: list[str] = []
     for run in runs:
         d = resolve_report_dir(run)
+        if any(d.resolve() == other.resolve() for _, other, _, _ in loaded):
+            # A run against itself "agrees" perfectly and would read as evidence.
+            raise ReportError(f"{d} is given more than once; compare different runs")
         results, preds = load_evaluation(d)
         if set_name not in results.get("sets", {}):
             raise ReportError(f"{d} has no evaluation set {set_name!r} (it has: "
