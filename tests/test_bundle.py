@@ -78,3 +78,115 @@ def test_served_views_follow_the_bundles_tta():
     plain = BundleMeta.from_dict({"run_id": "b", "tta": None})
     assert tta.dihedral_tta and tta.served_views == tuple(VIEWS) and tta.served_views[0] == "id"
     assert not plain.dihedral_tta and plain.served_views == ("id",)
+
+
+def _rewrite_meta(path, change):
+    meta = json.loads((path / "bundle.json").read_text())
+    change(meta)
+    (path / "bundle.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"[]", "expected a JSON object, found an array"),
+    (b'"x"', "expected a JSON object, found a string"),
+    (b"\xff\xfe\x00\x81garbage\x00", "not UTF-8 text"),
+    (b"", "not valid JSON"),
+])
+def test_bundle_json_that_is_not_an_object_is_refused(tmp_path, content, match):
+    path = _write(tmp_path)
+    (path / "bundle.json").write_bytes(content)
+    with pytest.raises(BundleError, match=match):
+        bundle.load(path)
+
+
+@pytest.mark.parametrize("files", [["model.keras"], None, "model.keras"])
+def test_files_field_that_is_not_a_mapping_is_refused(tmp_path, files):
+    path = _write(tmp_path)
+    _rewrite_meta(path, lambda m: m.__setitem__("files", files))
+    with pytest.raises(BundleError, match="'files' must map file names to checksums"):
+        bundle.load(path)
+
+
+def test_malformed_nested_field_is_a_bundle_error(tmp_path):
+    path = _write(tmp_path)
+    _rewrite_meta(path, lambda m: m.__setitem__("calibration", [1.5]))
+    with pytest.raises(BundleError, match="malformed field: 'calibration' must be a JSON object, not list"):
+        bundle.load(path)
+
+
+@pytest.mark.parametrize("name", ["../outside.txt", "sub/../../outside.txt", "ABSOLUTE", ".", ""])
+def test_files_outside_the_bundle_are_never_read(tmp_path, name):
+    """A crafted bundle.json must not make the checksum check read (and vouch for) other files."""
+    from skinlesion.io import sha256_file
+
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not the bundle's")
+    path = _write(tmp_path / "models")
+    key = str(outside) if name == "ABSOLUTE" else name
+    _rewrite_meta(path, lambda m: m["files"].__setitem__(key, sha256_file(outside)))
+    with pytest.raises(BundleError, match="not a file inside the bundle folder"):
+        bundle.load(path)
+
+
+@pytest.mark.parametrize("run_id", ["../x", "/abs/x", "a/b", "a\\b", "", "  ", ".", "..", ".hidden"])
+def test_bad_run_id_refused_before_anything_is_written(tmp_path, run_id):
+    out = tmp_path / "models"
+    with pytest.raises(BundleError, match="invalid run id"):
+        bundle.check_run_id(run_id)
+    with pytest.raises(BundleError, match="invalid run id"):
+        _write(out, run_id=run_id)
+    assert list(tmp_path.iterdir()) == []  # not even the models folder, nor anything beside it
+    assert not (tmp_path.parent / "x").exists()
+
+
+def test_good_run_id_passes():
+    assert bundle.check_run_id("20240101-000000-efficientnet_lite0-abc123") == "20240101-000000-efficientnet_lite0-abc123"
+    assert bundle.check_run_id("my.model v2") == "my.model v2"
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04garbage", b"not really a model"])
+def test_damaged_model_file_with_matching_checksum(tmp_path, content):
+    """The checksum only says the file is what was written; Keras' "File not found" must not
+    reach the user when the file is there but damaged."""
+    path = bundle.write_bundle({"backbone": "x", "input_size": 32}, {"model.keras": content},
+                               out_dir=tmp_path, run_id="r1")
+    with pytest.raises(BundleError, match="model file is damaged"):
+        _ = bundle.load(path).model
+
+
+def test_zip_that_is_not_a_keras_model(tmp_path):
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("readme.txt", "hello")
+    path = bundle.write_bundle({"backbone": "x", "input_size": 32}, {"model.keras": buf.getvalue()},
+                               out_dir=tmp_path, run_id="r1")
+    with pytest.raises(BundleError, match="model file is damaged"):
+        _ = bundle.load(path).model
+
+
+def test_damaged_ood_statistics(tmp_path):
+    import numpy as np
+
+    ood = {"file": "ood.npz", "threshold": 1.0, "quantile": 0.99}
+    good = tmp_path / "good.npz"
+    np.savez(good, mean=np.zeros(3), precision=np.eye(3), threshold=np.float64(1.0), quantile=np.float64(0.99))
+    wrong_shape = tmp_path / "wrong.npz"
+    np.savez(wrong_shape, mean=np.zeros(3), precision=np.eye(2), threshold=np.float64(1.0), quantile=np.float64(0.99))
+    cases = {"garbage": b"garbage", "notzip": b"PK\x03\x04garbage", "empty": b"", "shape": wrong_shape.read_bytes()}
+    for run_id, data in cases.items():
+        path = bundle.write_bundle({"backbone": "x", "ood": ood}, {"model.keras": b"m", "ood.npz": data},
+                                   out_dir=tmp_path, run_id=run_id)
+        with pytest.raises(BundleError, match="out-of-distribution statistics are damaged"):
+            bundle.load(path).ood_detector()
+    path = bundle.write_bundle({"backbone": "x", "ood": ood}, {"model.keras": b"m", "ood.npz": good},
+                               out_dir=tmp_path, run_id="ok")
+    det = bundle.load(path).ood_detector()
+    assert det is not None and det.precision.shape == (3, 3)
+    assert bundle.load(_write(tmp_path, run_id="none")).ood_detector() is None
+    escape = bundle.write_bundle({"backbone": "x", "ood": {**ood, "file": "../good.npz"}}, {"model.keras": b"m"},
+                                 out_dir=tmp_path, run_id="escape")
+    with pytest.raises(BundleError, match="not a file inside the bundle folder"):
+        bundle.load(escape).ood_detector()

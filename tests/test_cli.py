@@ -128,3 +128,243 @@ def test_train_options_reach_the_recipe(runner, monkeypatch):
         assert r.exit_code == 0, r.output
     assert (seen[0].harmonise, seen[0].l2) == (150, 0.01)
     assert (seen[1].harmonise, seen[1].l2) == (None, train_mod.TrainConfig().l2)
+
+
+# --- bad input: one clear line, nothing lost ------------------------------------------------
+
+def _image(path):
+    import numpy as np
+    from PIL import Image
+
+    from skinlesion.data.synth import synth_image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(synth_image(1, np.random.default_rng(0), 96)).save(path)
+    return path
+
+
+def test_predict_output_never_destroys_an_input_or_the_bundle(runner, tiny_bundle, tmp_path, monkeypatch):
+    """--output that is an input, the group CSV, or a file in the bundle is refused; a table
+    is written whole or not at all; a full disk or a folder is one line naming the path."""
+    import errno
+    import os
+    from pathlib import Path
+
+    img = _image(tmp_path / "img.jpg")
+    before = img.read_bytes()
+    model = ["--model", str(tiny_bundle)]
+    (tmp_path / "link.csv").symlink_to(img)
+    for output in (img, f"{tmp_path}/./img.jpg", tmp_path / "link.csv"):
+        r = runner.invoke(main, ["predict", str(img), *model, "--output", str(output)])
+        assert r.exit_code != 0 and "one of the input files" in r.output and "Traceback" not in r.output
+    assert img.read_bytes() == before
+    groups = tmp_path / "groups.csv"
+    groups.write_text("path,lesion_id\nimg.jpg,L1\n")
+    for output in (groups, img):
+        r = runner.invoke(main, ["predict", "--group-by", str(groups), *model, "--output", str(output)])
+        assert r.exit_code != 0 and "one of the input files" in r.output, r.output
+    assert groups.read_text() == "path,lesion_id\nimg.jpg,L1\n" and img.read_bytes() == before
+
+    r = runner.invoke(main, ["predict", str(img), *model, "--output", str(tiny_bundle / "predictions.csv")])
+    assert r.exit_code != 0 and "inside the model bundle" in r.output
+    assert not (tiny_bundle / "predictions.csv").exists()
+    r = runner.invoke(main, ["predict", str(img), *model, "--output", str(tmp_path)])
+    assert r.exit_code != 0 and "is a folder" in r.output
+    r = runner.invoke(main, ["predict", str(img), *model, "--output", str(img / "sub" / "x.csv")])
+    assert r.exit_code != 0 and "is a file, not a folder" in r.output and "Traceback" not in r.output
+
+    # An interrupted write (here: the rename fails as on a full disk) leaves the old table whole.
+    out = tmp_path / "out.csv"
+    out.write_text("the previous table\n")
+    import skinlesion.io
+
+    real_replace = os.replace
+
+    def full(src, dst, **kw):
+        if str(dst).startswith(str(tmp_path)):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_replace(src, dst, **kw)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(skinlesion.io.os, "replace", full)
+        r = runner.invoke(main, ["predict", str(img), *model, "--output", str(out)])
+    assert r.exit_code == 1 and f"cannot write {out}: No space left on device" in r.output, r.output
+    assert "Traceback" not in r.output and out.read_text() == "the previous table\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp file left
+    r = runner.invoke(main, ["predict", str(img), *model, "--output", str(out)])
+    assert r.exit_code == 0 and out.read_text().startswith("path,probability")
+    if Path("/dev/full").exists():
+        r = runner.invoke(main, ["predict", str(img), *model, "--output", "/dev/full"])
+        assert r.exit_code == 1 and "/dev/full: No space left on device" in r.output and "Traceback" not in r.output
+
+
+def test_predict_batch_refuses_huge_and_endless_files_alone(runner, tiny_bundle, tmp_path, monkeypatch):
+    """A file over intake's limit (sparse: no disk used) or a link to /dev/zero is an error row;
+    nothing reads a whole file, and the other images are still predicted."""
+    import os
+    from pathlib import Path
+
+    from skinlesion.data.intake import MAX_BYTES
+
+    folder = tmp_path / "imgs"
+    _image(folder / "good.jpg")
+    with open(folder / "huge.jpg", "wb") as f:
+        f.truncate(8 * 1024**3)
+    paths = [str(folder)]
+    if Path("/dev/zero").exists():
+        os.symlink("/dev/zero", tmp_path / "zero.jpg")
+        paths.append(str(tmp_path / "zero.jpg"))
+
+    real_read_bytes = Path.read_bytes
+
+    def whole_file(self):
+        assert not str(self).startswith(str(tmp_path)), f"read the whole of {self}"
+        return real_read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", whole_file)
+    r = runner.invoke(main, ["predict", *paths, "--model", str(tiny_bundle), "--format", "json"])
+    assert r.exit_code == 0, r.output
+    rows = {row["path"].split("/")[-1]: row for row in json.loads(r.stdout)}
+    assert 0.0 <= rows["good.jpg"]["probability"] <= 1.0 and not rows["good.jpg"]["error"]
+    assert f"{MAX_BYTES // 2**20} MB limit" in rows["huge.jpg"]["error"]
+    if "zero.jpg" in rows:
+        assert "not a regular file" in rows["zero.jpg"]["error"]
+
+
+def test_os_errors_are_one_line_naming_the_path(runner):
+    """friendly() turns any OSError into '<path>: <reason>' and exit 1, not a traceback."""
+    import errno
+    import os
+
+    import click
+
+    from skinlesion.cli.base import friendly
+
+    cases = [
+        (IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), "/tmp/out"), "/tmp/out: Is a directory"),
+        (NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), "/tmp/f/x"), "/tmp/f/x: Not a directory"),
+        (FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), "/tmp/f"), "/tmp/f: File exists"),
+        (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/dev/full"), "/dev/full: No space left on device"),
+        (FileNotFoundError("weights file not found: w.pth"), "weights file not found: w.pth"),
+    ]
+    for exc, message in cases:
+        @click.command()
+        @friendly
+        def cmd(exc=exc):
+            raise exc
+
+        r = runner.invoke(cmd, [])
+        assert r.exit_code == 1 and r.output == f"Error: {message}\n", r.output
+
+
+def test_data_synth_errors_are_one_line(runner, tmp_path):
+    """SynthError (the generator's own refusals) is a user error."""
+    target = tmp_path / "a-file"
+    target.write_text("keep me")
+    r = runner.invoke(main, ["data", "synth", "--out", str(target), "--n-train", "2", "--n-test", "1", "--size", "32"])
+    assert r.exit_code == 1 and "exists and is not a folder" in r.output and "Traceback" not in r.output
+    assert target.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("args,option", [
+    (["data", "synth", "--n-train", "-1"], "--n-train"),
+    (["data", "synth", "--n-test", "0"], "--n-test"),
+    (["data", "synth", "--size", "0"], "--size"),
+    (["data", "audit", "--max-distance", "-1"], "--max-distance"),
+    (["train", "--max-train-per-class", "0"], "--max-train-per-class"),
+    (["train", "--max-eval-per-class", "-5"], "--max-eval-per-class"),
+    (["train", "--head-units", "-1"], "--head-units"),
+    (["train", "--seed", "-1"], "--seed"),
+    (["train", "--input-size", "0"], "--input-size"),
+    (["evaluate", "b", "--resamples", "0"], "--resamples"),
+    (["compare", ".", "--resamples", "0"], "--resamples"),
+    (["robustness", ".", "--n", "0"], "--n"),
+    (["traps", ".", "--n", "0"], "--n"),
+    (["calibrate", ".", "--site", "x", "--curve", "--repeats", "0"], "--repeats"),
+    (["calibrate", ".", "--site", "x", "--curve", "--max-images", "-1"], "--max-images"),
+    (["explain-eval", "localisation", ".", "--n", "0"], "--n"),
+    (["explain-eval", "sanity", ".", "--n", "-3"], "--n"),
+])
+def test_numbers_out_of_range_are_refused_up_front(runner, args, option):
+    r = runner.invoke(main, args)
+    assert r.exit_code == 2 and f"'{option}'" in r.output and "is not in the range" in r.output, r.output
+    assert "Traceback" not in r.output
+
+
+def test_every_default_is_in_its_own_range():
+    """The ranges above must not refuse a command's own defaults."""
+    import click
+
+    def commands(group):
+        for cmd in group.commands.values():
+            yield from commands(cmd) if isinstance(cmd, click.Group) else [cmd]
+
+    for cmd in commands(main):
+        ctx = click.Context(cmd)
+        for param in cmd.params:
+            if isinstance(param.type, (click.IntRange, click.FloatRange)):
+                value = param.get_default(ctx)
+                if isinstance(value, (int, float)):
+                    param.type_cast_value(ctx, value)  # raises BadParameter when out of range
+
+
+def test_train_refuses_a_file_that_is_not_weights_before_training(runner, tmp_path, monkeypatch):
+    import skinlesion.training.train as train_mod
+
+    monkeypatch.setattr(train_mod, "train", lambda cfg: pytest.fail("trained with bad weights"))
+    junk = tmp_path / "weights.pth"
+    junk.write_text("not a weights file")
+    r = runner.invoke(main, ["train", "--weights", str(junk), "--data-dir", "."])
+    assert r.exit_code == 2 and "--weights" in r.output and "does not hold efficientnet_lite0 weights" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_run_refuses_a_data_dir_that_does_not_exist(runner, tmp_path, monkeypatch):
+    """A typo in --data-dir is an error, never a download and a model trained on SYNTHETIC data."""
+    from skinlesion.data import datasets, synth
+
+    monkeypatch.setattr(datasets, "download", lambda *a, **k: pytest.fail("downloaded"))
+    monkeypatch.setattr(synth, "generate_dataset", lambda *a, **k: pytest.fail("made synthetic data"))
+    r = runner.invoke(main, ["run", "--data-dir", str(tmp_path / "typo"), "--quiet"])
+    assert r.exit_code == 1 and f"no dataset at {tmp_path / 'typo'}" in r.output and "Traceback" not in r.output
+
+
+def test_run_ids_must_be_plain_names_and_new(runner, tmp_path, monkeypatch):
+    """--run-id ../x would write outside --out-dir; a taken one is refused before any training."""
+    import skinlesion.training.train as train_mod
+
+    monkeypatch.setattr(train_mod, "train", lambda cfg: pytest.fail("trained"))
+    bundle = tmp_path / "parent"
+    bundle.mkdir()
+    for args in (["train", "--data-dir", "."], ["calibrate", str(bundle), "--site", "x"],
+                 ["ensemble", str(bundle), str(bundle)]):
+        for bad in ("../x", "a/b", ".hidden", ""):
+            r = runner.invoke(main, [*args, "--run-id", bad])
+            assert r.exit_code == 2 and "'--run-id'" in r.output and "Traceback" not in r.output, (args, bad)
+    (tmp_path / "models" / "taken").mkdir(parents=True)
+    for args in (["train", "--data-dir", "."], ["calibrate", str(bundle), "--site", "x"]):
+        r = runner.invoke(main, [*args, "--out-dir", str(tmp_path / "models"), "--run-id", "taken"])
+        assert r.exit_code == 2 and "already exists" in r.output, r.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_predict_group_by_a_folder_says_so(runner, tmp_path):
+    r = runner.invoke(main, ["predict", "--group-by", str(tmp_path)])
+    assert r.exit_code == 2 and "is a directory" in r.output and "does not exist" not in r.output
+
+
+def test_package_logs_are_printed_once(runner):
+    """Libraries (absl, under TF's SavedModel writer in `export`) give the root logger a handler;
+    the package's messages must still be printed once, as [skinlesion] lines."""
+    import io
+    import logging
+
+    seen = io.StringIO()
+    root_handler = logging.StreamHandler(seen)
+    logging.getLogger().addHandler(root_handler)
+    try:
+        runner.invoke(main, ["info", "/nonexistent/bundle"])  # any command configures logging
+        logging.getLogger("skinlesion.serving.export").info("exported")
+    finally:
+        logging.getLogger().removeHandler(root_handler)
+    assert seen.getvalue() == ""

@@ -215,3 +215,48 @@ def test_default_bundle_float_export_parity_on_real_images(tmp_path):
         result = export_bundle(member.path, "tflite", out=tmp_path / member.meta.run_id)
         assert result.parity["n_images"] == 200 and len(result.parity["views"]) == 8
         assert result.parity["max_abs_dp_served"] <= FLOAT_TOLERANCE and result.parity["passed"], member.path
+
+
+def _fake_bundle(models: Path) -> Path:
+    """A bundle that loads (checksums, schema) but whose model is never read: enough for the
+    checks export_bundle makes before it exports anything."""
+    from skinlesion.bundle.format import write_bundle
+
+    return write_bundle({"backbone": "x", "input_size": 32}, {"model.keras": b"never loaded"},
+                        out_dir=models, run_id="b")
+
+
+def test_force_never_replaces_what_is_not_an_export(tmp_path):
+    """--force replaces a previous export only: never the bundle, a folder above it, data or a file."""
+    bundle = _fake_bundle(tmp_path / "models")
+    data = tmp_path / "images"
+    data.mkdir()
+    (data / "a.jpg").write_bytes(b"precious")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("precious")
+    refusals = {bundle: "is the bundle's folder or contains it", tmp_path / "models": "is the bundle's folder",
+                tmp_path: "is the bundle's folder", data: "is not a previous export",
+                notes: "is not a previous export", notes / "sub": "notes.txt is a file, not a folder"}
+    for target, match in refusals.items():
+        for force in (False, True):
+            with pytest.raises(ExportError, match=match):
+                export_bundle(bundle, "savedmodel", out=target, parity_data=data, force=force)
+    r = CliRunner().invoke(main, ["export", str(bundle), "--format", "savedmodel", "--out", str(tmp_path / "models"),
+                                  "--force", "--parity-data", str(data)])
+    assert r.exit_code == 1 and "contains it" in r.output and "Traceback" not in r.output
+    assert (data / "a.jpg").read_bytes() == b"precious" and notes.read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "models", "notes.txt"]
+    assert sorted(p.name for p in bundle.iterdir()) == ["bundle.json", "model.keras"]
+
+
+def test_force_replaces_a_previous_export(exported, training_data_dir, tmp_path):
+    target = tmp_path / "lite"
+    first = export_bundle(exported, "tflite", out=target, parity_data=_test_images(training_data_dir), parity_n=5)
+    (target / "stale.txt").write_text("from the old export")
+    with pytest.raises(ExportError, match="already exists; pass --force"):
+        export_bundle(exported, "tflite", out=target, parity_data=_test_images(training_data_dir), parity_n=5)
+    second = export_bundle(exported, "tflite", out=target, parity_data=_test_images(training_data_dir), parity_n=5,
+                           force=True)
+    assert second.folder == first.folder == target and not (target / "stale.txt").exists()
+    assert (target / MANIFEST_FILE).is_file() and (target / TFLITE_FILE).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lite"]  # no .tmp-/.old- folders left

@@ -73,10 +73,14 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 
 def read_json(path: str | os.PathLike[str], error: type[Exception] = ValueError) -> Any:
-    """The parsed contents of a JSON file; invalid JSON raises ``error`` naming the file."""
+    """The parsed contents of a JSON file; invalid JSON (or bytes that are not UTF-8 text)
+    raises ``error`` naming the file."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        # JSON is UTF-8 (RFC 8259); decoding with the locale's encoding could misread it.
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise error(f"{path} is not valid JSON: not UTF-8 text (binary or damaged file?): {exc}") from exc
     except json.JSONDecodeError as exc:
         raise error(f"{path} is not valid JSON: {exc}") from exc
 

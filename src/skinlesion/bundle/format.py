@@ -19,14 +19,18 @@ import os
 import platform
 import shutil
 import uuid
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
 
 from skinlesion import CLASS_NAMES, config
 from skinlesion.bundle.meta import BundleMeta
 from skinlesion.io import atomic_write_text, dumps_json, read_json, sha256_file
+
+if TYPE_CHECKING:
+    from skinlesion.models.ood import OODDetector
 
 SCHEMA_VERSION = 1
 BUNDLE_FILE = "bundle.json"
@@ -52,6 +56,24 @@ def new_run_id(backbone: str) -> str:
     """A unique, sortable run id: UTC time stamp, backbone and a random suffix."""
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     return f"{stamp}-{backbone}-{uuid.uuid4().hex[:6]}"
+
+
+def check_run_id(run_id: str) -> str:
+    """``run_id`` when it can name a bundle folder, else a :class:`BundleError` saying why.
+
+    A run id becomes ``<models>/<run-id>``, so it must be one plain folder name: ``../x`` or
+    ``/abs`` would write outside the models folder. Hidden names (leading ``.``) are refused too:
+    ``.tmp-*`` and ``.previous-*`` are this module's scratch folders and hidden bundles are never
+    listed. Cheap, so commands can call it before training rather than after.
+    """
+    if not isinstance(run_id, str) or not run_id.strip():
+        raise BundleError(f"invalid run id {run_id!r}: it must be a non-empty folder name")
+    if any(c in run_id for c in "/\\\0") or run_id.startswith("."):
+        raise BundleError(
+            f"invalid run id {run_id!r}: it names one bundle folder, so it must be a single name "
+            "without '/', '\\' or a leading '.' (e.g. 'my-model-1')"
+        )
+    return run_id
 
 
 @dataclass
@@ -86,9 +108,33 @@ class Bundle:
     def file(self, name: str) -> Path:
         return self.path / name
 
+    def ood_detector(self) -> OODDetector | None:
+        """The bundle's out-of-distribution detector (None when it has none); a damaged
+        ``ood.npz`` is a :class:`BundleError`, not a numpy traceback."""
+        from skinlesion.models.ood import OODDetector
+
+        if self.meta.ood is None:
+            return None
+        if not _inside_bundle(self.meta.ood.file):
+            raise BundleError(f"{self.path}: {BUNDLE_FILE} names {self.meta.ood.file!r} as its out-of-distribution "
+                              "statistics, which is not a file inside the bundle folder; refusing to read it.")
+        path = self.file(self.meta.ood.file)
+        try:
+            det = OODDetector.load(path)
+        # What np.load raises for a truncated, non-zip or pickled file, or one without our arrays.
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            raise BundleError(f"{path}: the out-of-distribution statistics are damaged and cannot be "
+                              f"read ({type(exc).__name__}: {exc}); retrain or restore the bundle.") from exc
+        d = det.mean.shape[0] if det.mean.ndim == 1 else -1
+        if d < 1 or det.precision.shape != (d, d):
+            raise BundleError(f"{path}: the out-of-distribution statistics are damaged (mean {det.mean.shape}, "
+                              f"precision {det.precision.shape}); retrain or restore the bundle.")
+        return det
+
 
 def load_keras_model(path: Path) -> Any:
-    """Load a bundle's model.keras with the project's custom layers registered."""
+    """Load a bundle's model.keras with the project's custom layers registered; a file Keras
+    cannot read is a :class:`BundleError` saying it is damaged."""
     import keras
 
     # Imported for their side effect: they register the custom layers for deserialisation.
@@ -96,7 +142,19 @@ def load_keras_model(path: Path) -> Any:
     import skinlesion.models.layers
     import skinlesion.models.resolution  # noqa: F401
 
-    return keras.saving.load_model(path, compile=False, safe_mode=True)
+    path = Path(path)
+    if not path.is_file():
+        raise BundleError(f"{path}: the model file is missing")
+    # Keras says "File not found" for any file that is not a zip (empty, truncated, garbage):
+    # misleading, since the file is there, so say what is wrong instead.
+    if not zipfile.is_zipfile(path):
+        raise BundleError(f"{path}: the model file is damaged (not a .keras zip archive; empty or truncated?); "
+                          "retrain or restore the bundle.")
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise BundleError(f"{path}: the model file is damaged or was written by an incompatible Keras and "
+                          f"cannot be loaded ({type(exc).__name__}: {exc}); retrain or restore the bundle.") from exc
 
 
 def write_bundle(
@@ -114,8 +172,9 @@ def write_bundle(
     import keras
     import pandas as pd
 
+    # Checked before anything is written: a bad run id must not leave folders behind.
+    run_id = check_run_id(new_run_id(meta.get("backbone", "model")) if run_id is None else run_id)
     out_dir = Path(out_dir) if out_dir else config.models_dir()
-    run_id = run_id or new_run_id(meta.get("backbone", "model"))
     final = out_dir / run_id
     if final.exists():
         raise BundleError(f"bundle folder already exists: {final}")
@@ -191,6 +250,8 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not meta_file.is_file():
         raise BundleError(f"{path} is not a model bundle (no {BUNDLE_FILE}).")
     meta = read_json(meta_file, BundleError)
+    if not isinstance(meta, dict):
+        raise BundleError(f"{meta_file} is damaged: expected a JSON object, found {_json_kind(meta)}")
     version = meta.get("schema_version")
     if version != SCHEMA_VERSION:
         raise BundleError(
@@ -200,11 +261,18 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     for key in ("kind", "class_names", "files"):
         if key not in meta:
             raise BundleError(f"{meta_file} lacks the required field {key!r}")
-    if list(meta["class_names"]) != list(CLASS_NAMES):
+    if not isinstance(meta["files"], dict):
+        raise BundleError(f"{meta_file} is damaged: 'files' must map file names to checksums, "
+                          f"found {_json_kind(meta['files'])}")
+    if not isinstance(meta["class_names"], list) or meta["class_names"] != list(CLASS_NAMES):
         raise BundleError(f"{path}: class names {meta['class_names']} != {list(CLASS_NAMES)}")
     if meta["kind"] == "single" and MODEL_FILE not in meta["files"]:
         raise BundleError(f"{meta_file} does not list {MODEL_FILE}")
     for name, digest in meta["files"].items():
+        if not _inside_bundle(name):
+            # Else the checksum check would read (and vouch for) a file outside the bundle.
+            raise BundleError(f"{meta_file} lists {name!r}, which is not a file inside the bundle folder; "
+                              "refusing to load it.")
         f = path / name
         if not f.is_file():
             raise BundleError(f"{path}: file {name} listed in {BUNDLE_FILE} is missing")
@@ -214,6 +282,19 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
                 "was written); refusing to load it."
             )
     return meta
+
+
+def _json_kind(value: Any) -> str:
+    """What a JSON value is, in JSON's words (for messages about a hand-edited bundle.json)."""
+    kinds = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
+
+
+def _inside_bundle(name: str) -> bool:
+    """Whether ``name`` (a ``files`` key) is a relative path that stays inside the bundle folder."""
+    rel = PurePosixPath(name)
+    # "" and "." have no parts; a backslash would be a separator on Windows.
+    return bool(rel.parts) and not rel.is_absolute() and ".." not in rel.parts and not any(c in name for c in "\\\0")
 
 
 def parse_meta(meta: Mapping[str, Any], path: str | os.PathLike[str] = "") -> BundleMeta:

@@ -27,6 +27,16 @@ def _opt_str(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
+def _mapping(value: Any, name: str) -> Mapping[str, Any]:
+    """``value`` as a mapping (empty for None/missing); anything else is a TypeError naming the
+    field, so a hand-edited bundle.json gets a clear error, not an AttributeError traceback."""
+    if not value:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name!r} must be a JSON object, not {type(value).__name__}")
+    return value
+
+
 @dataclass(frozen=True)
 class CalibrationInfo:
     """How raw model outputs were calibrated (``temperature`` 1.0 = used as is)."""
@@ -36,6 +46,7 @@ class CalibrationInfo:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> CalibrationInfo | None:
+        data = _mapping(data, "calibration")
         if not data:
             return None
         t = data.get("temperature")
@@ -53,7 +64,8 @@ class OODInfo:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> OODInfo | None:
-        if not data or "file" not in data:
+        data = _mapping(data, "ood")
+        if "file" not in data:
             return None
         t = data.get("threshold")
         return cls(file=str(data["file"]), threshold=math.nan if t is None else float(t),
@@ -78,14 +90,15 @@ class TrainingInfo:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> TrainingInfo:
-        data = data or {}
+        data = _mapping(data, "training")
         return cls(
             data_dir=_opt_str(data.get("data_dir")), splits_file=_opt_str(data.get("splits_file")),
             data_fingerprint=_opt_str(data.get("data_fingerprint")),
             n_train=_opt_int(data.get("n_train")), n_val=_opt_int(data.get("n_val")),
             n_test=_opt_int(data.get("n_test")), skipped_unreadable=_opt_int(data.get("skipped_unreadable")),
-            members=tuple(str(m) for m in data.get("members") or ()), config=dict(data.get("config") or {}),
-            sources={str(k): str(v) for k, v in (data.get("sources") or {}).items()},
+            members=tuple(str(m) for m in data.get("members") or ()),
+            config=dict(_mapping(data.get("config"), "training.config")),
+            sources={str(k): str(v) for k, v in _mapping(data.get("sources"), "training.sources").items()},
         )
 
     @property
@@ -149,11 +162,12 @@ class BundleMeta:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], default_run_id: str = "model") -> BundleMeta:
-        """Parse a ``bundle.json`` dict; raises ValueError when a present field is malformed."""
-        decision = data.get("decision")
+        """Parse a ``bundle.json`` dict; raises ValueError or TypeError when a present field is malformed."""
+        data = _mapping(data, "bundle.json")
+        decision = _mapping(data.get("decision"), "decision")
         extra = data.get("limitations")
         limitations = (extra,) if isinstance(extra, str) else tuple(str(x) for x in extra or ())
-        metrics = data.get("metrics") or {}
+        metrics = _mapping(data.get("metrics"), "metrics")
         return cls(
             run_id=str(data.get("run_id") or default_run_id),
             kind=str(data.get("kind") or "single"),
@@ -173,8 +187,8 @@ class BundleMeta:
             training=TrainingInfo.from_dict(data.get("training")),
             metrics={str(k): dict(v) for k, v in metrics.items() if isinstance(v, Mapping)},
             members=tuple(str(m) for m in data.get("members") or ()),
-            versions={str(k): str(v) for k, v in (data.get("versions") or {}).items()},
-            files={str(k): str(v) for k, v in (data.get("files") or {}).items()},
+            versions={str(k): str(v) for k, v in _mapping(data.get("versions"), "versions").items()},
+            files={str(k): str(v) for k, v in _mapping(data.get("files"), "files").items()},
             limitations=limitations,
             raw=dict(data),
         )

@@ -27,10 +27,12 @@ def data_download(source: str, dest: Path | None) -> None:
 
 @data.command("synth")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Folder (default data/synthetic).")
-@click.option("--n-train", default=300, show_default=True, help="Training images per class.")
-@click.option("--n-test", default=100, show_default=True, help="Test images per class.")
-@click.option("--size", default=128, show_default=True)
-@click.option("--seed", default=0, show_default=True)
+# The generator's own limits (data.synth): a validation split needs 2 training images per class,
+# and images are at least 32 pixels; a dataset without test images could not be evaluated.
+@click.option("--n-train", type=click.IntRange(min=2), default=300, show_default=True, help="Training images per class.")
+@click.option("--n-test", type=click.IntRange(min=1), default=100, show_default=True, help="Test images per class.")
+@click.option("--size", type=click.IntRange(min=32), default=128, show_default=True, help="Image side in pixels.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--overwrite", is_flag=True)
 @friendly
 def data_synth(out, n_train, n_test, size, seed, overwrite) -> None:
@@ -71,7 +73,7 @@ def data_sources(as_json) -> None:
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None)
 @click.option("--sources", default=None, help="Audit these sources within and across each other (e.g. kaggle,ham10000,isic2017) instead of one dataset's test vs train.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default reports/audit, or reports/audit/sources with --sources).")
-@click.option("--max-distance", default=None, type=int, help="pHash Hamming distance that counts as near duplicate.")
+@click.option("--max-distance", default=None, type=click.IntRange(min=0), help="pHash Hamming distance that counts as near duplicate.")
 @friendly
 def data_audit(data_dir, sources, out, max_distance) -> None:
     """Find exact and near duplicates (test vs train of one dataset, or within and across sources)."""

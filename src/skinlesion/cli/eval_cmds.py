@@ -1,6 +1,7 @@
 """Commands that score models: evaluate, compare, model-card and the main job ``run``."""
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from dataclasses import replace
@@ -21,7 +22,7 @@ from skinlesion.metrics.stats import N_BOOTSTRAP
               "registered source scored whole, e.g. pad_ufes_20 (phone photos: shows what the image-type gate sets aside).")
 @click.option("--no-test", is_flag=True, help="Only evaluate the --external sets.")
 @click.option("--tta/--no-tta", default=None, help="Test-time augmentation over the 8 dihedral views (default: as the bundle was calibrated).")
-@click.option("--resamples", default=N_BOOTSTRAP, show_default=True, help="Bootstrap resamples for the CIs.")
+@click.option("--resamples", type=click.IntRange(min=1), default=N_BOOTSTRAP, show_default=True, help="Bootstrap resamples for the CIs.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Report folder (default reports/<run-id>).")
 @click.option("--no-skin-tone", is_flag=True, help="Skip the ITA skin-tone subgroup table (about 40 ms an image).")
 @click.option("--quiet", is_flag=True)
@@ -57,7 +58,7 @@ def evaluate(bundle, data_dir, external, no_test, tta, resamples, out, no_skin_t
 @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--set", "set_name", default="test", show_default=True, help="Evaluation set to compare (test, test_dedup, external:NAME).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Folder for compare.md and compare.json (default reports/compare).")
-@click.option("--resamples", default=N_BOOTSTRAP, show_default=True, help="Bootstrap resamples for the AUC-difference CIs.")
+@click.option("--resamples", type=click.IntRange(min=1), default=N_BOOTSTRAP, show_default=True, help="Bootstrap resamples for the AUC-difference CIs.")
 @friendly
 def compare_cmd(runs, set_name, out, resamples) -> None:
     """Compare evaluated runs (report folders or bundles) on the same images, with paired AUC tests."""
@@ -108,7 +109,7 @@ def run(data_dir, backbone, quiet) -> None:
     time-stamped run id that is served only when named (SKINLESION_MODEL, --model).
     """
     from skinlesion.bundle.format import replacing
-    from skinlesion.data.datasets import DataError, download
+    from skinlesion.data.datasets import DataError, download, resolve_training_data
     from skinlesion.data.sources import DERMOSCOPIC_SOURCES, find_sources
     from skinlesion.data.synth import generate_dataset, is_synthetic
     from skinlesion.evaluation.evaluate import evaluate_bundle, format_results, save_results
@@ -125,6 +126,11 @@ def run(data_dir, backbone, quiet) -> None:
         cfg = default_recipe(sources=DERMOSCOPIC_SOURCES, progress=not quiet)
     else:
         root = config.resolve_data_dir(data_dir)
+        if not root.exists() and (data_dir or os.environ.get("SKINLESION_DATA_DIR")):
+            # A folder the user named (--data-dir, SKINLESION_DATA_DIR) must be there: a typo must
+            # not fall through to the download and then to training on SYNTHETIC images. Only when
+            # nothing was named does the job fetch or make data itself.
+            resolve_training_data(data_dir)  # raises DataError: "no dataset at ..., point --data-dir ..."
         if not root.exists():
             click.echo(f"no dataset at {root}; trying the Kaggle download ...")
             try:

@@ -32,12 +32,12 @@ def explain_eval() -> None:
 
 @explain_eval.command("localisation")
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--n", "n", default=300, show_default=True, help="HAM10000 images with lesion boxes (half malignant).")
+@click.option("--n", "n", type=click.IntRange(min=1), default=300, show_default=True, help="HAM10000 images with lesion boxes (half malignant).")
 @click.option("--methods", default="gradcam,gradcam++,scorecam,smoothgrad", show_default=True)
-@click.option("--max-n", "max_n", default=32, show_default=True,
+@click.option("--max-n", "max_n", type=click.IntRange(min=1), default=32, show_default=True,
               help="Score-CAM channels (Faster Score-CAM: the max-N most varied channels).")
-@click.option("--smooth-samples", default=20, show_default=True, help="SmoothGrad noisy samples per map.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--smooth-samples", type=click.IntRange(min=1), default=20, show_default=True, help="SmoothGrad noisy samples per map.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="JSON to write (default reports/explain/localisation.json).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -62,9 +62,9 @@ def localisation(bundle, n, methods, max_n, smooth_samples, seed, out, quiet) ->
 
 @explain_eval.command("sanity")
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--n", "n", default=50, show_default=True, help="HAM10000 images.")
+@click.option("--n", "n", type=click.IntRange(min=1), default=50, show_default=True, help="HAM10000 images.")
 @click.option("--method", default="gradcam", show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="JSON to write (default reports/explain/sanity.json).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -86,8 +86,8 @@ def sanity(bundle, n, method, seed, out, quiet) -> None:
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Folder of benign images (default: the Kaggle test split's benign/ folder).")
-@click.option("--n", "n", default=500, show_default=True, help="At most this many images (seeded sample).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--n", "n", type=click.IntRange(min=1), default=500, show_default=True, help="At most this many images (seeded sample).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder (default reports/traps/<run-id>).")
 @friendly

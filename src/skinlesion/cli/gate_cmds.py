@@ -15,7 +15,7 @@ def gate() -> None:
 
 @gate.command("fit")
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--seed", default=42, show_default=True, help="Seed of the clinical / non-skin splits.")
+@click.option("--seed", type=click.IntRange(min=0), default=42, show_default=True, help="Seed of the clinical / non-skin splits.")
 @click.option("--settings", default=None,
               help="One of the gate's candidate settings (default: the one chosen by leave-one-source-out; "
                    "`skinlesion gate evaluate` reports the selection).")
@@ -42,7 +42,7 @@ def gate_fit(bundle, seed, settings, quiet) -> None:
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder (default reports/gate/<run-id>).")
-@click.option("--resamples", default=None, type=int, help="Bootstrap resamples (default: the project's one count).")
+@click.option("--resamples", default=None, type=click.IntRange(min=1), help="Bootstrap resamples (default: the project's one count).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @friendly
 def gate_evaluate(bundle, out, resamples, quiet) -> None:

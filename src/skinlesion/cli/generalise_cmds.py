@@ -18,7 +18,7 @@ ENSEMBLE_OPTIONS = ("sources", "out_dir", "quiet")
 @main.command()
 @click.option("--recipe", required=True, help="Name of the recipe (folder under reports/generalisation/, row in experiments.md).")
 @click.option("--publish", is_flag=True, help="Also write reports/generalisation/summary.json and report.md (the headline numbers).")
-@click.option("--resamples", default=N_BOOTSTRAP, show_default=True, help="Bootstrap resamples for the CIs.")
+@click.option("--resamples", type=click.IntRange(min=1), default=N_BOOTSTRAP, show_default=True, help="Bootstrap resamples for the CIs.")
 @click.option("--report-dir", type=click.Path(path_type=Path), default=None, help="Default reports/generalisation.")
 @click.option("--ensemble-of", default="", help="Train nothing: score, fold by fold, the `skinlesion ensemble` of these "
               "recipes' LOSO bundles (comma-separated recipe names, each run with `generalise` first).")
@@ -70,7 +70,7 @@ def generalise(recipe, publish, resamples, report_dir, ensemble_of, retrain, **k
 
 @main.command("generalise-compare")
 @click.argument("recipes", nargs=-1, required=True)
-@click.option("--resamples", default=N_BOOTSTRAP, show_default=True, help="Bootstrap resamples for the CIs.")
+@click.option("--resamples", type=click.IntRange(min=1), default=N_BOOTSTRAP, show_default=True, help="Bootstrap resamples for the CIs.")
 @click.option("--report-dir", type=click.Path(path_type=Path), default=None, help="Default reports/generalisation.")
 @friendly
 def generalise_compare(recipes, resamples, report_dir) -> None:

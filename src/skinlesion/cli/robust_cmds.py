@@ -5,7 +5,8 @@ from pathlib import Path
 
 import click
 
-from skinlesion.cli.base import friendly, main
+from skinlesion import config
+from skinlesion.cli.base import check_run_id, friendly, main, refuse_existing
 
 
 def _sizes(value: str) -> tuple[int, ...]:
@@ -22,8 +23,8 @@ def _sizes(value: str) -> tuple[int, ...]:
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--data", default=None, help="A registered source (its test split if it has one) or a folder-per-class "
               "directory. Default: the bundle's own test split, else the Kaggle test split.")
-@click.option("--n", "n", default=500, show_default=True, help="At most this many images (seeded sample).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--n", "n", type=click.IntRange(min=1), default=500, show_default=True, help="At most this many images (seeded sample).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder (default reports/robustness/<run-id>, or <run-id>-<data> with --data).")
 @friendly
@@ -53,16 +54,16 @@ def robustness(bundle, data, n, seed, out) -> None:
 @main.command()
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--site", required=True, help="Labelled site images: a folder DIR/{benign,malignant}/*, a registered source, or SOURCE:SPLIT (e.g. isic2017:test).")
-@click.option("--n", "n", default=100, show_default=True, help="Site images to re-fit on (stratified, >= 5 per class).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--n", "n", type=click.IntRange(min=1), default=100, show_default=True, help="Site images to re-fit on (stratified, >= 5 per class).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where the new bundle goes (default models/site/); with --curve, where the report goes (default reports/site/).")
-@click.option("--run-id", default=None, help="Name of the new bundle (or of the curve's report folder).")
+@click.option("--run-id", default=None, callback=check_run_id, help="Name of the new bundle (or of the curve's report folder).")
 @click.option("--curve", is_flag=True, help="Instead of a bundle, write the learning curve: held-out site sensitivity/"
               "specificity after re-fitting on N images, for each of --sizes.")
 @click.option("--sizes", default="25,50,100,200", show_default=True, help="With --curve: the values of N.")
-@click.option("--repeats", default=20, show_default=True, help="With --curve: random samples per N.")
-@click.option("--max-images", default=2000, show_default=True, help="With --curve: score at most this many site images.")
+@click.option("--repeats", type=click.IntRange(min=1), default=20, show_default=True, help="With --curve: random samples per N.")
+@click.option("--max-images", type=click.IntRange(min=1), default=2000, show_default=True, help="With --curve: score at most this many site images.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @friendly
 def calibrate(bundle, site, n, seed, out_dir, run_id, curve, sizes, repeats, max_images, quiet) -> None:
@@ -81,6 +82,8 @@ def calibrate(bundle, site, n, seed, out_dir, run_id, curve, sizes, repeats, max
         click.echo(table.rstrip())
         click.echo(str(folder))
         return
+    if run_id:  # the curve's report folder is rewritten; a bundle folder never is
+        refuse_existing((out_dir or config.models_dir() / "site") / run_id)
     path = site_mod.calibrate_site(bundle, site, n=n, seed=seed, out_dir=out_dir, run_id=run_id, progress=not quiet)
     old, new = load_meta(bundle), load_meta(path)
     assert old.decision is not None and new.decision is not None

@@ -146,7 +146,6 @@ def parity_check(bundle: Bundle, runner: Any, files: Sequence[Path], *, toleranc
     from skinlesion.data.intake import ImageRejected, load_for_model
     from skinlesion.metrics.calibration import apply_temperature
     from skinlesion.models.features import apply_view
-    from skinlesion.models.ood import OODDetector
 
     keras_run = reference or KerasBackend(bundle)
     size = bundle.input_size
@@ -202,8 +201,8 @@ def parity_check(bundle: Bundle, runner: Any, files: Sequence[Path], *, toleranc
         dk = [policy.decide(float(p)) for p in served_k]
         de = [policy.decide(float(p)) for p in served_e]
         out["decision_disagreements"] = int(sum(a != b for a, b in zip(dk, de)))
-    if bundle.meta.ood is not None:
-        ood = OODDetector.load(bundle.file(bundle.meta.ood.file))
+    ood = bundle.ood_detector()
+    if ood is not None:
         ratio_k, ratio_e = ood.distance(fk_all) / ood.threshold, ood.distance(fe_all) / ood.threshold
         out["max_abs_dood_ratio"] = float(np.abs(ratio_k - ratio_e).max())
         out["ood_flag_disagreements"] = int(((ratio_k > 1.0) != (ratio_e > 1.0)).sum())
@@ -259,7 +258,7 @@ def export_bundle(bundle_path: str | os.PathLike[str], fmt: str, *, quantize: st
     """Export a single-model bundle to ``fmt`` (``savedmodel`` or ``tflite``), then check parity.
 
     The folder is written atomically (built beside the target, then renamed); an existing export
-    is only replaced with ``force``. Raises :class:`ExportError` when the float export's parity
+    is only replaced with ``force``, and nothing else ever is (see :func:`_check_target`). Raises :class:`ExportError` when the float export's parity
     check fails (the folder is kept, marked failed, and the serving backend refuses it).
     """
     if fmt not in FORMATS:
@@ -274,8 +273,8 @@ def export_bundle(bundle_path: str | os.PathLike[str], fmt: str, *, quantize: st
                           f"({', '.join(bundle.meta.members)}) and serve the ensemble with the same backend")
     variant = export_variant(fmt, quantize)
     folder = Path(out) if out else export_folder(bundle.path, variant)
-    if folder.exists() and not force:
-        raise ExportError(f"{folder} already exists; pass --force to replace it")
+    _check_target(folder, bundle.path, force=force)
+    bundle.ood_detector()  # damaged statistics fail now, not after minutes of conversion
     files = parity_images(parity_data, parity_n)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}"
@@ -326,10 +325,39 @@ def export_bundle(bundle_path: str | os.PathLike[str], fmt: str, *, quantize: st
     return ExportResult(folder, manifest, parity)
 
 
+def _is_export(folder: Path) -> bool:
+    """Whether ``folder`` is a previous export: a real folder (not a link) holding its manifest."""
+    return folder.is_dir() and not folder.is_symlink() and (folder / MANIFEST_FILE).is_file()
+
+
+def _check_target(folder: Path, bundle_path: Path, *, force: bool) -> None:
+    """Refuse an export target whose replacement would lose something: ``force`` replaces only a
+    previous export, never the bundle, a folder above it, or any other file or folder."""
+    target, bundle_dir = folder.resolve(), bundle_path.resolve()
+    if target == bundle_dir or target in bundle_dir.parents:
+        raise ExportError(f"{folder} is the bundle's folder or contains it; choose another --out for the export")
+    above = next((p for p in target.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise ExportError(f"cannot export to {folder}: {above} is a file, not a folder")
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if not _is_export(folder):
+        raise ExportError(f"{folder} already exists and is not a previous export (no {MANIFEST_FILE}); "
+                          "refusing to replace it, even with --force; choose another --out")
+    if not force:
+        raise ExportError(f"{folder} already exists; pass --force to replace it")
+
+
 def _replace(tmp: Path, folder: Path) -> None:
-    """Move the finished export into place; an old one is swapped out first, then deleted."""
+    """Move the finished export into place; an old one is swapped out first, then deleted.
+
+    Only a previous export is ever swapped out (checked again: the export took a while, and
+    something else may have been put there meanwhile)."""
     old = None
-    if folder.exists():
+    if folder.exists() or folder.is_symlink():
+        if not _is_export(folder):
+            raise ExportError(f"{folder} appeared during the export and is not a previous export; "
+                              "refusing to replace it (the new export was not kept)")
         old = folder.parent / f".old-{folder.name}-{uuid.uuid4().hex[:8]}"
         os.replace(folder, old)
     os.replace(tmp, folder)

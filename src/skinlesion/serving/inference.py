@@ -12,7 +12,7 @@ import numpy as np
 
 from skinlesion import DISCLAIMER
 from skinlesion.bundle.format import Bundle, BundleError, load, resolve_default_bundle
-from skinlesion.data.intake import ImageRejected, load_for_model
+from skinlesion.data.intake import ImageRejected, load_for_model, read_image, to_model_array
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -186,10 +186,9 @@ class Predictor:
     @staticmethod
     def _member(b: Bundle, backend: str = "keras", *, gated: bool = False) -> _Member:
         from skinlesion.models.gate import ImageTypeGate
-        from skinlesion.models.ood import OODDetector
         from skinlesion.serving.backends import make_backend
 
-        ood = OODDetector.load(b.file(b.meta.ood.file)) if b.meta.ood else None
+        ood = b.ood_detector()
         gate = ImageTypeGate.load(b.file(b.meta.raw["gate"]["file"])) if gated else None
         return _Member(b, make_backend(b, backend), b.meta.temperature, ood, gate)
 
@@ -318,8 +317,12 @@ class Predictor:
                 row: dict[str, Any] = {"path": str(p), "error": ""}
                 slots.append(row)
                 try:
-                    data = Path(p).read_bytes()
-                    arrs = {s: load_for_model(data, s) for s in sizes}
+                    # read_image on the path, not read_bytes(): it refuses an oversized file from
+                    # stat (and reads at most MAX_BYTES + 1 bytes), and a device or pipe (a link
+                    # to /dev/zero) without reading it, so one such file is an error row and
+                    # not a MemoryError (or a hang) for the whole batch. Decoded once per file.
+                    img = read_image(Path(p))
+                    arrs = {s: to_model_array(img, s) for s in sizes}
                 except (ImageRejected, OSError) as exc:
                     row["error"] = getattr(exc, "message", None) or str(exc)
                     continue
