@@ -49,6 +49,17 @@ def test_info_refuses_tampered_bundle(runner, tiny_bundle, tmp_path):
     assert r.exit_code == 1 and "checksum mismatch" in r.output and "Traceback" not in r.output
 
 
+@pytest.mark.parametrize("change", [{"kind": "banana"}, {"input_size": "abc"}, {"decision": [1, 2]}])
+def test_info_refuses_what_predict_would_refuse(runner, tiny_bundle, tmp_path, change):
+    copy = tmp_path / "b"
+    shutil.copytree(tiny_bundle, copy)
+    meta = json.loads((copy / "bundle.json").read_text())
+    (copy / "bundle.json").write_text(json.dumps({**meta, **change}))
+    r = runner.invoke(main, ["info", str(copy)])
+    assert r.exit_code == 1 and "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert next(iter(change)) in r.output
+
+
 def test_predict_files_and_folders_with_bad_files(runner, tiny_bundle, tmp_path):
     import numpy as np
     from PIL import Image

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 1
 BUNDLE_FILE = "bundle.json"
+BUNDLE_KINDS = ("single", "ensemble")  # one network, or the mean of member bundles' probabilities
 MODEL_FILE = "model.keras"
 
 
@@ -266,6 +267,8 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
                           f"found {_json_kind(meta['files'])}")
     if not isinstance(meta["class_names"], list) or meta["class_names"] != list(CLASS_NAMES):
         raise BundleError(f"{path}: class names {meta['class_names']} != {list(CLASS_NAMES)}")
+    if meta["kind"] not in BUNDLE_KINDS:
+        raise BundleError(f"{meta_file}: kind {meta['kind']!r} is not one of {', '.join(BUNDLE_KINDS)}")
     if meta["kind"] == "single" and MODEL_FILE not in meta["files"]:
         raise BundleError(f"{meta_file} does not list {MODEL_FILE}")
     for name, digest in meta["files"].items():

@@ -15,8 +15,14 @@ from typing import Any
 from skinlesion.metrics.calibration import DecisionPolicy
 
 
-def _opt_int(value: Any) -> int | None:
-    return None if value is None else int(value)
+def _opt_int(value: Any, name: str) -> int | None:
+    """``value`` as an int (None stays None); anything else is a ValueError naming the field."""
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name!r} must be an integer, not {value!r}") from None
 
 
 def _opt_float(value: Any) -> float | None:
@@ -94,8 +100,10 @@ class TrainingInfo:
         return cls(
             data_dir=_opt_str(data.get("data_dir")), splits_file=_opt_str(data.get("splits_file")),
             data_fingerprint=_opt_str(data.get("data_fingerprint")),
-            n_train=_opt_int(data.get("n_train")), n_val=_opt_int(data.get("n_val")),
-            n_test=_opt_int(data.get("n_test")), skipped_unreadable=_opt_int(data.get("skipped_unreadable")),
+            n_train=_opt_int(data.get("n_train"), "training.n_train"),
+            n_val=_opt_int(data.get("n_val"), "training.n_val"),
+            n_test=_opt_int(data.get("n_test"), "training.n_test"),
+            skipped_unreadable=_opt_int(data.get("skipped_unreadable"), "training.skipped_unreadable"),
             members=tuple(str(m) for m in data.get("members") or ()),
             config=dict(_mapping(data.get("config"), "training.config")),
             sources={str(k): str(v) for k, v in _mapping(data.get("sources"), "training.sources").items()},
@@ -103,7 +111,7 @@ class TrainingInfo:
 
     @property
     def seed(self) -> int | None:
-        return _opt_int(self.config.get("seed"))
+        return _opt_int(self.config.get("seed"), "training.config.seed")
 
     @property
     def views(self) -> tuple[str, ...]:
@@ -111,7 +119,7 @@ class TrainingInfo:
 
     @property
     def head_units(self) -> int | None:
-        return _opt_int(self.config.get("head_units"))
+        return _opt_int(self.config.get("head_units"), "training.config.head_units")
 
 
 @dataclass(frozen=True)
@@ -176,7 +184,7 @@ class BundleMeta:
             class_names=tuple(str(c) for c in data.get("class_names") or ()),
             backbone=_opt_str(data.get("backbone")),
             weights=_opt_str(data.get("weights")),
-            input_size=_opt_int(data.get("input_size")),
+            input_size=_opt_int(data.get("input_size"), "input_size"),
             stage=_opt_str(data.get("stage")),
             synthetic=bool(data.get("synthetic")),
             feature_layer=str(data.get("feature_layer") or "features"),

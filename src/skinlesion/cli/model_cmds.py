@@ -245,10 +245,11 @@ def ensemble(bundles, out_dir, run_id) -> None:
 @friendly
 def info(bundle) -> None:
     """Verify a bundle and print its metadata."""
-    from skinlesion.bundle.format import read_meta
+    from skinlesion.bundle.format import load_meta
     from skinlesion.io import dumps_json
 
-    meta = read_meta(bundle)
+    # load_meta, not read_meta: the typed fields are checked too, so what info passes, predict loads.
+    meta = load_meta(bundle).raw
     if meta.get("synthetic"):
         click.echo("SYNTHETIC MODEL: trained on generated images.", err=True)
     click.echo(dumps_json(meta))
