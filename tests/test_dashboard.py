@@ -292,3 +292,16 @@ def test_make_dashboard_loads_voila_json(monkeypatch) -> None:
     kept, _ = TagRemovePreprocessor(config=app.config).preprocess(nb, {})
     assert [c for c in kept.cells if STUB_TAG in _tags(c)] == []
     assert len(kept.cells) == before - 1
+
+
+def test_notebook_offers_the_default_model_when_none_is_named(monkeypatch) -> None:
+    """The dashboard cell must pass model=None (the default model, marked first) when SKINLESION_MODEL
+    is unset: "" would mean no default, and the newest bundle would be served instead."""
+    import skinlesion.serving.dashboard as dash_mod
+
+    seen: dict = {}
+    monkeypatch.setattr(dash_mod, "build_dashboard", lambda **kw: seen.update(kw))
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    cell = next(c for c in nb.cells if c.cell_type == "code" and "build_dashboard(" in c.source)
+    exec(cell.source, {"MODEL": None, "MODELS_DIR": None})
+    assert seen == {"models_dir": None, "model": None}

@@ -430,12 +430,38 @@ def test_dashboard_combines_several_photos_and_keeps_going_past_a_bad_one():
     assert "1 could not be read" in dash.result.value and DISCLAIMER in dash.result.value
     assert len(dash.gallery.children) == 3 and dash.gallery.layout.display == "flex"
     assert dash.images.layout.display == "none"
-    # One photo afterwards is the single-photo view again.
+    # One photo afterwards is the single-photo view again, and stays so when a setting changes.
     dash.upload.value = upload_value(good[0][1], good[0][0])
     assert dash.last_result is not None and dash.last_result.ok and dash.last_group is None
     assert dash.gallery.children == () and dash.images.layout.display == "flex"
+    dash.method.value = "gradcam++"
+    assert dash.last_group is None and dash.last_result.name == good[0][1]
+    # The widget is emptied once read, so choosing the same file again analyses it again.
+    assert dash.upload.value == ()
+    calls = len(predictor.calls)
+    dash.upload.value = upload_value(good[0][1], good[0][0])
+    assert len(predictor.calls) > calls
     dash.reset()
     assert dash.last_group is None and dash.gallery.children == ()
+
+
+def test_a_photo_sent_twice_counts_once():
+    """Photos are combined with equal weight: a copy must not double one photo's say."""
+    from skinlesion.serving.dashboard import handle_uploads
+
+    predictor = FakePredictor()
+    (a, a_name), (b, b_name) = _photos(2)
+    bad = plain_text()
+    client = app_with(predictor).test_client()
+    body = _post(client, "/api/v1/predict", [(a, a_name), (a, "copy.jpg"), (b, b_name)]).json
+    assert body["combined"]["n_used"] == 2 and body["n_rejected"] == 1
+    assert "same file as " + a_name in body["images"][1]["error"]["message"]
+    group = handle_uploads(predictor, [(a_name, a), ("copy.jpg", a), (b_name, b)])
+    assert [r.ok for r in group.results] == [True, False, True] and "counts once" in group.results[1].error
+    assert group.combined == pytest.approx(combine_predictions([predictor.predict(x) for x in (a, b)], POLICY))
+    # A copy of a refused file is refused for the same reason.
+    group = handle_uploads(predictor, [("x.jpg", bad.data), ("y.jpg", bad.data), (b_name, b)])
+    assert group.results[1].status == group.results[0].status == bad.status
 
 
 def test_dashboard_refuses_more_than_the_limit():

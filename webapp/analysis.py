@@ -15,6 +15,7 @@ from typing import Any
 from skinlesion.config import project_root
 from skinlesion.data.intake import MAX_BYTES, ImageRejected
 from skinlesion.serving.budget import Deadline
+from skinlesion.serving.combine import REPEATED_MESSAGE, repeated_photos
 from skinlesion.serving.explanation import ExplanationCaption, explained_model_text, explanation_caption
 from skinlesion.serving.inference import Prediction, Predictor
 from skinlesion.serving.presentation import MAX_PHOTOS, method_label, preview_jpeg
@@ -141,8 +142,16 @@ def analyse_many(holder: ModelHolder, uploads: Sequence[tuple[str, bytes]], meth
     One ``deadline`` covers the request's slow explanations together; when it passes the whole
     request fails (:class:`~skinlesion.serving.budget.BudgetExceeded`).
     """
+    repeats = repeated_photos([data for _, data in uploads])
     items = []
-    for name, data in uploads:
+    for k, (name, data) in enumerate(uploads):
+        if k in repeats:
+            first = items[repeats[k]]
+            # A copy of a refused file is refused for the same reason; a copy of a scored one is not scored twice.
+            status, message = ((first.status, first.message) if first.analysis is None
+                               else (400, REPEATED_MESSAGE.format(first=first.name)))
+            items.append(Item(name, status=status, message=message))
+            continue
         try:
             items.append(Item(name, analyse(holder, data, method, preview=preview, deadline=deadline)))
         except ImageRejected as exc:

@@ -84,6 +84,29 @@ def combine_predictions(preds: Sequence[Prediction], policy: DecisionPolicy) -> 
             "out_of_distribution": any(p.out_of_distribution for p in used)}
 
 
+def repeated_photos(contents: Sequence[bytes]) -> dict[int, int]:
+    """For every photo whose bytes repeat an earlier one: its index -> the first one's index.
+
+    Several photos of one lesion are combined with equal weight, so a file sent twice would
+    count twice (as ``read_group_csv`` refuses a photo listed twice, the upload paths refuse a
+    copy: the web app and the dashboard make it that photo's error).
+    """
+    import hashlib
+
+    first: dict[str, int] = {}
+    repeats = {}
+    for i, data in enumerate(contents):
+        key = hashlib.sha256(data).hexdigest()
+        if key in first:
+            repeats[i] = first[key]
+        else:
+            first[key] = i
+    return repeats
+
+
+REPEATED_MESSAGE = "This is the same file as {first}; each photo counts once in the combined result."
+
+
 def read_group_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
     """The ``--group-by`` table: columns ``path`` and ``lesion_id``, one row per photo.
 

@@ -28,7 +28,7 @@ from skinlesion import DISCLAIMER, config
 from skinlesion.bundle.format import BUNDLE_FILE, BundleError, parse_meta, resolve_default_bundle
 from skinlesion.data.intake import ImageRejected
 from skinlesion.explain.common import METHODS
-from skinlesion.serving.combine import combine_predictions
+from skinlesion.serving.combine import REPEATED_MESSAGE, combine_predictions, repeated_photos
 from skinlesion.serving.explanation import ExplanationCaption, explanation_caption
 from skinlesion.serving.inference import Prediction, Predictor
 from skinlesion.serving.presentation import MAX_PHOTOS, METHOD_LABELS, preview_jpeg
@@ -219,8 +219,19 @@ def handle_upload(
         # The heat map is an aid; whatever goes wrong in it, the prediction above still stands
         # and is shown, with the reason the map is missing.
         log.exception("explanation %s failed", method)
-        result.explain_error = f"The {METHOD_LABELS[method]} heat map could not be computed: {exc}"
+        # The exception's own text is for the log (it may hold paths and library internals).
+        result.explain_error = (f"The {METHOD_LABELS[method]} heat map could not be computed "
+                                f"({type(exc).__name__}); the details are in the server log.")
     return result
+
+
+def _failure(exc: Exception) -> str:
+    """What to tell the person about a failure: the message of an error they can act on (a
+    missing or damaged bundle names it and says what is wrong), else only its kind; the
+    exception's own text, with its paths and library internals, is for the log."""
+    if isinstance(exc, BundleError | ImageRejected):
+        return getattr(exc, "message", None) or str(exc)
+    return f"an unexpected {type(exc).__name__}; the details are in the server log."
 
 
 def _box(title: str, message: str, css_class: str, style: str) -> str:
@@ -292,7 +303,17 @@ def handle_uploads(predictor: Predictor, files: list[tuple[str, bytes]], method:
     if len(files) > MAX_PHOTOS:
         return GroupResult(error=f"Too many images: {len(files)} were uploaded, and at most {MAX_PHOTOS} photos of "
                                  f"one lesion are analysed together. Upload {MAX_PHOTOS} or fewer.")
-    results = [handle_upload(predictor, data, method, name=name) for name, data in files]
+    repeats = repeated_photos([data for _, data in files])
+    results: list[UploadResult] = []
+    for k, (name, data) in enumerate(files):
+        if k not in repeats:
+            results.append(handle_upload(predictor, data, method, name=name))
+            continue
+        first = results[repeats[k]]
+        # A copy of a refused file is refused for the same reason; a copy of a scored one is not scored twice.
+        status, error = ((first.status, first.error) if not first.ok
+                         else (400, REPEATED_MESSAGE.format(first=first.name)))
+        results.append(UploadResult(name=name, method=method, status=status, error=error))
     predictions = [r.prediction for r in results if r.ok and r.prediction is not None]
     combined = combine_predictions(predictions, predictor.policy) if predictions else None
     return GroupResult(results, combined)
@@ -463,6 +484,8 @@ class LesionDashboard(widgets.VBox):
     def process(self, data: bytes | bytearray | memoryview, name: str = "upload") -> UploadResult:
         """Analyse one file and show the outcome (the upload callback calls this)."""
         self._current = (name, bytes(data))
+        # A new photo replaces any earlier group, or a settings change would bring that group back.
+        self._current_many = None
         return self._analyse()
 
     def process_many(self, files: Sequence[tuple[str, bytes | bytearray | memoryview]]) -> UploadResult | GroupResult:
@@ -487,7 +510,7 @@ class LesionDashboard(widgets.VBox):
             except Exception as exc:
                 # A model that cannot load (or an unexpected failure) must be seen, not only logged.
                 log.exception("analysing %d photos with %s failed", len(files), self.bundle.value)
-                group = GroupResult(error=f"No result ({type(exc).__name__}: {exc}).")
+                group = GroupResult(error=f"No result: {_failure(exc)}")
         self.show_group(group)
         return group
 
@@ -517,15 +540,13 @@ class LesionDashboard(widgets.VBox):
                 # BundleError (missing, corrupt, checksum mismatch) or a Keras load failure:
                 # either way the person must see why there is no result, not a silent log line.
                 log.exception("loading %s failed", self.bundle.value)
-                result = UploadResult(name=name, method=method,
-                                      error=f"Could not load the model {self.bundle.value}: {exc}")
+                result = UploadResult(name=name, method=method, error=f"Could not load the model: {_failure(exc)}")
             else:
                 try:
                     result = handle_upload(predictor, data, method, name=name)
                 except Exception as exc:
                     log.exception("analysing %s failed", name)
-                    result = UploadResult(name=name, method=method,
-                                          error=f"Analysis failed unexpectedly ({type(exc).__name__}: {exc}).")
+                    result = UploadResult(name=name, method=method, error=f"Analysis failed: {_failure(exc)}")
         self.show(result)
         return result
 
@@ -573,6 +594,9 @@ class LesionDashboard(widgets.VBox):
         files = upload_files(change["new"])
         if files:  # an empty value is our own reset
             self.process_many(files)
+            # Emptied once read (the files are kept above), so choosing the same file again is a
+            # new upload: an identical value would fire no change, and a failed one could not be retried.
+            self.upload.value = ()
 
     def _on_option_change(self, change: dict[str, Any]) -> None:
         # A different model or heat-map method re-analyses the photo(s) already on screen.
