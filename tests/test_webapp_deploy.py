@@ -464,6 +464,26 @@ def test_a_photo_sent_twice_counts_once():
     assert group.results[1].status == group.results[0].status == bad.status
 
 
+def test_dashboard_controls_are_off_while_it_analyses():
+    """Clicks during a long analysis would queue up and re-run it: the controls wait with it."""
+    from skinlesion.serving.dashboard import build_dashboard
+
+    from dashboard_helpers import upload_value
+
+    predictor = FakePredictor()
+    dash = build_dashboard(models_dir=REPO_ROOT / "no-such-models", model=Path("fake-bundle"),
+                           predictor_factory=lambda path: predictor)
+    seen = []
+    predict = predictor.predict
+    predictor.predict = lambda data: (seen.append((dash.upload.disabled, dash.method.disabled,
+                                                    dash.reset_button.disabled)), predict(data))[1]
+    (data, name), = _photos(1)
+    dash.upload.value = upload_value(name, data)
+    dash.method.value = "gradcam++"
+    assert seen == [(True, True, True)] * 2
+    assert not (dash.upload.disabled or dash.method.disabled or dash.reset_button.disabled)
+
+
 def test_dashboard_refuses_more_than_the_limit():
     from skinlesion.serving.dashboard import handle_uploads, render_group_html
 

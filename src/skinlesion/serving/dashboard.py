@@ -17,7 +17,8 @@ import html
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -590,20 +591,37 @@ class LesionDashboard(widgets.VBox):
         self._idle_status()
 
     # -- callbacks ---------------------------------------------------------------------------
+    @contextmanager
+    def _busy(self) -> Iterator[None]:
+        """The controls are disabled while an analysis runs (seconds to a minute for Score-CAM or
+        SmoothGrad over several photos): in Voila, clicks made meanwhile would queue up and each
+        re-run the whole analysis afterwards."""
+        controls = (self.upload, self.method, self.bundle, self.reset_button)
+        before = [c.disabled for c in controls]
+        for c in controls:
+            c.disabled = True
+        try:
+            yield
+        finally:
+            for c, state in zip(controls, before):
+                c.disabled = state
+
     def _on_upload(self, change: dict[str, Any]) -> None:
         files = upload_files(change["new"])
         if files:  # an empty value is our own reset
-            self.process_many(files)
+            with self._busy():
+                self.process_many(files)
             # Emptied once read (the files are kept above), so choosing the same file again is a
             # new upload: an identical value would fire no change, and a failed one could not be retried.
             self.upload.value = ()
 
     def _on_option_change(self, change: dict[str, Any]) -> None:
         # A different model or heat-map method re-analyses the photo(s) already on screen.
-        if self._current_many is not None:
-            self._analyse_many()
-        elif self._current is not None:
-            self._analyse()
+        with self._busy():
+            if self._current_many is not None:
+                self._analyse_many()
+            elif self._current is not None:
+                self._analyse()
 
 
 def build_dashboard(
