@@ -252,9 +252,9 @@ def test_os_errors_are_one_line_naming_the_path(runner):
     from skinlesion.cli.base import friendly
 
     cases = [
-        (IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), "/tmp/out"), "/tmp/out: Is a directory"),
-        (NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), "/tmp/f/x"), "/tmp/f/x: Not a directory"),
-        (FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), "/tmp/f"), "/tmp/f: File exists"),
+        (IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), "reports/out"), "reports/out: Is a directory"),
+        (NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), "reports/f/x"), "reports/f/x: Not a directory"),
+        (FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), "reports/f"), "reports/f: File exists"),
         (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/dev/full"), "/dev/full: No space left on device"),
         (FileNotFoundError("weights file not found: w.pth"), "weights file not found: w.pth"),
     ]
