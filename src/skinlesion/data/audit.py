@@ -39,12 +39,12 @@ PAIR_COLUMNS = ["a", "b", "kind", "phash_distance", "thumb_correlation"]
 _BLOCK = 2048  # rows of the pairwise Hamming-distance matrix computed at once (memory bound)
 
 
-def _hash_one(path: Path) -> tuple[str, int, np.ndarray] | None:
-    """md5, pHash and 16x16 thumbnail of one image; None when Pillow cannot decode it."""
+def _hash_one(path: Path) -> tuple[int, np.ndarray] | None:
+    """Packed pHash and 16x16 thumbnail of one image; None when Pillow cannot decode it. (Its md5,
+    the cache key, is :func:`hash_images`' own: the file is not read a second time for it.)"""
     import imagehash
     from PIL import Image
 
-    data = path.read_bytes()
     try:
         with Image.open(path) as src:
             im = src.convert("RGB")
@@ -52,7 +52,7 @@ def _hash_one(path: Path) -> tuple[str, int, np.ndarray] | None:
             thumb = np.asarray(im.convert("L").resize((16, 16), Image.Resampling.BILINEAR), dtype=np.float32).ravel()
     except (OSError, ValueError, Image.DecompressionBombError):  # UnidentifiedImageError is an OSError
         return None
-    return hashlib.md5(data).hexdigest(), int(np.packbits(bits.astype(np.uint8)).view(">u8")[0]), thumb
+    return int(np.packbits(bits.astype(np.uint8)).view(">u8")[0]), thumb
 
 
 class HashTable:
@@ -91,7 +91,7 @@ def hash_images(paths: Sequence[str | os.PathLike[str]], *, progress: bool = Tru
                 if result is None:
                     unreadable.append(files[i])
                 else:
-                    store[result[0]] = result[1:]
+                    store[md5s[i]] = result
         if unreadable:
             # A duplicate audit that quietly left images out would certify them clean.
             shown = ", ".join(str(f) for f in unreadable[:5]) + (" …" if len(unreadable) > 5 else "")
