@@ -15,7 +15,7 @@ from typing import Any
 from skinlesion.config import project_root
 from skinlesion.data.intake import MAX_BYTES, ImageRejected
 from skinlesion.serving.budget import Deadline
-from skinlesion.serving.combine import REPEATED_MESSAGE, repeated_photos
+from skinlesion.serving.combine import repeat_refusal, repeated_photos
 from skinlesion.serving.explanation import ExplanationCaption, explained_model_text, explanation_caption
 from skinlesion.serving.inference import Prediction, Predictor
 from skinlesion.serving.presentation import MAX_PHOTOS, method_label, preview_jpeg
@@ -76,7 +76,7 @@ def uploaded_files(files: Any, form: Mapping[str, str], *, allow_inline: bool = 
     in the form field ``image_b64`` stands in when no file is attached. More than ``limit`` photos
     is a 413 that says how many are allowed. ``files`` is Werkzeug's MultiDict.
     """
-    parts = files.getlist("image") if hasattr(files, "getlist") else [files[k] for k in ("image",) if k in files]
+    parts = files.getlist("image") if hasattr(files, "getlist") else ([files["image"]] if "image" in files else [])
     uploads = []
     for number, part in enumerate(parts, 1):
         # One byte over the limit is enough for intake to refuse that file with its own 413.
@@ -147,9 +147,7 @@ def analyse_many(holder: ModelHolder, uploads: Sequence[tuple[str, bytes]], meth
     for k, (name, data) in enumerate(uploads):
         if k in repeats:
             first = items[repeats[k]]
-            # A copy of a refused file is refused for the same reason; a copy of a scored one is not scored twice.
-            status, message = ((first.status, first.message) if first.analysis is None
-                               else (400, REPEATED_MESSAGE.format(first=first.name)))
+            status, message = repeat_refusal(first.name, None if first.analysis else (first.status, first.message))
             items.append(Item(name, status=status, message=message))
             continue
         try:

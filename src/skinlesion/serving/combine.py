@@ -107,6 +107,13 @@ def repeated_photos(contents: Sequence[bytes]) -> dict[int, int]:
 REPEATED_MESSAGE = "This is the same file as {first}; each photo counts once in the combined result."
 
 
+def repeat_refusal(first_name: str,
+                   first_refusal: tuple[int | None, str | None] | None) -> tuple[int | None, str | None]:
+    """(status, message) for a copy of an earlier photo of the same upload: the earlier photo's own
+    refusal when it was refused (same bytes, same reason), else a 400 saying it counts once."""
+    return first_refusal if first_refusal is not None else (400, REPEATED_MESSAGE.format(first=first_name))
+
+
 def read_group_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
     """The ``--group-by`` table: columns ``path`` and ``lesion_id``, one row per photo.
 

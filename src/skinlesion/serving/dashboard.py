@@ -29,7 +29,7 @@ from skinlesion import DISCLAIMER, config
 from skinlesion.bundle.format import BUNDLE_FILE, BundleError, parse_meta, resolve_default_bundle
 from skinlesion.data.intake import ImageRejected
 from skinlesion.explain.common import METHODS
-from skinlesion.serving.combine import REPEATED_MESSAGE, combine_predictions, repeated_photos
+from skinlesion.serving.combine import combine_predictions, repeat_refusal, repeated_photos
 from skinlesion.serving.explanation import ExplanationCaption, explanation_caption
 from skinlesion.serving.inference import Prediction, Predictor
 from skinlesion.serving.presentation import MAX_PHOTOS, METHOD_LABELS, preview_jpeg
@@ -311,9 +311,7 @@ def handle_uploads(predictor: Predictor, files: list[tuple[str, bytes]], method:
             results.append(handle_upload(predictor, data, method, name=name))
             continue
         first = results[repeats[k]]
-        # A copy of a refused file is refused for the same reason; a copy of a scored one is not scored twice.
-        status, error = ((first.status, first.error) if not first.ok
-                         else (400, REPEATED_MESSAGE.format(first=first.name)))
+        status, error = repeat_refusal(first.name, None if first.ok else (first.status, first.error))
         results.append(UploadResult(name=name, method=method, status=status, error=error))
     predictions = [r.prediction for r in results if r.ok and r.prediction is not None]
     combined = combine_predictions(predictions, predictor.policy) if predictions else None
