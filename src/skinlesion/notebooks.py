@@ -7,6 +7,7 @@ Everything here is computation; figures come from :mod:`skinlesion.evaluation.pl
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -48,10 +49,13 @@ def env_param(name: str, default: Any) -> Any:
         return default
     if isinstance(default, bool):
         return raw.strip().lower() in ("1", "true", "yes", "on")
-    if isinstance(default, int):
-        return int(raw)
-    if isinstance(default, float):
-        return float(raw)
+    if isinstance(default, (int, float)):
+        cast = int if isinstance(default, int) else float
+        try:
+            return cast(raw)
+        except ValueError:
+            raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not {'an integer' if cast is int else 'a number'} "
+                             f"(the notebook parameter {name!r}, default {default!r})") from None
     if isinstance(default, (list, tuple)):
         return [s.strip() for s in raw.split(",") if s.strip()]
     return raw
@@ -82,6 +86,81 @@ def dataset_root(data_dir: str | None = None) -> tuple[Path, bool]:
         generate_dataset(synth, n_train_per_class=SYNTHETIC_PER_CLASS["train"],
                          n_test_per_class=SYNTHETIC_PER_CLASS["test"], size=300, seed=0, overwrite=True)
     return synth, True
+
+
+# ---------------------------------------------------------------------------- required inputs
+# With these, a helper given a missing file or a malformed report or table fails with one exception
+# (FileNotFoundError for a missing file, ValueError otherwise) that names what is missing, the file
+# (relative to the project root) and what writes it (``made_by``, e.g. "`skinlesion ...` writes it").
+
+
+def _names(items: Any) -> str:
+    """``'a', 'b'``: names for a message."""
+    return ", ".join(repr(str(i)) for i in items)
+
+
+def _need(data: Any, keys: Sequence[str], where: str, made_by: str) -> dict[str, Any]:
+    """``data`` itself, after checking that it is a JSON object holding ``keys`` (else ValueError)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} is not a JSON object (got {type(data).__name__}); {made_by}")
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise ValueError(f"{where} lacks {_names(missing)}; {made_by}")
+    return data
+
+
+def _read_json(path: Path, made_by: str, keys: Sequence[str] = ()) -> dict[str, Any]:
+    """The JSON object in ``path``, holding ``keys``: FileNotFoundError when the file is missing,
+    ValueError when it is not valid JSON, not an object or lacks a key."""
+    where = show_path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{where} not found; {made_by}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where} is not valid JSON ({exc}); {made_by}") from exc
+    return _need(data, keys, where, made_by)
+
+
+def _need_columns(table: pd.DataFrame, columns: Sequence[str], what: str, made_by: str) -> None:
+    """ValueError naming the ``columns`` that ``table`` lacks."""
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ValueError(f"{what} lacks the column(s) {_names(missing)} (it has {_names(table.columns) or 'none'}); "
+                         f"{made_by}")
+
+
+def _read_csv(path: Path, columns: Sequence[str], made_by: str, **read_kw: Any) -> pd.DataFrame:
+    """``pd.read_csv(path)`` with ``columns``: FileNotFoundError when missing, ValueError when empty or short of a column."""
+    where = show_path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{where} not found; {made_by}")
+    try:
+        table = pd.read_csv(path, **read_kw)
+    except pd.errors.EmptyDataError as exc:
+        raise ValueError(f"{where} is empty; {made_by}") from exc
+    _need_columns(table, columns, where, made_by)
+    return table
+
+
+def _pair(value: Any, where: str, made_by: str) -> tuple[float, float]:
+    """A ``[low, high]`` interval as two floats (ValueError otherwise)."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ValueError(f"{where} is not a [low, high] pair (got {value!r}); {made_by}")
+    return float(value[0]), float(value[1])
+
+
+PREDICTIONS_FROM = "`skinlesion evaluate models/<run>` writes such tables (reports/<run>/predictions_<set>.csv)"
+DUPLICATE_COLUMNS = ("test_path", "test_label", "train_label", "kind")  # reports/audit/duplicates.csv
+SOURCE_PAIR_COLUMNS = ("source_a", "image_a", "label_a", "source_b", "image_b", "label_b", "kind")
+
+
+def _scored(preds: pd.DataFrame, columns: Sequence[str] = ("y_true", "probability")) -> pd.DataFrame:
+    """The rows of a predictions table that were scored (``error`` empty; the column is optional)."""
+    _need_columns(preds, columns, "the predictions table", PREDICTIONS_FROM)
+    if "error" not in preds.columns:
+        return preds.copy()
+    return preds[preds["error"].fillna("") == ""].copy()
 
 
 # ---------------------------------------------------------------------------- 01 exploration
@@ -116,8 +195,11 @@ def file_table(root: str | os.PathLike[str]) -> pd.DataFrame:
 
 def stratified_sample(df: pd.DataFrame, n_per_class: int | None, seed: int = 42,
                       by: Sequence[str] = ("split", "label")) -> pd.DataFrame:
-    """Up to ``n_per_class`` rows per group (all rows when None), reproducibly."""
+    """Up to ``n_per_class`` rows per group (all rows when None; none of an empty table), reproducibly."""
     if n_per_class is None:
+        return df.reset_index(drop=True)
+    _need_columns(df, by, "the table to sample", "file_table makes one")
+    if df.empty:
         return df.reset_index(drop=True)
     parts = [g.sample(n=min(len(g), n_per_class), random_state=seed) for _, g in df.groupby(list(by))]
     return pd.concat(parts).sort_index().reset_index(drop=True)
@@ -138,6 +220,7 @@ def _image_stats(path: Path) -> dict[str, Any]:
 def image_statistics(root: str | os.PathLike[str], files: pd.DataFrame, workers: int = 4) -> pd.DataFrame:
     """Size, format and per-channel colour statistics of each image in ``files`` (threaded decode)."""
     root = Path(root)
+    _need_columns(files, ("path",), "the files table", "file_table makes it")
     with ThreadPoolExecutor(workers) as pool:
         stats = list(pool.map(_image_stats, [root / p for p in files["path"]]))
     return pd.concat([files.reset_index(drop=True), pd.DataFrame(stats)], axis=1)
@@ -145,6 +228,8 @@ def image_statistics(root: str | os.PathLike[str], files: pd.DataFrame, workers:
 
 def split_summary(splits: pd.DataFrame) -> pd.DataFrame:
     """Counts per split and class of a splits table (columns split, label)."""
+    _need_columns(splits, ("split", "label"), "the splits table",
+                  "skinlesion.data.datasets.load_or_create_splits makes it")
     t = pd.crosstab(splits["split"], splits["label"].map(dict(enumerate(CLASS_NAMES))))
     t = t.reindex(["train", "val", "test"]).fillna(0).astype(int)
     t["total"] = t.sum(axis=1)
@@ -163,7 +248,9 @@ def load_or_run_audit(root: str | os.PathLike[str]) -> tuple[pd.DataFrame, pd.Da
     pairs_f, dedup_f = folder / "duplicates.csv", folder / "dedup_test.csv"
     root = Path(root)
     if pairs_f.is_file() and dedup_f.is_file():
-        pairs, dedup = pd.read_csv(pairs_f), pd.read_csv(dedup_f)
+        made_by = "`skinlesion data audit` writes it"
+        pairs = _read_csv(pairs_f, DUPLICATE_COLUMNS, made_by)
+        dedup = _read_csv(dedup_f, ("path",), made_by)
         if len(dedup) and all((root / p).exists() for p in dedup["path"].head(20)):
             return pairs, dedup, f"{show_path(folder)} (from `skinlesion data audit`)"
     pairs, test = audit(root, file_table(root), progress=False)
@@ -202,7 +289,8 @@ def load_or_run_source_audit(found: dict[str, Any]) -> tuple[pd.DataFrame, pd.Da
     records = combined_records(list(found.values()))
     folder = config.reports_dir() / "audit" / "sources"
     if (folder / "pairs.csv").is_file():
-        pairs = pd.read_csv(folder / "pairs.csv")
+        pairs = _read_csv(folder / "pairs.csv", SOURCE_PAIR_COLUMNS,
+                          f"`skinlesion data audit --sources {','.join(found)}` writes it")
         known = set(zip(records["source"], records["image_id"]))
         sides = set(zip(pairs["source_a"], pairs["image_a"])) | set(zip(pairs["source_b"], pairs["image_b"]))
         if sides <= known and set(pairs["source_a"]) | set(pairs["source_b"]) <= set(found):
@@ -213,6 +301,9 @@ def load_or_run_source_audit(found: dict[str, Any]) -> tuple[pd.DataFrame, pd.Da
 
 def duplicate_summary(pairs: pd.DataFrame, n_test: int, n_dedup: int) -> pd.DataFrame:
     """How many test images have an exact or near duplicate in train/val, and label conflicts."""
+    if len(pairs):
+        _need_columns(pairs, DUPLICATE_COLUMNS, "the duplicate pairs", "`skinlesion data audit` writes them "
+                      "(reports/audit/duplicates.csv)")
     per_kind = pairs.drop_duplicates("test_path").groupby("kind").size() if len(pairs) else pd.Series(dtype=int)
     conflicts = int((pairs["test_label"] != pairs["train_label"]).sum()) if len(pairs) else 0
     return pd.DataFrame({"value": {
@@ -231,6 +322,10 @@ def copies_by_diagnosis(pairs: pd.DataFrame, records: pd.DataFrame, source: str 
     ``source``) and ``copies labelled malignant there`` (of those, how many have only malignant
     copies in ``source``): the facts behind "the Kaggle malignant class is other collections' melanomas".
     """
+    _need_columns(pairs, SOURCE_PAIR_COLUMNS, "the source pairs",
+                  "`skinlesion data audit --sources` writes them (reports/audit/sources/pairs.csv)")
+    _need_columns(records, ("source", "image_id", "diagnosis"), "the records",
+                  "skinlesion.data.sources.combined_records makes them")
     copies = pairs[pairs["kind"].isin(["exact", "near"])]
     sides = []
     for mine, other in (("a", "b"), ("b", "a")):
@@ -239,6 +334,10 @@ def copies_by_diagnosis(pairs: pd.DataFrame, records: pd.DataFrame, source: str 
                                    "malignant there": sel[f"label_{mine}"].to_numpy().astype(int)}))
     found = pd.concat(sides, ignore_index=True).groupby(["source", "image_id"])["malignant there"].min().reset_index()
     diagnosis = records.set_index(["source", "image_id"])["diagnosis"]
+    unknown = [key for key in zip(found["source"], found["image_id"]) if key not in diagnosis.index]
+    if unknown:
+        raise ValueError(f"{len(unknown)} image(s) of the source pairs are not in the records, e.g. {unknown[0]}: "
+                         "pairs and records must come from the same sources")
     found["diagnosis"] = [diagnosis.loc[(s, i)] for s, i in zip(found["source"], found["image_id"])]
     per = found.groupby(["source", "diagnosis"]).agg(**{"with a copy": ("image_id", "size"),
                                                         "copies labelled malignant there": ("malignant there", "sum")})
@@ -251,6 +350,7 @@ def ita_for_files(root: str | os.PathLike[str], files: pd.DataFrame) -> pd.DataF
     """ITA skin-tone estimate and category per image (see :mod:`skinlesion.evaluation.skintone`)."""
     from skinlesion.evaluation.skintone import image_ita
 
+    _need_columns(files, ("path",), "the files table", "file_table makes it")
     ita = image_ita([Path(root) / p for p in files["path"]])
     return pd.concat([files.reset_index(drop=True), ita[["ita", "category", "skin_fraction", "note"]]], axis=1)
 
@@ -285,6 +385,11 @@ def train_backbones(backbones: Sequence[str], out_dir: str | os.PathLike[str], *
 
 
 RECORDED_VALIDATION = "kaggle-only/validation.csv"  # under reports/: see recorded_validation
+RECORDED_COLUMNS = ("backbone", "stage", "input", "train images", "views", "val AUC", "val sensitivity",
+                    "val specificity", "threshold")
+# No command writes validation.csv: it was copied from notebook 02's table (its recorded_from column says which run).
+RECORDED_FROM = ("no skinlesion command writes it: it records notebook 02's validation table of the reference "
+                 "bundles (README, \"Notebooks\")")
 
 
 def _input_sizes(meta: Any, path: Path) -> str:
@@ -309,7 +414,7 @@ def recorded_validation(names: Sequence[str]) -> pd.DataFrame:
     path = config.reports_dir() / RECORDED_VALIDATION
     if not path.is_file():
         return pd.DataFrame()
-    table = pd.read_csv(path, dtype={"input": str})
+    table = _read_csv(path, ("model", *RECORDED_COLUMNS), RECORDED_FROM, dtype={"input": str})
     return table[table["model"].isin(list(names))].set_index("model")
 
 
@@ -323,6 +428,10 @@ def validation_table(bundles: dict[str, Path], skipped: dict[str, str] | None = 
     """
     from skinlesion.bundle.format import load_meta
 
+    recorded = recorded if recorded is not None else pd.DataFrame()
+    if len(recorded):
+        _need_columns(recorded, RECORDED_COLUMNS, "the recorded validation rows",
+                      f"recorded_validation reads them from {show_path(config.reports_dir() / RECORDED_VALIDATION)}")
     rows = []
     for label, path in bundles.items():
         meta = load_meta(path)
@@ -335,11 +444,9 @@ def validation_table(bundles: dict[str, Path], skipped: dict[str, str] | None = 
             "val specificity": val.get("specificity"),
             "threshold": meta.decision.threshold if meta.decision else None, "from": "bundle.json",
         })
-    for name, row in (recorded if recorded is not None else pd.DataFrame()).iterrows():
+    for name, row in recorded.iterrows():
         if name not in bundles:
-            rows.append({"model": name, **{k: row[k] for k in ("backbone", "stage", "input", "train images", "views",
-                                                               "val AUC", "val sensitivity", "val specificity",
-                                                               "threshold")},
+            rows.append({"model": name, **{k: row[k] for k in RECORDED_COLUMNS},
                          "from": f"recorded ({show_path(config.reports_dir() / RECORDED_VALIDATION)})"})
     from skinlesion.models.registry import get_spec
 
@@ -348,7 +455,13 @@ def validation_table(bundles: dict[str, Path], skipped: dict[str, str] | None = 
         rows.append({"model": f"nb-{name}", "backbone": name,
                      "stage": "skipped: ImageNet weights unavailable offline" if offline else f"skipped: {why[:80]}",
                      "input": str(get_spec(name).input_size), "from": "not trained"})
-    return pd.DataFrame(rows).set_index("model").sort_values("val AUC", ascending=False, na_position="last")
+    if not rows:
+        raise ValueError("validation_table got no bundle, no skipped backbone and no recorded row: nothing to tabulate; "
+                         "bundles come from train_backbones or `skinlesion train`, recorded rows from "
+                         f"recorded_validation ({show_path(config.reports_dir() / RECORDED_VALIDATION)})")
+    # Explicit columns: a table of skipped backbones alone still has the numeric ones (empty).
+    table = pd.DataFrame(rows, columns=["model", *RECORDED_COLUMNS, "from"]).set_index("model")
+    return table.sort_values("val AUC", ascending=False, na_position="last")
 
 
 def reference_bundles(names: Sequence[str]) -> dict[str, Path]:
@@ -400,8 +513,9 @@ def most_confident_mistakes(preds: pd.DataFrame, threshold: float, k: int = 8) -
     ``wrong_class_probability`` is 1 - P(malignant) for a missed malignant lesion and P(malignant)
     for a false alarm. (Ranking by distance from the threshold instead would hide the worst misses:
     with a low threshold a melanoma at P = 0.01 is only 0.2 from it, a benign lesion at 0.99 is 0.8.)
+    Columns of ``preds``: y_true, probability (error optional: rows with an error are left out).
     """
-    ok = preds[preds["error"].fillna("") == ""].copy()
+    ok = _scored(preds)
     ok["predicted"] = (ok["probability"] >= threshold).astype(int)
     wrong = ok[ok["predicted"] != ok["y_true"]].copy()
     missed = wrong["y_true"] == 1
@@ -442,7 +556,8 @@ def calibration_effect(evaluations: dict[str, tuple[dict[str, Any], dict[str, pd
         df = preds.get(set_name)
         if df is None or "raw_probability" not in df.columns:
             continue
-        ok = df[(df["error"].fillna("") == "") & df["raw_probability"].notna()]
+        ok = _scored(df)
+        ok = ok[ok["raw_probability"].notna()]
         y = ok["y_true"].to_numpy().astype(int)
         raw, cal = ok["raw_probability"].to_numpy(float), ok["probability"].to_numpy(float)
         rows[name] = {"ECE raw": expected_calibration_error(y, raw), "ECE scaled": expected_calibration_error(y, cal),
@@ -480,7 +595,7 @@ def pick_examples(preds: pd.DataFrame, threshold: float, per_group: int = 1) -> 
     Columns of ``preds``: path, y_true, probability (error optional). Adds ``group`` such as
     "malignant, correct". A group with no member (e.g. no wrong benign call) is simply absent.
     """
-    ok = preds[preds.get("error", pd.Series("", index=preds.index)).fillna("") == ""].copy()
+    ok = _scored(preds)
     ok["predicted"] = (ok["probability"] >= threshold).astype(int)
     ok["correct"] = ok["predicted"] == ok["y_true"]
     ok["margin"] = (ok["probability"] - threshold).abs()
@@ -495,8 +610,14 @@ def pick_examples(preds: pd.DataFrame, threshold: float, per_group: int = 1) -> 
 
 def sanity_table(result: dict[str, dict[str, Any]]) -> pd.DataFrame:
     """:func:`skinlesion.explain.sanity.sanity_check` output as a table (one row per randomisation)."""
+    made_by = "skinlesion.explain.sanity.sanity_check makes it"
+    steps = {k: _need(v, ("spearman", "ssim"), f"sanity-check step {k!r}", made_by)
+             for k, v in result.items() if k != "original"}
+    if not steps:
+        raise ValueError(f"the sanity-check result has no randomisation step (it has {_names(result) or 'nothing'}); "
+                         f"{made_by}, one entry per randomised scope")
     rows = {k: {"randomised layers": len(v.get("layers", [])), "spearman": v["spearman"], "ssim": v["ssim"]}
-            for k, v in result.items() if k != "original"}
+            for k, v in steps.items()}
     return pd.DataFrame(rows).T.astype({"randomised layers": int})
 
 
@@ -575,24 +696,30 @@ def generalisation_tables(folder: str | os.PathLike[str] | None = None) -> tuple
     Reads ``reports/generalisation/summary.json`` (the headline recipe) and that recipe's
     ``details.json``; empty tables when ``skinlesion generalise --publish`` has not been run.
     """
-    import json
-
     root = Path(folder) if folder else config.reports_dir() / "generalisation"
     if not (root / "summary.json").is_file():
         return pd.DataFrame(), pd.DataFrame(), ""
     recipe = published_recipe(root)
-    details = json.loads((root / recipe / "details.json").read_text())
+    details_file = root / recipe / "details.json"
+    made_by = f"`skinlesion generalise --recipe {recipe}` writes it"
+    details = _read_json(details_file, made_by, ("held_out",))
+    keys = ("n", "n_malignant", "roc_auc", "roc_auc_ci", "sensitivity", "specificity", "threshold")
 
-    def table(block: dict[str, Any]) -> pd.DataFrame:
-        rows = [{"source": k, "n": v["n"], "malignant": v["n_malignant"], "ROC AUC": v["roc_auc"],
-                 "AUC 95% CI": f"[{v['roc_auc_ci'][0]:.3f}, {v['roc_auc_ci'][1]:.3f}]",
-                 "sensitivity": v["sensitivity"], "specificity": v["specificity"], "threshold": v["threshold"],
-                 **({"trained on": ", ".join(v["trained_on"])} if "trained_on" in v else {})}
-                for k, v in block.items()]
+    def table(name: str) -> pd.DataFrame:
+        where = f"{show_path(details_file)} {name}"
+        block = _need(details.get(name, {}), (), where, made_by)
+        rows = []
+        for k, v in block.items():
+            _need(v, keys, f"{where}[{k!r}]", made_by)
+            low, high = _pair(v["roc_auc_ci"], f"{where}[{k!r}] roc_auc_ci", made_by)
+            rows.append({"source": k, "n": v["n"], "malignant": v["n_malignant"], "ROC AUC": v["roc_auc"],
+                         "AUC 95% CI": f"[{low:.3f}, {high:.3f}]",
+                         "sensitivity": v["sensitivity"], "specificity": v["specificity"], "threshold": v["threshold"],
+                         **({"trained on": ", ".join(v["trained_on"])} if "trained_on" in v else {})})
         return pd.DataFrame(rows).set_index("source") if rows else pd.DataFrame()
 
     exp = root / "experiments.md"
-    return table(details["held_out"]), table(details.get("reference", {})), exp.read_text() if exp.is_file() else ""
+    return table("held_out"), table("reference"), exp.read_text() if exp.is_file() else ""
 
 
 def loso_recipes(folder: str | os.PathLike[str] | None = None) -> pd.DataFrame:
@@ -600,25 +727,27 @@ def loso_recipes(folder: str | os.PathLike[str] | None = None) -> pd.DataFrame:
     95 % CI per source, their mean, the worst source and (from ``details.json``) the in-source
     Kaggle test AUC of the model trained on every source and the recipe in words (empty before
     any LOSO run)."""
-    import json
-
     root = Path(folder) if folder else config.reports_dir() / "generalisation"
     rows = {}
     for path in sorted(root.glob("*/summary.json")):
-        held = json.loads(path.read_text()).get("held_out") or {}
+        made_by = f"`skinlesion generalise --recipe {path.parent.name}` writes it"
+        held = _need(_read_json(path, made_by).get("held_out") or {}, (), f"{show_path(path)} held_out", made_by)
         if not held:
             continue
+        for s, v in held.items():
+            _need(v, ("roc_auc", "roc_auc_ci"), f"{show_path(path)} held_out[{s!r}]", made_by)
         details_file = path.with_name("details.json")
-        details = json.loads(details_file.read_text()) if details_file.is_file() else {}
+        details = _read_json(details_file, made_by) if details_file.is_file() else {}
         reference, cfg = details.get("reference") or {}, details.get("config") or {}
         aucs = {s: float(v["roc_auc"]) for s, v in held.items()}
         worst = min(aucs, key=aucs.__getitem__)
         row: dict[str, Any] = {"mean": float(np.mean(list(aucs.values()))), "worst": aucs[worst], "worst source": worst}
         for s, v in held.items():
             row[s] = aucs[s]
-            row[f"{s} CI"] = tuple(float(x) for x in v["roc_auc_ci"])
+            row[f"{s} CI"] = _pair(v["roc_auc_ci"], f"{show_path(path)} held_out[{s!r}] roc_auc_ci", made_by)
         if "kaggle" in reference:  # the model trained on every source, on the Kaggle test split
-            row["kaggle in-source"] = float(reference["kaggle"]["roc_auc"])
+            kaggle = _need(reference["kaggle"], ("roc_auc",), f"{show_path(details_file)} reference['kaggle']", made_by)
+            row["kaggle in-source"] = float(kaggle["roc_auc"])
         if cfg.get("ensemble_of"):
             row["recipe"] = "the ensemble of " + " and ".join(f"`{m}`" for m in cfg["ensemble_of"])
         elif cfg:
@@ -633,32 +762,48 @@ def loso_recipes(folder: str | os.PathLike[str] | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows).T.sort_values("mean", ascending=False) if rows else pd.DataFrame()
 
 
-def robustness_table(run_id: str, folder: str | os.PathLike[str] | None = None) -> pd.DataFrame:
-    """``reports/robustness/<run_id>/robustness.json`` as a table (empty when not measured)."""
-    import json
+def robustness_table(run_id: str, path: str | os.PathLike[str] | None = None) -> pd.DataFrame:
+    """``reports/robustness/<run_id>/robustness.json`` (or the file ``path``) as a table; empty when not measured.
 
-    path = Path(folder) if folder else config.reports_dir() / "robustness" / run_id / "robustness.json"
+    Reports written before the signed shift was measured lack its columns (``mean Δp``, its CI and
+    ``threshold crossed``); they are left out rather than shown empty.
+    """
+    path = Path(path) if path else config.reports_dir() / "robustness" / run_id / "robustness.json"
     if not path.is_file():
         return pd.DataFrame()
-    data = json.loads(path.read_text())
-    rows = {name: {"decision flips": v["decision_flip_rate"], "mean |Δp|": v["mean_abs_dp"],
-                   "95th pct |Δp|": v["p95_abs_dp"], "n": v["n"]}
-            for name, v in data["transforms"].items()}
+    made_by = f"`skinlesion robustness models/{run_id}` writes it"
+    where = f"{show_path(path)} transforms"
+    transforms = _need(_read_json(path, made_by, ("transforms",))["transforms"], (), where, made_by)
+    keys = ("decision_flip_rate", "mean_abs_dp", "p95_abs_dp", "n")
+    rows = {}
+    for name, v in transforms.items():
+        _need(v, keys, f"{where}[{name!r}]", made_by)
+        row = {"decision flips": v["decision_flip_rate"], "mean |Δp|": v["mean_abs_dp"],
+               "95th pct |Δp|": v["p95_abs_dp"]}
+        if "mean_dp" in v:  # the direction of the change: a shift every image shares, or spread
+            _need(v, ("mean_dp_ci", "threshold_cross_rate"), f"{where}[{name!r}]", made_by)
+            low, high = _pair(v["mean_dp_ci"], f"{where}[{name!r}] mean_dp_ci", made_by)
+            row.update({"mean Δp": v["mean_dp"], "mean Δp 95 % CI": f"[{low:+.3f}, {high:+.3f}]",
+                        "threshold crossed": v["threshold_cross_rate"]})
+        rows[name] = {**row, "n": v["n"]}
     return pd.DataFrame(rows).T
 
 
 def site_curves(recipe: str) -> pd.DataFrame:
     """Every ``reports/site/loso-<recipe>-*/curve.json``: held-out-site sensitivity/specificity per N."""
-    import json
-
+    made_by = f"`skinlesion calibrate models/loso/loso-{recipe}-<source> --site <site> --curve` writes it"
+    point_keys = ("n", "repeats", "sensitivity_mean", "specificity_mean", "specificity_p10", "specificity_p90")
     rows = []
     for path in sorted((config.reports_dir() / "site").glob(f"loso-{recipe}-*/curve.json")):
-        data = json.loads(path.read_text())
-        frozen = data["frozen"]
-        rows.append({"site": data["site"]["name"], "N": 0, "sensitivity": frozen["sensitivity"],
+        where = show_path(path)
+        data = _read_json(path, made_by, ("site", "frozen", "curve"))
+        site = _need(data["site"], ("name",), f"{where} site", made_by)["name"]
+        frozen = _need(data["frozen"], ("sensitivity", "specificity"), f"{where} frozen", made_by)
+        rows.append({"site": site, "N": 0, "sensitivity": frozen["sensitivity"],
                      "specificity": frozen["specificity"], "note": "frozen threshold (no site data)"})
-        for p in data["curve"]:
-            rows.append({"site": data["site"]["name"], "N": p["n"], "sensitivity": p["sensitivity_mean"],
+        for i, p in enumerate(data["curve"]):
+            _need(p, point_keys, f"{where} curve[{i}]", made_by)
+            rows.append({"site": site, "N": p["n"], "sensitivity": p["sensitivity_mean"],
                          "specificity": p["specificity_mean"],
                          "note": f"mean of {p['repeats']} draws; spec 10-90 %: {p['specificity_p10']:.2f}-{p['specificity_p90']:.2f}"})
     return pd.DataFrame(rows)
@@ -666,7 +811,11 @@ def site_curves(recipe: str) -> pd.DataFrame:
 
 def published_recipe(folder: str | os.PathLike[str] | None = None) -> str:
     """The recipe of ``reports/generalisation/summary.json`` (the default's), or "" before one is published."""
-    import json
-
     path = Path(folder or config.reports_dir() / "generalisation") / "summary.json"
-    return str(json.loads(path.read_text())["recipe"]) if path.is_file() else ""
+    if not path.is_file():
+        return ""
+    made_by = "`skinlesion generalise --recipe NAME --publish` writes it"
+    recipe = _read_json(path, made_by, ("recipe",))["recipe"]
+    if not isinstance(recipe, str) or not recipe:
+        raise ValueError(f"{show_path(path)} names no recipe (recipe = {recipe!r}); {made_by}")
+    return recipe
