@@ -190,3 +190,116 @@ def test_damaged_ood_statistics(tmp_path):
                                  out_dir=tmp_path, run_id="escape")
     with pytest.raises(BundleError, match="not a file inside the bundle folder"):
         bundle.load(escape).ood_detector()
+
+
+def _decision(**change):
+    """A valid decision block (bundle.json's ``decision``), with ``change`` applied."""
+    return {"threshold": 0.4, "band_low": 0.3, "band_high": 0.6, "target_sensitivity": 0.95,
+            "temperature": 2.0, **change}
+
+
+def _calibrated(tmp_path, **change):
+    """A bundle with a decision policy and the matching calibration block."""
+    return _write(tmp_path, decision=_decision(**change),
+                  calibration={"method": "temperature", "temperature": change.get("temperature", 2.0)})
+
+
+@pytest.mark.parametrize("change, field, value", [
+    ({"threshold": 1.5, "band_low": 1.5, "band_high": 1.5}, "threshold", "1.5"),
+    ({"threshold": -0.5, "band_low": -0.5, "band_high": -0.5}, "threshold", "-0.5"),
+    ({"band_low": -0.1}, "band_low", "-0.1"),
+    ({"band_high": 1.2}, "band_high", "1.2"),
+    ({"threshold": float("nan")}, "threshold", "nan"),
+    ({"threshold": "high"}, "threshold", "'high'"),
+])
+def test_decision_cut_points_outside_0_1_are_refused(tmp_path, change, field, value):
+    """A threshold outside [0, 1] would give every image the same decision, silently."""
+    path = _calibrated(tmp_path)
+    _rewrite_meta(path, lambda m: m["decision"].update(change))
+    with pytest.raises(BundleError, match=rf"'decision\.{field}' must be a probability in \[0, 1\], not {value}"):
+        bundle.load(path)
+
+
+@pytest.mark.parametrize("t", [0, -1.0, float("nan"), float("inf")])
+def test_bad_calibration_temperature_is_refused_at_load(tmp_path, t):
+    path = _calibrated(tmp_path)
+    _rewrite_meta(path, lambda m: m["calibration"].update(temperature=t))
+    with pytest.raises(BundleError, match=r"'calibration\.temperature' must be a finite number > 0"):
+        bundle.load(path)
+
+
+def test_calibration_and_decision_temperatures_must_agree(tmp_path):
+    """Serving scales by calibration.temperature, the threshold was fitted at decision.temperature."""
+    path = _calibrated(tmp_path, temperature=20.0)
+    assert bundle.load(path).meta.temperature == 20.0
+    _rewrite_meta(path, lambda m: m["calibration"].update(temperature=1.0))
+    with pytest.raises(BundleError, match=r"'calibration\.temperature' \(1\.0\) differs from 'decision\.temperature' "
+                                          r"\(20\.0\)"):
+        bundle.load(path)
+    # An uncalibrated bundle (no calibration block) serves raw outputs; still loads.
+    uncalibrated = _write(tmp_path, run_id="raw", decision=_decision(temperature=1.0))
+    assert not bundle.load(uncalibrated).meta.calibrated
+
+
+@pytest.mark.parametrize("size", [0, -32, 64.5, True, "abc"])
+def test_bad_input_size_is_refused_at_load(tmp_path, size):
+    path = _write(tmp_path)
+    _rewrite_meta(path, lambda m: m.__setitem__("input_size", size))
+    with pytest.raises(BundleError, match="'input_size' must be"):
+        bundle.load(path)
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def _fail_halfway(path):
+    path.write_bytes(b"partial")
+    raise RuntimeError("disk full")
+
+
+@pytest.mark.parametrize("files, error", [
+    ({"history.csv": b"epoch\n9\n", "gate.npz": _fail_halfway}, RuntimeError),      # fails while writing
+    ({"history.csv": b"epoch\n9\n", "notes.txt": "/no/such/file"}, FileNotFoundError),
+    ({"history.csv": b"epoch\n9\n", "notes.txt": 42}, TypeError),                    # refused before writing
+    ({"history.csv": b"epoch\n9\n", "../outside.txt": b"x"}, BundleError),
+    ({"history.csv": b"epoch\n9\n", "model.keras": b"x"}, BundleError),
+])
+def test_add_to_bundle_is_all_or_nothing(tmp_path, files, error):
+    """A failing entry must not leave earlier entries written (history.csv replaced, the bundle then
+    refused on its checksum) nor temporaries behind."""
+    path = _write(tmp_path / "models")
+    before = _snapshot(path)
+    with pytest.raises(error):
+        bundle.add_to_bundle(path, files, {"note": "x"})
+    assert _snapshot(path) == before
+    assert list(tmp_path.iterdir()) == [tmp_path / "models"]
+    bundle.load(path)
+
+
+def test_add_to_bundle_refuses_a_meta_update_that_would_not_load(tmp_path):
+    path = _write(tmp_path)
+    before = _snapshot(path)
+    with pytest.raises(BundleError, match="'input_size' must be"):
+        bundle.add_to_bundle(path, {"history.csv": b"epoch\n9\n"}, {"input_size": 0})
+    assert _snapshot(path) == before
+
+
+def test_add_to_bundle_takes_write_bundles_writers(tmp_path):
+    import numpy as np
+
+    path = _write(tmp_path)
+    log = tmp_path / "train.log"
+    log.write_text("epoch 1\n")
+    bundle.add_to_bundle(path, {
+        "history.csv": pd.DataFrame({"epoch": [1, 2]}),
+        "train.log": str(log),
+        "notes.txt": b"notes",
+        "gate.npz": lambda p: np.savez(p, a=np.zeros(2)),
+    }, {"gate": {"file": "gate.npz"}})
+    b = bundle.load(path)  # every checksum matches
+    assert set(b.meta.files) == {"model.keras", "history.csv", "train.log", "notes.txt", "gate.npz"}
+    assert b.meta.raw["gate"] == {"file": "gate.npz"}
+    assert (path / "train.log").read_text() == "epoch 1\n"
+    assert pd.read_csv(path / "history.csv")["epoch"].tolist() == [1, 2]
+    assert not [p.name for p in path.iterdir() if p.name.startswith(".tmp")]

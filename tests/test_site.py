@@ -183,6 +183,13 @@ def test_calibrate_rejects_bad_site_sets(tiny_bundle, tmp_path, counts, message)
     assert _tree_digest(tiny_bundle) == before
 
 
+def test_calibrate_refuses_a_small_n_before_reading_the_site(tmp_path):
+    # The site folder does not exist: the --n error must come first, before any file is read.
+    with pytest.raises(DataError, match="--n 5 is too small"):
+        site_mod.calibrate_site(tmp_path / "no-bundle", tmp_path / "no-site", n=5, out_dir=tmp_path / "models")
+    assert not (tmp_path / "models").exists()
+
+
 @pytest.mark.slow
 def test_calibrate_command(tiny_bundle, site_dir, tmp_path):
     from skinlesion.cli import main

@@ -170,9 +170,6 @@ def write_bundle(
     ``files`` maps a file name to a writer: a keras Model (saved as .keras), a pandas
     DataFrame (CSV), bytes, a path to copy, or a callable ``f(path)``.
     """
-    import keras
-    import pandas as pd
-
     # Checked before anything is written: a bad run id must not leave folders behind.
     run_id = check_run_id(new_run_id(meta.get("backbone", "model")) if run_id is None else run_id)
     out_dir = Path(out_dir) if out_dir else config.models_dir()
@@ -185,18 +182,7 @@ def write_bundle(
         checksums: dict[str, str] = {}
         for name, obj in files.items():
             target = tmp / name
-            if isinstance(obj, keras.Model):
-                obj.save(target)
-            elif isinstance(obj, pd.DataFrame):
-                obj.to_csv(target, index=False)
-            elif isinstance(obj, (bytes, bytearray)):
-                target.write_bytes(obj)
-            elif isinstance(obj, (str, os.PathLike)):
-                shutil.copyfile(obj, target)
-            elif callable(obj):
-                obj(target)
-            else:
-                raise TypeError(f"don't know how to write {name!r} ({type(obj).__name__})")
+            _write_file(target, name, obj)
             checksums[name] = sha256_file(target)
         full = {
             "schema_version": SCHEMA_VERSION,
@@ -217,27 +203,76 @@ def write_bundle(
     return final
 
 
+def _writer_kind(name: str, obj: Any) -> str:
+    """Which of :func:`write_bundle`'s writers ``obj`` is; anything else is a TypeError naming ``name``."""
+    import keras
+    import pandas as pd
+
+    # Model before callable: a keras Model is callable too.
+    if isinstance(obj, keras.Model):
+        return "model"
+    if isinstance(obj, pd.DataFrame):
+        return "csv"
+    if isinstance(obj, (bytes, bytearray)):
+        return "bytes"
+    if isinstance(obj, (str, os.PathLike)):
+        return "copy"
+    if callable(obj):
+        return "callable"
+    raise TypeError(f"don't know how to write {name!r} ({type(obj).__name__})")
+
+
+def _write_file(target: Path, name: str, obj: Any) -> None:
+    """Write bundle file ``name`` to ``target`` with its writer (see :func:`write_bundle`)."""
+    kind = _writer_kind(name, obj)
+    if kind == "model":
+        obj.save(target)
+    elif kind == "csv":
+        obj.to_csv(target, index=False)
+    elif kind == "bytes":
+        target.write_bytes(obj)
+    elif kind == "copy":
+        shutil.copyfile(obj, target)
+    else:
+        obj(target)
+
+
 def add_to_bundle(path: str | os.PathLike[str], files: Mapping[str, Any], meta_update: Mapping[str, Any]) -> None:
     """Add (or replace) artefacts of an existing single bundle: write ``files`` with the same
     writers as :func:`write_bundle`, then rewrite ``bundle.json`` with their checksums and
-    ``meta_update`` merged in. The model itself is never touched."""
+    ``meta_update`` merged in. The model itself is never touched.
+
+    All or nothing: every entry is checked before anything is written, and the new files are
+    written beside their targets and moved into place only once all of them are written, so a
+    failing entry leaves the bundle as it was (and loadable)."""
     folder = Path(path)
     meta = read_meta(folder)
-    checksums = dict(meta.get("files") or {})
     for name, obj in files.items():
-        if name in (BUNDLE_FILE, "model.keras"):
+        if name in (BUNDLE_FILE, MODEL_FILE):
             raise BundleError(f"refusing to overwrite {name} of {folder}")
-        tmp = folder / f".tmp{os.getpid()}.{name}"   # keeps the suffix (np.savez appends .npz otherwise)
-        if callable(obj):
-            obj(tmp)
-        elif isinstance(obj, (bytes, bytearray)):
-            tmp.write_bytes(obj)
-        else:
-            raise TypeError(f"don't know how to write {name!r} ({type(obj).__name__})")
-        os.replace(tmp, folder / name)
-        checksums[name] = sha256_file(folder / name)
-    full = {**meta, **meta_update, "files": checksums}
-    atomic_write_text(folder / BUNDLE_FILE, dumps_json(full) + "\n")
+        if not _inside_bundle(name):
+            raise BundleError(f"refusing to write {name!r}, which is not a file inside the bundle folder {folder}")
+        _writer_kind(name, obj)
+    # The merged bundle.json must still load; checked now, while the bundle is untouched.
+    parse_meta({**meta, **meta_update}, folder)
+    checksums = dict(meta.get("files") or {})
+    temps: dict[Path, Path] = {}  # target -> its temporary
+    try:
+        for name, obj in files.items():
+            target = folder / name
+            # Same folder (so the move is a rename); keeps the suffix (np.savez appends .npz otherwise).
+            tmp = target.with_name(f".tmp{os.getpid()}.{target.name}")
+            temps[target] = tmp  # before writing: a writer that fails halfway still leaves a file
+            _write_file(tmp, name, obj)
+            checksums[name] = sha256_file(tmp)
+        text = dumps_json({**meta, **meta_update, "files": checksums}) + "\n"
+        for target, tmp in temps.items():
+            os.replace(tmp, target)
+    except BaseException:
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
+        raise
+    atomic_write_text(folder / BUNDLE_FILE, text)
 
 
 def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:

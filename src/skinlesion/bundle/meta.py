@@ -19,9 +19,12 @@ def _opt_int(value: Any, name: str) -> int | None:
     """``value`` as an int (None stays None); anything else is a ValueError naming the field."""
     if value is None:
         return None
+    # int() would quietly truncate 64.5 to 64 and read true as 1: neither is an integer in JSON.
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"{name!r} must be an integer, not {value!r}")
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"{name!r} must be an integer, not {value!r}") from None
 
 
@@ -55,8 +58,45 @@ class CalibrationInfo:
         data = _mapping(data, "calibration")
         if not data:
             return None
-        t = data.get("temperature")
-        return cls(method=_opt_str(data.get("method")), temperature=1.0 if t is None else float(t))
+        t = 1.0 if data.get("temperature") is None else float(data["temperature"])
+        # Every served probability is divided through it: checked here, not at the first predict.
+        if not (math.isfinite(t) and t > 0):
+            raise ValueError(f"'calibration.temperature' must be a finite number > 0, not {data['temperature']!r}")
+        return cls(method=_opt_str(data.get("method")), temperature=t)
+
+
+def _decision(data: Mapping[str, Any]) -> DecisionPolicy | None:
+    """The bundle's :class:`DecisionPolicy` (None when it has none), its cut points checked to be
+    probabilities: DecisionPolicy checks only that they are finite and ordered, and a threshold
+    outside [0, 1] would give every image the same decision."""
+    if not data:
+        return None
+    for name in ("threshold", "band_low", "band_high"):
+        value = data.get(name)  # a missing one is DecisionPolicy.from_dict's to report
+        if value is None:
+            continue
+        try:
+            in_range = 0.0 <= float(value) <= 1.0  # NaN fails this too
+        except (TypeError, ValueError):
+            in_range = False
+        if not in_range:
+            raise ValueError(f"'decision.{name}' must be a probability in [0, 1], not {value!r}")
+    return DecisionPolicy.from_dict(data)
+
+
+def _check_temperatures(decision: DecisionPolicy | None, calibration: CalibrationInfo | None) -> None:
+    """Refuse a bundle whose two temperatures disagree. Serving scales raw outputs by
+    ``calibration.temperature`` and then applies the decision's threshold and refer band, which
+    were fitted on probabilities scaled by ``decision.temperature``; every writer (training,
+    ensembles, site calibration) stores the one fitted value in both."""
+    if decision is None or calibration is None:
+        return  # an uncalibrated bundle serves raw outputs (temperature 1.0)
+    if not math.isclose(decision.temperature, calibration.temperature, rel_tol=1e-6):
+        raise ValueError(
+            f"'calibration.temperature' ({calibration.temperature!r}) differs from 'decision.temperature' "
+            f"({decision.temperature!r}); the threshold and refer band hold only for probabilities scaled by "
+            "the temperature they were fitted with, so both must record that one value"
+        )
 
 
 @dataclass(frozen=True)
@@ -176,6 +216,12 @@ class BundleMeta:
         extra = data.get("limitations")
         limitations = (extra,) if isinstance(extra, str) else tuple(str(x) for x in extra or ())
         metrics = _mapping(data.get("metrics"), "metrics")
+        policy = _decision(decision)
+        calibration = CalibrationInfo.from_dict(data.get("calibration"))
+        _check_temperatures(policy, calibration)
+        input_size = _opt_int(data.get("input_size"), "input_size")
+        if input_size is not None and input_size < 1:
+            raise ValueError(f"'input_size' must be a positive number of pixels, not {data['input_size']!r}")
         return cls(
             run_id=str(data.get("run_id") or default_run_id),
             kind=str(data.get("kind") or "single"),
@@ -184,13 +230,13 @@ class BundleMeta:
             class_names=tuple(str(c) for c in data.get("class_names") or ()),
             backbone=_opt_str(data.get("backbone")),
             weights=_opt_str(data.get("weights")),
-            input_size=_opt_int(data.get("input_size"), "input_size"),
+            input_size=input_size,
             stage=_opt_str(data.get("stage")),
             synthetic=bool(data.get("synthetic")),
             feature_layer=str(data.get("feature_layer") or "features"),
             last_conv_layer=_opt_str(data.get("last_conv_layer")),
-            decision=DecisionPolicy.from_dict(decision) if decision else None,
-            calibration=CalibrationInfo.from_dict(data.get("calibration")),
+            decision=policy,
+            calibration=calibration,
             ood=OODInfo.from_dict(data.get("ood")),
             training=TrainingInfo.from_dict(data.get("training")),
             metrics={str(k): dict(v) for k, v in metrics.items() if isinstance(v, Mapping)},

@@ -169,10 +169,10 @@ def calibrate_site(
 
     parent_path = Path(bundle_path)
     # The cheap checks first: a site set that cannot work is refused before the model loads.
-    source = site if isinstance(site, Source) else read_site(site)
-    check_site_set(source.records["label"], f"site {source.name}")
     if n < MIN_SITE_IMAGES:
         raise DataError(f"--n {n} is too small; use at least {MIN_SITE_IMAGES} site images")
+    source = site if isinstance(site, Source) else read_site(site)
+    check_site_set(source.records["label"], f"site {source.name}")
     predictor = _predictor(parent_path)
     parent_raw = read_meta(parent_path)
     parent_policy = predictor.policy
