@@ -376,3 +376,58 @@ def test_compiled_path_on_a_saved_and_loaded_model(model, tmp_path):
     )
     _assert_maps_match(fast, ref, atol=1e-5)
     assert p == pytest.approx(float(model(image[None].astype(np.float32))[0, 0]), abs=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# Input checks: 0..255 pixels only, real layers, a real threshold
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("bad_image", "message"),
+    [
+        (_image() > 100, "dtype bool"),
+        (_image().astype(np.int64) * 300, "must lie in 0..255.*to 75000"),
+        (_image().astype(np.float32) - 300.0, "must lie in 0..255.*from -270"),
+        (_image().astype(np.float32) / 255.0, "0..1 float image.*0..255.*Predictor.explain takes any image"),
+        (np.full((SIZE, SIZE, 3), 1.0), None),  # constant: cannot tell, so kept (checked below)
+    ],
+    ids=["bool", "above-255", "negative", "unit-float", "constant"],
+)
+def test_images_must_hold_0_to_255_pixels(model, bad_image, message):
+    if message is None:
+        assert gradcam.compute_heatmap(model, bad_image).shape == (SIZE, SIZE)
+        return
+    for call in (lambda: gradcam.compute_heatmap(model, bad_image),
+                 lambda: gradcam.predict_and_explain(model, bad_image),
+                 lambda: sanity.sanity_check(model, bad_image)):
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
+def test_round_off_and_dark_uint8_images_are_accepted(model):
+    image = _image().astype(np.float32)
+    image[0, 0] = 255.0004  # arithmetic round-off
+    assert gradcam.predict_and_explain(model, image)[1].shape == (SIZE, SIZE)
+    dark = np.zeros((SIZE, SIZE, 3), np.uint8)
+    dark[:4] = 1  # a uint8 image is 0..255 by definition, however dark
+    assert gradcam.compute_heatmap(model, dark).shape == (SIZE, SIZE)
+
+
+def test_the_input_layer_is_refused(model):
+    with pytest.raises(ValueError, match="'input_layer.*' is the model's input layer.*last_conv_act"):
+        gradcam.compute_heatmap(model, _image(), layer_name=model.layers[0].name)
+
+
+@pytest.mark.parametrize(
+    ("threshold", "error"),
+    [("x", TypeError), (True, TypeError), (None, TypeError), (1.5, ValueError), (-0.1, ValueError),
+     (float("nan"), ValueError)],
+)
+def test_threshold_must_be_a_real_number_in_0_1(model, threshold, error):
+    for call in (lambda: gradcam.compute_heatmap(model, _image(), threshold=threshold),
+                 lambda: gradcam.predict_and_explain(model, _image(), threshold=threshold),
+                 lambda: sanity.sanity_check(model, _image(), threshold=threshold)):
+        with pytest.raises(error, match=r"threshold must be a real number in \[0, 1\]"):
+            call()
+    assert common.check_threshold(np.float32(0.25)) == 0.25

@@ -153,6 +153,17 @@ def test_missing_stale_or_failed_exports_are_refused(exported, tiny_bundle, tmp_
         Predictor.from_bundle(copy, backend="tflite")
 
 
+def test_tflite_backend_refuses_a_bundle_json_of_another_input_size(exported, tmp_path):
+    # The interpreter would resize its input and score images at the wrong size, silently.
+    copy = tmp_path / "b"
+    shutil.copytree(exported, copy)
+    meta = read_json(copy / "bundle.json")
+    write_json(copy / "bundle.json", {**meta, "input_size": 2 * meta["input_size"]})
+    with pytest.raises(BundleError, match=rf"input_size {2 * meta['input_size']}, but the tflite export takes "
+                                          rf"{meta['input_size']}x{meta['input_size']} pixels"):
+        Predictor.from_bundle(copy, backend="tflite")
+
+
 def test_export_refuses_bad_requests(exported, training_data_dir):
     with pytest.raises(ExportError, match="already exists; pass --force"):
         export_bundle(exported, "tflite", parity_data=_test_images(training_data_dir), parity_n=5)

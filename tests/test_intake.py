@@ -455,3 +455,67 @@ def test_a_float_file_out_of_range_gets_advice_for_a_file_not_for_code() -> None
     _assert_helpful(info.value)
     with pytest.raises(ImageRejected, match="uint8 array"):
         load_for_model(np.full((64, 64, 3), 200.0, np.float32), 32)
+
+
+# ------------------------------------------------------- awkward Pillow images from code
+
+
+def test_premultiplied_grey_alpha_is_read_like_its_la_equivalent() -> None:
+    grey = np.asarray(pattern_rgb(64, 64).convert("L"))
+    alpha = np.tile(np.linspace(0, 255, 64).astype(np.uint8), (64, 1))  # 0 (clear) .. 255 (opaque)
+    la = Image.fromarray(np.dstack([grey, alpha]), "LA")
+    premultiplied = la.convert("La")
+    assert premultiplied.mode == "La"
+    expected = np.asarray(read_image(la)).astype(int)
+    got = np.asarray(read_image(premultiplied)).astype(int)
+    # Premultiplying rounds grey values, by up to 255/alpha; on white that is at most ~1 level.
+    assert np.abs(got - expected).max() <= 2
+    assert (got[:, 0] == 255).all()  # fully transparent: white, like LA
+
+
+def test_a_pil_image_whose_file_was_closed_is_refused_saying_so(tmp_path: Path) -> None:
+    path = tmp_path / "ok.png"
+    path.write_bytes(encode(pattern_rgb(), "PNG"))
+    with path.open("rb") as fh:
+        lazy = Image.open(fh)  # pixels not read yet
+    with Image.open(path) as dropped:  # Pillow drops its own file at the end of the block
+        pass
+    for image in (lazy, dropped):
+        with pytest.raises(ImageRejected) as info:
+            read_image(image)
+        assert info.value.status == 422
+        assert "file was closed before its pixels were read" in info.value.message
+        _assert_helpful(info.value)
+    with path.open("rb") as fh, Image.open(fh) as opened:  # read while open: fine
+        np.testing.assert_array_equal(np.asarray(read_image(opened)), np.asarray(pattern_rgb()))
+
+
+def test_a_truncated_file_is_still_called_corrupt_not_closed() -> None:
+    data = encode(pattern_rgb(), "PNG")
+    with Image.open(io.BytesIO(data[: len(data) // 2])) as truncated, pytest.raises(ImageRejected) as info:
+        read_image(truncated)
+    assert "truncated or corrupt" in info.value.message
+
+
+@pytest.mark.parametrize("mode", ["I", "I;16"])
+def test_in_memory_int_images_with_8_bit_values_keep_the_16_bit_rule_but_warn(
+    mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    grey = pattern_rgb(64, 64).convert("L")
+    converted = grey.convert(mode)  # Pillow keeps the 0..255 values
+    with caplog.at_level("WARNING", logger=intake.__name__):
+        out = np.asarray(read_image(converted))
+    assert out.max() <= 1  # the documented rule (v / 257): unchanged
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert mode in caplog.text and "16-bit" in caplog.text and "convert('L')" in caplog.text
+
+
+def test_no_warning_for_16_bit_values_or_files(caplog: pytest.LogCaptureFixture) -> None:
+    wide = Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.int32), "I")
+    dark_file = gray16_png(np.full((64, 64), 200, np.uint16)).data  # a dark 16-bit file: as stored
+    with caplog.at_level("WARNING", logger=intake.__name__):
+        read_image(wide)
+        assert (np.asarray(read_image(dark_file)) == 1).all()
+        with Image.open(io.BytesIO(dark_file)) as opened:
+            read_image(opened)
+    assert not caplog.records

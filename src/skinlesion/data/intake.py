@@ -38,7 +38,12 @@ What a successfully read image looks like (:func:`read_image` returns a decoded 
   32896 -> 128 (Pillow's own ``convert`` would clip everything above 255 to white). 32-bit
   integer (``I``) data is assumed to use the 16-bit range too and is refused (422) if any
   value falls outside 0..65535. 16-bit RGB(A) PNGs are already reduced to 8 bits by Pillow's
-  decoder (high byte). Float (``F``) images follow the array rule below.
+  decoder (high byte). Float (``F``) images follow the array rule below. A file cannot say
+  whether its 16-bit values are really 8-bit ones, so the rule holds for every source; for an
+  ``I``/``I;16`` image made in memory (e.g. ``img.convert("I")``, which keeps 0..255 values)
+  whose values all lie in 1..255 a warning is logged, because it will come out near-black.
+* Premultiplied grey + alpha (``La``) is converted to ``LA`` first (Pillow cannot convert it to
+  anything else), then composited like any other transparency.
 * Embedded ICC profiles are *not* applied: pixel values are used as stored, exactly as the
   training images (plain sRGB JPEGs) are.
 
@@ -49,7 +54,9 @@ and rounded. Float data in [0, 255] is refused rather than guessed at, because a
 image and a 0-1 image cannot be told apart reliably. Any other dtype or shape is 422.
 
 A ``PIL.Image.Image`` is accepted when its ``format`` is ``None`` (made in memory) or an
-accepted one; its *current* frame is used, and the same pixel, size and mode rules apply.
+accepted one; its *current* frame is used, and the same pixel, size and mode rules apply. An
+image opened lazily from a file that was closed before its pixels were read (``Image.open``
+inside a ``with open(...)`` block, used after it) is refused (422) saying so, not as corrupt.
 
 Model input: :func:`square_crop` is the one non-square policy, a **centre square crop**.
 Lesions are centred in dermoscopic images, and padding would add artificial borders the
@@ -70,6 +77,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import stat
 import warnings
@@ -78,6 +86,8 @@ from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "ACCEPTED_FORMATS",
@@ -231,6 +241,16 @@ def _corrupt(fmt: str) -> ImageRejected:
     )
 
 
+def _closed_before_read(img: Image.Image) -> bool:
+    """Whether ``img``'s pixels were never read and its file is gone: the file object Pillow
+    was given is closed, or Pillow dropped it (``img.close()``, the end of a ``with`` block)
+    while tiles were still to be decoded. Only consulted after a failed ``load()``."""
+    fp = getattr(img, "fp", None)
+    if fp is not None:
+        return bool(getattr(fp, "closed", False))
+    return bool(getattr(img, "tile", None))
+
+
 def _read_path(path: Path, max_bytes: int) -> bytes:
     """A file's bytes, refusing oversized files from ``stat`` before reading them."""
     try:
@@ -292,6 +312,14 @@ def _decode_opened(img: Image.Image, fmt: str, max_pixels: int, min_side: int) -
     except MemoryError as exc:
         raise ImageRejected(413, "The image is too large to decode. Please resize it.") from exc
     except Exception as exc:
+        # A lazily opened image whose file was closed first is a caller's mistake, not a bad
+        # file (Pillow says "seek of closed file" or fails an assertion).
+        if _closed_before_read(img):
+            raise ImageRejected(
+                422,
+                "The image's file was closed before its pixels were read. Call .load() on the "
+                "image while its file is open, or pass the file's path or bytes instead.",
+            ) from exc
         # Same reasoning as at open: any decoder failure on untrusted data is "corrupt".
         raise _corrupt(fmt) from exc
     img = _apply_orientation(img)
@@ -340,6 +368,9 @@ def _on_white(img: Image.Image) -> Image.Image:
 
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Any Pillow mode -> 8-bit RGB, following the module's documented rules."""
+    if img.mode == "La":
+        # Premultiplied grey + alpha: Pillow converts it only to LA (un-premultiplied).
+        img = img.convert("LA")
     mode = img.mode
     # High-bit-depth grey first: Pillow's convert() would clip it (and any 16-bit colour-key
     # transparency is dropped; it cannot be expressed once the data are 8-bit).
@@ -393,6 +424,22 @@ def _from_array(array: np.ndarray, max_pixels: int, min_side: int) -> Image.Imag
     return _to_rgb(img)
 
 
+def _warn_if_8_bit_values(img: Image.Image) -> None:
+    """Log a warning for an in-memory ``I``/``I;16`` image holding only 1..255: the 16-bit rule
+    (:func:`_scale_int16`) makes it near-black, though it most likely came from converting an
+    8-bit image. Results are not changed; a file with such values is a dark 16-bit image."""
+    if img.mode not in _INT16_MODES and img.mode != "I":
+        return
+    values = np.asarray(img)
+    if values.size and 0 < int(values.max()) <= 255:
+        logger.warning(
+            "In-memory %s image holds only values up to %d; it is read as 16-bit data "
+            "(0-65535, scaled by 1/257) and so comes out near-black. If it holds 8-bit values, "
+            "pass img.convert('L') or a uint8 array instead.",
+            img.mode, int(values.max()),
+        )
+
+
 def _from_pil(img: Image.Image, max_pixels: int, min_side: int) -> Image.Image:
     fmt = getattr(img, "format", None)
     if fmt is not None and fmt not in _PIL_FORMATS_ACCEPTED:
@@ -401,7 +448,10 @@ def _from_pil(img: Image.Image, max_pixels: int, min_side: int) -> Image.Image:
             f"This is a {fmt} image, which is not a supported image type. "
             f"Please use a {_ACCEPTED_TEXT} image.",
         )
-    return _decode_opened(img, fmt or "image", max_pixels, min_side)
+    decoded = _decode_opened(img, fmt or "image", max_pixels, min_side)
+    if fmt is None:  # made in memory, so already loaded: reading its values costs no decode
+        _warn_if_8_bit_values(img)
+    return decoded
 
 
 def read_image(

@@ -11,6 +11,7 @@ explain), input checks, the binary head's logit, targets and map normalisation.
 """
 from __future__ import annotations
 
+import numbers
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,6 +30,9 @@ DEFAULT_SCORECAM_MAX_N = 32
 DEFAULT_SMOOTH_SAMPLES = 20
 
 DEFAULT_SMOOTH_NOISE = 0.2
+
+# Slack for arithmetic round-off when checking that an image holds 0..255 pixel values.
+PIXEL_SLACK = 1e-3
 
 # Keyword arguments each method accepts on top of ``threshold`` (used by target="predicted").
 METHOD_KWARGS: dict[str, frozenset[str]] = {
@@ -111,7 +115,17 @@ def check_layer(model: keras.Model, layer_name: str | None) -> str:
             f"Model {model.name!r} has no layer named {layer_name!r}. Layers with a 4-D output "
             f"nearest the top are: {candidates()}."
         )
-    rank = output_rank(model.get_layer(layer_name))
+    import keras
+
+    layer = model.get_layer(layer_name)
+    if isinstance(layer, keras.layers.InputLayer):
+        # Its "activation" is the image itself: Grad-CAM of it is no feature map (and comes
+        # out all zero), so it is refused rather than returned as a blank explanation.
+        raise ValueError(
+            f"Layer {layer_name!r} is the model's input layer (the image itself), not a feature "
+            f"map the network computes, so it cannot be explained. Try one of: {candidates()}."
+        )
+    rank = output_rank(layer)
     if rank != 4:
         raise ValueError(
             f"Layer {layer_name!r} does not have a 4-D (batch, height, width, channels) output "
@@ -121,7 +135,13 @@ def check_layer(model: keras.Model, layer_name: str | None) -> str:
     return layer_name
 
 def check_image(model: keras.Model, image: np.ndarray) -> np.ndarray:
-    """Validate one raw RGB image against the model input; return it as float32 (S, S, 3)."""
+    """Validate one raw RGB image against the model input; return it as float32 (S, S, 3).
+
+    The image must hold pixel values in 0..255 (the models take raw pixels). Refused with a
+    ValueError: bool arrays, values below 0 or above 255 (beyond round-off), and a non-uint8
+    image whose values all lie in [0, 1] but are not all equal, which is almost certainly a 0..1
+    float image and would be scored as near-black. (A uint8 image is 0..255 by definition.)
+    """
     image = np.asarray(image)
     expected = tuple(model.input_shape[1:])
     shown = "x".join("?" if d is None else str(d) for d in expected)
@@ -140,12 +160,27 @@ def check_image(model: keras.Model, image: np.ndarray) -> np.ndarray:
             f"Image has shape {image.shape} but the model expects {shown}; resize the image to "
             "the model's input size first."
         )
-    if not (np.issubdtype(image.dtype, np.number) or image.dtype == bool):
-        raise ValueError(f"Image must be numeric (uint8 or float RGB), got dtype {image.dtype}.")
-    image = image.astype(np.float32)
-    if not np.all(np.isfinite(image)):
+    if image.dtype == bool or not np.issubdtype(image.dtype, np.number):
+        raise ValueError(
+            f"Image must hold 0..255 pixel values (uint8 or float RGB), got dtype {image.dtype}."
+        )
+    pixels = image.astype(np.float32)
+    if not np.all(np.isfinite(pixels)):
         raise ValueError("Image contains NaN or infinite values.")
-    return image
+    low, high = float(pixels.min()), float(pixels.max())
+    if low < -PIXEL_SLACK or high > 255.0 + PIXEL_SLACK:
+        raise ValueError(
+            f"Image values must lie in 0..255 (raw pixels), but they range from {low:g} to "
+            f"{high:g}."
+        )
+    if image.dtype != np.uint8 and high <= 1.0 and high > low:
+        raise ValueError(
+            f"Image values range from {low:g} to {high:g}: this looks like a 0..1 float image, "
+            "but these functions take raw 0..255 pixel values (multiply by 255 first). "
+            "Predictor.explain takes any image (a path, bytes, a PIL image, a uint8 or 0..1 "
+            "float array) and converts it."
+        )
+    return pixels
 
 
 def check_inputs(
@@ -206,9 +241,22 @@ def logit_from_probability(p: Any) -> Any:
     p = keras.ops.clip(p, eps, 1.0 - eps)
     return keras.ops.log(p) - keras.ops.log1p(-p)
 
+def check_threshold(threshold: Any) -> float:
+    """``threshold`` as a float: a real number (not a bool or a string) in [0, 1]."""
+    if isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, numbers.Real):
+        raise TypeError(
+            f"threshold must be a real number in [0, 1], got {threshold!r} "
+            f"({type(threshold).__name__})."
+        )
+    value = float(threshold)
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise ValueError(f"threshold must be a real number in [0, 1], got {threshold!r}.")
+    return value
+
 def check_target(target: str, threshold: float) -> None:
     if target not in TARGETS:
         raise ValueError(f"Unknown target {target!r}; choose one of {TARGETS}.")
+    check_threshold(threshold)
     if target == "predicted" and not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must be strictly between 0 and 1, got {threshold!r}.")
 

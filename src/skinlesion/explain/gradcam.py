@@ -34,6 +34,7 @@ from skinlesion.explain.common import (
     check_inputs,
     check_layer,
     check_target,
+    check_threshold,
     logit_from_probability,
     normalize_map,
     predict_one,
@@ -190,10 +191,15 @@ def predict_and_explain(
 ) -> tuple[float, np.ndarray]:
     """(P(malignant), heat map) for one raw RGB image at the model's input size.
 
-    For "gradcam" and "gradcam++" both come from ONE forward pass of a graph compiled once per
-    (model, layer) and cached (the first call traces it, ~1 s for EfficientNet-Lite0). The
-    other methods run one prediction and then :func:`compute_heatmap`. ``target``,
-    ``threshold``, ``layer_name`` and ``kwargs`` are as for :func:`compute_heatmap`.
+    ``image`` holds raw 0..255 pixel values (uint8 or float), as for :func:`compute_heatmap`;
+    a 0..1 float image is refused. P(malignant) is the model's raw sigmoid output,
+    *uncalibrated*: a bundle's temperature is not applied, so it is not the probability a
+    :class:`~skinlesion.serving.inference.Predictor` serves (use ``Predictor.explain`` for the
+    served answer). For "gradcam" and "gradcam++" both come from ONE forward pass of a graph
+    compiled once per (model, layer) and cached (the first call traces it, ~1 s for
+    EfficientNet-Lite0). The other methods run one prediction and then :func:`compute_heatmap`.
+    ``target``, ``threshold``, ``layer_name`` and ``kwargs`` are as for :func:`compute_heatmap`;
+    with ``target="predicted"`` the raw probability is compared with ``threshold``.
     """
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}; choose one of {METHODS}.")
@@ -232,10 +238,15 @@ def compute_heatmap(
 ) -> np.ndarray:
     """Explain one prediction; return a float32 (S, S) map in [0, 1] at the image's size.
 
-    ``image`` is one raw RGB array (uint8 or float, 0..255) at the model's input size.
+    ``image`` is one raw RGB array (uint8 or float) holding 0..255 pixel values at the model's
+    input size; bool, negative or >255 values and 0..1 float images are refused (ValueError).
+    (:meth:`~skinlesion.serving.inference.Predictor.explain` takes any image and converts it.)
     ``target``: "malignant" explains P(malignant), "benign" explains 1 - P, "predicted" the
-    class the model predicts (``threshold=``, default 0.5). ``layer_name`` is the conv layer
-    for the CAM methods (default :func:`find_last_conv_layer`; ignored by SmoothGrad).
+    class the model predicts: "malignant" when the model's raw, *uncalibrated* output is
+    ``>= threshold`` (keyword ``threshold=``, a real number in [0, 1], default 0.5), else
+    "benign"; a bundle's decision threshold is on its calibrated scale and does not apply
+    here. ``layer_name`` is the conv layer for the CAM methods (default
+    :func:`find_last_conv_layer`; ignored by SmoothGrad); the model's input layer is refused.
     Extra keyword arguments: scorecam ``max_N`` (default 32, None = all channels),
     ``batch_size`` (32); smoothgrad ``smooth_samples`` (20), ``smooth_noise`` (0.2 of the
     image's value range), ``seed`` (None = NumPy's global RNG).
@@ -245,7 +256,7 @@ def compute_heatmap(
     """
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}; choose one of {METHODS}.")
-    threshold = float(kwargs.pop("threshold", 0.5))
+    threshold = check_threshold(kwargs.pop("threshold", 0.5))
     unexpected = set(kwargs) - METHOD_KWARGS[method]
     if unexpected:
         raise TypeError(

@@ -11,6 +11,7 @@ import numpy as np
 from skinlesion.explain.common import (
     RANDOMIZATION_SCOPES,
     check_inputs,
+    check_threshold,
     is_input_or_preprocessing,
     positive_int,
     resolve_target,
@@ -188,7 +189,7 @@ def sanity_check(
     ``kwargs`` go to :func:`compute_heatmap` (e.g. ``max_N``, ``seed`` for SmoothGrad).
     """
     image, layer_name = check_inputs(model, image, method, layer_name)
-    resolved = resolve_target(model, image, target, float(kwargs.pop("threshold", 0.5)))
+    resolved = resolve_target(model, image, target, check_threshold(kwargs.pop("threshold", 0.5)))
     original = compute_heatmap(
         model, image, method, layer_name=layer_name, target=resolved, **kwargs
     )

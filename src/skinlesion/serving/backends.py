@@ -122,7 +122,15 @@ class TFLiteBackend:
         """The bundle's export ``variant`` after checking it belongs to this model and passed parity."""
         folder = export_folder(bundle.path, variant)
         verify_export(folder, bundle)
-        return cls(folder / TFLITE_FILE, name=variant, num_threads=num_threads)
+        backend = cls(folder / TFLITE_FILE, name=variant, num_threads=num_threads)
+        # The interpreter resizes its input to whatever it is given, so an input_size in bundle.json
+        # that is not the exported model's would be served silently; refused here instead.
+        shape = tuple(int(d) for d in backend._runner.get_input_details()[INPUT_NAME]["shape_signature"][1:3])
+        if -1 not in shape and shape != (bundle.input_size, bundle.input_size):
+            raise BundleError(f"{bundle.path}: bundle.json says input_size {bundle.input_size}, but the {variant} "
+                              f"export takes {shape[0]}x{shape[1]} pixels; the bundle.json does not belong to "
+                              "this export")
+        return backend
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = np.asarray(batch, dtype=np.float32)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from skinlesion import DISCLAIMER
-from skinlesion.bundle.format import Bundle, BundleError, load, resolve_default_bundle
+from skinlesion.bundle.format import BUNDLE_FILE, Bundle, BundleError, load, resolve_default_bundle
 from skinlesion.data.intake import ImageRejected, load_for_model, read_image, to_model_array
 
 if TYPE_CHECKING:
@@ -113,6 +113,51 @@ def ensemble_output(member_probs: Sequence[np.ndarray], temperature: float) -> t
     return apply_temperature(raw, temperature), raw
 
 
+def _check_tta(tta: Any) -> bool | None:
+    """``tta`` when it is True, False or None (the bundle's own choice); anything else (a
+    string such as "no" is truthy) is a TypeError rather than silently switching TTA on."""
+    if tta is None or isinstance(tta, bool):
+        return tta
+    if isinstance(tta, np.bool_):
+        return bool(tta)
+    raise TypeError(f"tta must be True, False or None (the bundle's default), not {tta!r}.")
+
+
+def _image_list(images: Any, method: str, what: str) -> list:
+    """``images`` as a list; one image (a str, path, bytes, PIL image or single array) is a
+    TypeError, since iterating it would silently treat its characters or rows as images."""
+    from PIL import Image
+
+    single = (str, os.PathLike, bytes, bytearray, memoryview, Image.Image)
+    # A numeric HxW or HxWxC array is one image; an (N, H, W, 3) batch or an array of paths is a list.
+    one_array = isinstance(images, np.ndarray) and images.dtype.kind in "biuf" and images.ndim in (2, 3)
+    if isinstance(images, single) or one_array:
+        raise TypeError(f"{method}() takes a list of {what}, not a single {type(images).__name__}; "
+                        f"pass [x] for one (or use predict()).")
+    if not isinstance(images, Iterable):
+        raise TypeError(f"{method}() takes a list of {what}, not {type(images).__name__}.")
+    return list(images)
+
+
+def check_model_layout(b: Bundle, model: Any, fields: tuple[str, ...] = ("feature_layer",)) -> None:
+    """Refuse (:class:`BundleError`) a bundle whose ``bundle.json`` disagrees with its Keras model:
+    ``input_size`` must be the model's input size, and each bundle.json field in ``fields``
+    (``feature_layer`` for predictions, ``last_conv_layer`` for explanations; skipped when not
+    recorded) must name a layer of it. Checked when the model is loaded rather than at the first
+    prediction, where Keras would fail with a shape error or a list of every layer."""
+    shape = tuple(model.input_shape[1:3])
+    if None not in shape and shape != (b.input_size, b.input_size):
+        actual = "x".join(str(d) for d in shape)
+        raise BundleError(f"{b.path}: {BUNDLE_FILE} says input_size {b.input_size}, but the model's input is "
+                          f"{actual} pixels; the bundle.json does not belong to this model.keras.")
+    names = {layer.name for layer in model.layers}
+    for field_name in fields:
+        value = getattr(b.meta, field_name)
+        if value is not None and value not in names:
+            raise BundleError(f"{b.path}: {BUNDLE_FILE} field {field_name} names the layer {value!r}, but the "
+                              "model has no such layer; the bundle.json does not belong to this model.keras.")
+
+
 @dataclass
 class _Member:
     bundle: Bundle
@@ -190,6 +235,8 @@ class Predictor:
 
         ood = b.ood_detector()
         gate = ImageTypeGate.load(b.file(b.meta.raw["gate"]["file"])) if gated else None
+        if backend == "keras":  # it loads the model now anyway; a TFLite backend never does
+            check_model_layout(b, b.model)
         return _Member(b, make_backend(b, backend), b.meta.temperature, ood, gate)
 
     @property
@@ -271,10 +318,16 @@ class Predictor:
         return self.policy.decide(p)
 
     def predict(self, image, *, tta: bool | None = None) -> Prediction:
-        """Predict one image: bytes, a path, a PIL image or an RGB array."""
+        """Predict one image: bytes, a path, a PIL image or an RGB array. ``tta``: True, False
+        or None (the bundle's default, :attr:`default_tta`)."""
         return self.predict_many([image], tta=tta)[0]
 
     def predict_many(self, images: list, *, tta: bool | None = None) -> list[Prediction]:
+        """Predict a list of images (as for :meth:`predict`) in one batch; [] gives []."""
+        images = _image_list(images, "predict_many", "images")
+        tta = _check_tta(tta)
+        if not images:
+            return []
         t0 = time.perf_counter()
         sizes = {m.bundle.input_size for m in self.members}
         batches = {s: self._arrays(images, s) for s in sizes}
@@ -301,10 +354,13 @@ class Predictor:
 
     def predict_batch(self, paths: Sequence[str | os.PathLike[str]], *, batch_size: int = 32, tta: bool | None = None,
                       progress: bool = False) -> pd.DataFrame:
-        """Predict many files; unreadable ones get an ``error`` row instead of stopping the run."""
+        """Predict many files (a list of paths; a single path is a TypeError); unreadable ones get
+        an ``error`` row instead of stopping the run."""
         import pandas as pd
         from tqdm.auto import tqdm
 
+        paths = _image_list(paths, "predict_batch", "file paths")
+        tta = _check_tta(tta)
 
         sizes = {m.bundle.input_size for m in self.members}
         rows: list[dict[str, Any]] = []
@@ -366,6 +422,7 @@ class Predictor:
         from skinlesion.explain.gradcam import COMPILED_METHODS
         from skinlesion.models.features import VIEWS
 
+        tta = _check_tta(tta)
         if tta is None:
             tta = self.default_tta and method in COMPILED_METHODS
         return tuple(VIEWS) if tta else ("id",)
@@ -382,7 +439,9 @@ class Predictor:
         "benign" or "predicted" (by the served threshold). ``prediction`` is the served
         prediction for the same image when the caller has it (else it is computed, for the
         caption). ``kwargs`` go to :func:`skinlesion.explain.gradcam.compute_heatmap` (e.g.
-        ``max_N``, ``smooth_samples``, ``seed``). Unpacks as ``(heatmap, overlay_png)``.
+        ``max_N``, ``smooth_samples``, ``seed``), except ``layer_name``: the layer explained is
+        each member's ``last_conv_layer`` from its bundle.json (a TypeError when given).
+        Unpacks as ``(heatmap, overlay_png)``.
         """
         from skinlesion.explain.common import METHODS, check_target, sigmoid_head
         from skinlesion.explain.gradcam import compute_heatmap
@@ -399,7 +458,16 @@ class Predictor:
 
         if method not in METHODS:
             raise ValueError(f"Unknown method {method!r}; choose one of {METHODS}.")
+        if "layer_name" in kwargs:
+            # Each member explains the layer its bundle records; one name cannot fit every member.
+            raise TypeError(
+                "Predictor.explain() takes no layer_name: the layer explained comes from the bundle "
+                "(bundle.json last_conv_layer of each member). To explain another layer, call "
+                "skinlesion.explain.gradcam.compute_heatmap(predictor.bundle.model, image, layer_name=...) "
+                "on a model-ready 0..255 image."
+            )
         check_target(target, 0.5)
+        tta = _check_tta(tta)
         if prediction is None:
             prediction = self.predict(image)
         resolved = target
@@ -411,6 +479,8 @@ class Predictor:
         maps: list[np.ndarray] = []
         scores = set()
         for m in self.members:
+            # A TFLite-served Predictor loads the Keras model only now; the layer comes from bundle.json.
+            check_model_layout(m.bundle, m.bundle.model, ("last_conv_layer",))
             arr = arrays[m.bundle.input_size]
             per_view = [
                 unview_map(compute_heatmap(m.bundle.model, apply_view(arr[None], v)[0], method,
