@@ -48,7 +48,7 @@ def test_missing_file_and_missing_bundle(tmp_path):
     (path / "history.csv").unlink()
     with pytest.raises(BundleError, match="history.csv .* is missing"):
         bundle.load(path)
-    with pytest.raises(BundleError, match="Train one"):
+    with pytest.raises(BundleError, match=r"no model bundle at .*nothing-here \(nothing there\)\. The default model is trained by `make run`"):
         bundle.load(tmp_path / "nothing-here")
     with pytest.raises(BundleError, match="not a model bundle"):
         bundle.load(tmp_path)

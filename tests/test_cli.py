@@ -291,6 +291,7 @@ def test_data_synth_errors_are_one_line(runner, tmp_path):
     (["compare", ".", "--resamples", "0"], "--resamples"),
     (["robustness", ".", "--n", "0"], "--n"),
     (["traps", ".", "--n", "0"], "--n"),
+    (["calibrate", ".", "--site", "x", "--n", "19"], "--n"),  # MIN_SITE_IMAGES: refused before any file is read
     (["calibrate", ".", "--site", "x", "--curve", "--repeats", "0"], "--repeats"),
     (["calibrate", ".", "--site", "x", "--curve", "--max-images", "-1"], "--max-images"),
     (["explain-eval", "localisation", ".", "--n", "0"], "--n"),

@@ -17,7 +17,7 @@ import nbformat
 import pytest
 from PIL import Image
 
-from skinlesion import DISCLAIMER
+from skinlesion import DISCLAIMER, config
 from skinlesion.data.intake import MAX_BYTES
 from skinlesion.explain.common import METHODS
 from skinlesion.serving.dashboard import (
@@ -161,7 +161,9 @@ def test_no_bundle_says_how_to_train_one(tmp_path, monkeypatch, image) -> None:
     dash = build_dashboard(models_dir=tmp_path / "models", predictor_factory=never)
     assert not dash.has_model
     assert dash.upload.disabled and dash.bundle.disabled
-    assert "make run" in dash.status.value and str(tmp_path / "models") in dash.status.value
+    # The folder as the project shows paths (relative to its root), the commands as code.
+    assert config.display_path(tmp_path / "models") in dash.status.value
+    assert "<code>make run</code>" in dash.status.value and "`" not in dash.status.value
 
     dash.upload.value = upload_value(*image)  # what the hidden notebook cell does
     assert "make run" in dash.last_result.error

@@ -378,6 +378,11 @@ def test_public_text_keeps_sentences_and_urls():
     assert public_text("no bundle at /srv/x/models/m1, run `make run`") == "no bundle at …/m1, run `make run`"
     assert public_text("see https://example.org/a/b and 5 MB/s") == "see https://example.org/a/b and 5 MB/s"
     assert public_text("evaluate ../../tmp/p/run-1 here") == "evaluate …/run-1 here"
+    # A folder's trailing slash stays: "<folder>/<name>" hints must still read as a path.
+    assert public_text("serve one with SKINLESION_MODEL=/srv/x/models/<name>") == \
+        "serve one with SKINLESION_MODEL=…/models/<name>"
+    once = public_text("no bundle at /srv/x/models/m1 or ../y/")
+    assert public_text(once) == once == "no bundle at …/m1 or …/y/"
 
 
 # -------------------------------------------------------------------------- no model
@@ -397,6 +402,15 @@ def test_without_a_bundle_pages_explain_how_to_train(no_model_app):
     assert r.status_code == 503 and r.mimetype == "text/html" and "make run" in r.get_data(as_text=True)
     r = client.get("/healthz")
     assert r.status_code == 200 and r.json == {"status": "ok", "model_loaded": False}
+
+
+def test_without_the_default_the_page_names_the_bundles_there(no_model_app, tmp_path):
+    other = tmp_path / "no-models" / "20261207-lite0-abc"
+    other.mkdir(parents=True)
+    (other / "bundle.json").write_text("{}")
+    html = no_model_app.test_client().get("/").get_data(as_text=True)
+    assert "20261207-lite0-abc" in html and "SKINLESION_MODEL=…/no-models/&lt;name&gt;" in html
+    assert "<code>make run</code>" in html and "`" not in html
 
 
 def test_a_bundle_trained_later_is_picked_up(no_model_app, tiny_bundle, monkeypatch):

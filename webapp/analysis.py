@@ -25,8 +25,9 @@ PREVIEW_MAX_SIDE = 640
 # Photos of one lesion analysed together per request (the multipart field ``image`` repeated).
 MAX_IMAGES = MAX_PHOTOS
 # A path inside a sentence that may lead out of the project: absolute ("/" not preceded by a word,
-# ".", ":" or "/", so not "MB/s" or a URL) or starting with "../" (how display_path shows those).
-_OUTWARD_PATH = re.compile(r"(?<![\w.:/])(?:/|(?:\.\./)+)[\w.\-]+(?:/[\w.\-]+)*/?")
+# ".", ":" or "/", so not "MB/s" or a URL; nor by "…", so a text already cut stays as it is) or
+# starting with "../" (how display_path shows those).
+_OUTWARD_PATH = re.compile(r"(?<![\w.:/…])(?:/|(?:\.\./)+)[\w.\-]+(?:/[\w.\-]+)*/?")
 
 
 class UserError(Exception):
@@ -98,10 +99,12 @@ def uploaded_files(files: Any, form: Mapping[str, str], *, allow_inline: bool = 
 def _public_path(path: str) -> str:
     root = project_root().resolve()
     p = (root / path).resolve()  # an absolute path replaces root
+    # Path() drops a trailing slash, which a hint such as "models/<name>" needs.
+    slash = "/" if path.endswith("/") else ""
     try:
-        return p.relative_to(root).as_posix()
+        return p.relative_to(root).as_posix() + slash
     except ValueError:
-        return f"…/{p.name}" if p.name else "…"
+        return f"…/{p.name}{slash}" if p.name else "…"
 
 
 def public_text(text: str) -> str:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import re
 
-from markupsafe import Markup, escape
+from markupsafe import Markup
 
 from skinlesion.bundle.meta import BundleMeta
 from skinlesion.evaluation.model_card import ModelCard, build_model_card
 from skinlesion.metrics.calibration import BENIGN_APPEARING, SUSPICIOUS, UNCERTAIN_REFER
+from skinlesion.serving.presentation import inline_html
 from webapp.analysis import public_text
 
 DECISION_HELP = {
@@ -21,22 +21,10 @@ DECISION_HELP = {
                       "suspicious. This does not rule out skin cancer.",
 }
 
-# The inline markdown the model card's sentences use; applied after HTML escaping, so the
-# card's text can never inject markup of its own.
-_INLINE = (
-    (re.compile(r"`([^`]+)`"), r"<code>\1</code>"),
-    (re.compile(r"\*\*(.+?)\*\*"), r"<strong>\1</strong>"),
-    (re.compile(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])"), r"<em>\1</em>"),
-)
-
-
 def inline_markdown(text: object) -> Markup:
     """Escaped ``text`` with `code`, **bold** and *italic* turned into HTML (Jinja filter ``md``);
     paths out of the project are cut to their last part (:func:`webapp.analysis.public_text`)."""
-    html = str(escape(public_text(str(text))))
-    for pattern, repl in _INLINE:
-        html = pattern.sub(repl, html)
-    return Markup(html)
+    return Markup(inline_html(public_text(str(text))))  # inline_html escapes first
 
 
 def card(meta: BundleMeta, bundle_path: str | os.PathLike[str]) -> ModelCard:

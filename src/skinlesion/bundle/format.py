@@ -279,7 +279,7 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     """bundle.json of ``path`` after checking the schema and every file's checksum."""
     path = Path(path)
     if not path.exists():
-        raise BundleError(f"no model bundle at {path}. Train one with `skinlesion train` or `make run`.")
+        raise BundleError(f"no model bundle at {path} (nothing there). The default model is trained by `make run` (or `skinlesion run`).")
     if path.is_file() and path.name == BUNDLE_FILE:
         path = path.parent
     meta_file = path / BUNDLE_FILE

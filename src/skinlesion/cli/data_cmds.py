@@ -7,6 +7,7 @@ import click
 
 from skinlesion import config
 from skinlesion.cli.base import friendly, main
+from skinlesion.data.audit import PHASH_MAX_DISTANCE
 
 
 @main.group()
@@ -70,23 +71,25 @@ def data_sources(as_json) -> None:
 
 
 @data.command("audit")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="The Kaggle-layout dataset whose test split is audited against its train split (default: the one "
+                   "`make run` would find).")
 @click.option("--sources", default=None, help="Audit these sources within and across each other (e.g. kaggle,ham10000,isic2017) instead of one dataset's test vs train.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default reports/audit, or reports/audit/sources with --sources).")
-@click.option("--max-distance", default=None, type=click.IntRange(min=0), help="pHash Hamming distance that counts as near duplicate.")
+@click.option("--max-distance", default=PHASH_MAX_DISTANCE, show_default=True, type=click.IntRange(min=0),
+              help="pHash Hamming distance (bits) that counts as a near duplicate.")
 @friendly
 def data_audit(data_dir, sources, out, max_distance) -> None:
     """Find exact and near duplicates (test vs train of one dataset, or within and across sources)."""
-    from skinlesion.data.audit import PHASH_MAX_DISTANCE, audit, write_audit
+    from skinlesion.data.audit import audit, write_audit
     from skinlesion.data.datasets import build_splits, resolve_training_data
 
-    distance = max_distance if max_distance is not None else PHASH_MAX_DISTANCE
     if sources:
-        _audit_sources(sources, out, distance)
+        _audit_sources(sources, out, max_distance)
         return
     root = resolve_training_data(data_dir)
     splits = build_splits(root)
-    pairs, test = audit(root, splits, max_distance=distance)
+    pairs, test = audit(root, splits, max_distance=max_distance)
     path = write_audit(pairs, test, out)
     n_exact = pairs[pairs["kind"] == "exact"]["test_path"].nunique()
     n_near = pairs[pairs["kind"] == "near"]["test_path"].nunique()

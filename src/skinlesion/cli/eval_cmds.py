@@ -25,7 +25,7 @@ from skinlesion.metrics.stats import N_BOOTSTRAP
 @click.option("--resamples", type=click.IntRange(min=1), default=N_BOOTSTRAP, show_default=True, help="Bootstrap resamples for the CIs.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Report folder (default reports/<run-id>).")
 @click.option("--no-skin-tone", is_flag=True, help="Skip the ITA skin-tone subgroup table (about 40 ms an image).")
-@click.option("--quiet", is_flag=True)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
 @friendly
 def evaluate(bundle, data_dir, external, no_test, tta, resamples, out, no_skin_tone, quiet) -> None:
     """Score a bundle on the test split, the de-duplicated test and --external folders; write report.md."""
@@ -56,7 +56,7 @@ def evaluate(bundle, data_dir, external, no_test, tta, resamples, out, no_skin_t
 
 @main.command("compare")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--set", "set_name", default="test", show_default=True, help="Evaluation set to compare (test, test_dedup, external:NAME).")
+@click.option("--set", "set_name", default="test", show_default=True, help="Evaluation set to compare: test, test_dedup, test:SOURCE (a multi-source model's, e.g. test:kaggle), external:NAME; the error lists a report's sets.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Folder for compare.md and compare.json (default reports/compare).")
 @click.option("--resamples", type=click.IntRange(min=1), default=N_BOOTSTRAP, show_default=True, help="Bootstrap resamples for the AUC-difference CIs.")
 @friendly
@@ -97,7 +97,7 @@ def model_card_cmd(bundle, report_dir, out) -> None:
 @main.command()
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Train on this one folder instead of the registered sources.")
 @click.option("--backbone", default=None, help="Override the default recipe's backbone.")
-@click.option("--quiet", is_flag=True)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
 @friendly
 def run(data_dir, backbone, quiet) -> None:
     """The main job: find data (or download, or synthesise), train the default recipe, evaluate, report.

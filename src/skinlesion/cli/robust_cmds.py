@@ -7,6 +7,7 @@ import click
 
 from skinlesion import config
 from skinlesion.cli.base import check_run_id, friendly, main, refuse_existing
+from skinlesion.evaluation.site import MIN_PER_CLASS, MIN_SITE_IMAGES
 
 
 def _sizes(value: str) -> tuple[int, ...]:
@@ -54,7 +55,8 @@ def robustness(bundle, data, n, seed, out) -> None:
 @main.command()
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--site", required=True, help="Labelled site images: a folder DIR/{benign,malignant}/*, a registered source, or SOURCE:SPLIT (e.g. isic2017:test).")
-@click.option("--n", "n", type=click.IntRange(min=1), default=100, show_default=True, help="Site images to re-fit on (stratified, >= 5 per class).")
+@click.option("--n", "n", type=click.IntRange(min=MIN_SITE_IMAGES), default=100, show_default=True,
+              help=f"Site images to re-fit on (stratified, at least {MIN_PER_CLASS} per class).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where the new bundle goes (default models/site/); with --curve, where the report goes (default reports/site/).")

@@ -32,7 +32,7 @@ from skinlesion.explain.common import METHODS
 from skinlesion.serving.combine import combine_predictions, repeat_refusal, repeated_photos
 from skinlesion.serving.explanation import ExplanationCaption, explanation_caption
 from skinlesion.serving.inference import Prediction, Predictor
-from skinlesion.serving.presentation import MAX_PHOTOS, METHOD_LABELS, preview_jpeg
+from skinlesion.serving.presentation import MAX_PHOTOS, METHOD_LABELS, inline_html, preview_jpeg
 
 __all__ = [
     "BundleChoice",
@@ -139,7 +139,8 @@ def no_model_message(models_dir: str | os.PathLike[str] | None = None) -> str:
     """What to do when there is no model bundle at all."""
     root = Path(models_dir) if models_dir else config.models_dir()
     return (
-        f"No trained model found in {root}. Train one with `make run` (or `skinlesion train`), "
+        f"No trained model found in {config.display_path(root)}. Train the default model with `make run` "
+        "(or `skinlesion run`), "
         "then reload this page; or set SKINLESION_MODEL to a bundle folder before starting the "
         "dashboard."
     )
@@ -238,7 +239,7 @@ def _failure(exc: Exception) -> str:
 def _box(title: str, message: str, css_class: str, style: str) -> str:
     return (
         f'<div class="{css_class}" style="{style}"><b>{html.escape(title)}</b> '
-        f'<span class="skinlesion-message">{html.escape(message, quote=False)}</span></div>'
+        f'<span class="skinlesion-message">{inline_html(message)}</span></div>'
     )
 
 

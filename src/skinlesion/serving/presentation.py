@@ -2,7 +2,9 @@
 names and the display copy of an upload."""
 from __future__ import annotations
 
+import html
 import io
+import re
 
 from skinlesion.data.intake import read_image
 
@@ -16,6 +18,23 @@ METHOD_LABELS: dict[str, str] = {
     "scorecam": "Score-CAM",
     "smoothgrad": "SmoothGrad",
 }
+
+
+# The inline markdown that messages and the model card's sentences use; applied after HTML
+# escaping, so the text can never inject markup of its own.
+_INLINE = (
+    (re.compile(r"`([^`]+)`"), r"<code>\1</code>"),
+    (re.compile(r"\*\*(.+?)\*\*"), r"<strong>\1</strong>"),
+    (re.compile(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])"), r"<em>\1</em>"),
+)
+
+
+def inline_html(text: str) -> str:
+    """Escaped ``text`` with `code`, **bold** and *italic* turned into HTML."""
+    out = html.escape(text)
+    for pattern, repl in _INLINE:
+        out = pattern.sub(repl, out)
+    return out
 
 
 def method_label(method: str | None) -> str:
