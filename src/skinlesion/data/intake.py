@@ -98,6 +98,7 @@ __all__ = [
     "ImageSource",
     "image_fingerprint",
     "load_for_model",
+    "read_file_bytes",
     "read_image",
     "sniff_format",
     "square_crop",
@@ -251,8 +252,11 @@ def _closed_before_read(img: Image.Image) -> bool:
     return bool(getattr(img, "tile", None))
 
 
-def _read_path(path: Path, max_bytes: int) -> bytes:
-    """A file's bytes, refusing oversized files from ``stat`` before reading them."""
+def read_file_bytes(path: str | os.PathLike[str], max_bytes: int = MAX_BYTES) -> bytes:
+    """A file's bytes, refusing (:class:`ImageRejected`) anything that is not a regular file or is
+    over ``max_bytes`` from ``stat`` before reading it: every reader of image files goes through
+    this, so a huge file or a link to ``/dev/zero`` is one refused image, not a MemoryError."""
+    path = Path(path)
     try:
         info = path.stat()
     except FileNotFoundError:
@@ -475,7 +479,7 @@ def read_image(
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = source if isinstance(source, bytes) else bytes(source)
     elif isinstance(source, (str, os.PathLike)):
-        data = _read_path(Path(source), max_bytes)
+        data = read_file_bytes(source, max_bytes)
     else:
         raise TypeError(
             "read_image() takes bytes, a file path, a PIL image or a numpy array, "
