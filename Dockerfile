@@ -26,11 +26,20 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH
 RUN python3 -m venv /opt/venv
 WORKDIR /app
-# The package first (the slow layer: TensorFlow, Keras, Jupyter), then what changes more often.
-# pip install . gives CPU TensorFlow: the CUDA libraries are only in tensorflow[and-cuda].
-COPY pyproject.toml README.md ./
+# The dependencies first, from pyproject.toml alone (the slow layer, ~3 GB: TensorFlow, Keras,
+# Jupyter), so that a README or source edit does not install them again; only a change to
+# pyproject.toml does. [project].dependencies is read with tomllib (Python >= 3.11: python:3.11 and
+# Debian bookworm's python3 have it). They give CPU TensorFlow: the CUDA libraries are only in
+# tensorflow[and-cuda].
+COPY pyproject.toml ./
+RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && pip install --no-cache-dir -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+# Then the package itself (seconds), without resolving the dependencies again.
+COPY README.md ./
 COPY src ./src
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir . --no-deps \
     && useradd --system --uid 10001 --gid 0 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin skinlesion
 COPY webapp ./webapp
 COPY dashboards ./dashboards

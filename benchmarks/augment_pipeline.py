@@ -5,6 +5,7 @@ stateful random draws come in a fixed order and a training run is reproducible. 
 throughput of that pipeline alone and with parallel calls, then of fine-tuning epochs fed by each
 (Lite0, the default fine-tuned member's recipe: top 60 layers, BatchNorm frozen; random 224 px
 images), interleaved, so the cost of reproducibility reads as a ratio measured in the same run.
+Needs neither a trained model nor data: random images, random weights.
 
     .venv/bin/python benchmarks/augment_pipeline.py [--n 512] [--rounds 3]
 """
@@ -27,16 +28,18 @@ def _throughput(ds, n: int) -> float:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=512, help="images in the pipeline runs")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved timed epochs per variant")
+    args = ap.parse_args()
+
+    # TensorFlow loads with these, after parsing: --help and argument errors answer at once.
     import keras
     import tensorflow as tf
 
     from skinlesion.models import backbones
     from skinlesion.training.train import DEFAULT_MEMBERS, TrainConfig, augmented_batches
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=int, default=512, help="images in the pipeline runs")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved timed epochs per variant")
-    args = ap.parse_args()
     recipe = next(r for r in DEFAULT_MEMBERS.values() if r.get("fine_tune"))
     cfg = TrainConfig(**recipe)
     size = backbones.get_spec(cfg.backbone).input_size

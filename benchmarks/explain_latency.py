@@ -6,7 +6,8 @@ eager ``model(x)`` call for comparison), the compiled Grad-CAM and Grad-CAM++ of
 the tf-keras-vis reference Grad-CAM (fewer runs: it is slow). Ratios are to predict_on_batch
 measured in the same run. The predict-only and compiled timings are interleaved round by round
 so that load from other jobs on a shared machine hits them alike; the load average is printed
-before and after.
+before and after. Needs no trained model (ImageNet backbone, untrained head) and no data (a Kaggle
+test image when one is found, else noise).
 
     .venv/bin/python benchmarks/explain_latency.py [--runs 30] [--reference-runs 5] [--image X]
 

@@ -6,7 +6,8 @@ predicts one real image ``--runs`` times as served (the bundle's TTA), and repor
 p50/p95 latency and its peak RSS. The processes run one after the other, ``--rounds`` times in
 turn (keras, tflite, tflite-dynamic, keras, ...), and the median over rounds is printed with the
 ratio against Keras from the same run. Needs the exports
-(``skinlesion export BUNDLE --format tflite [--quantize dynamic]``); missing ones are skipped.
+(``skinlesion export BUNDLE --format tflite [--quantize dynamic]``); missing ones are skipped. Needs a
+trained model bundle: ``--model``, else the default model (``make run`` trains it).
 
     .venv/bin/python benchmarks/export_backends.py [--model models/<run>] [--runs 30] [--rounds 2]
 """
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import MODEL_HELP, NEEDS_MODEL, model_or_exit
 
 BACKENDS = ("keras", "tflite", "tflite-dynamic")
 
@@ -54,17 +56,18 @@ def child(model: str, backend: str, runs: int) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", type=Path, default=None, help="bundle (default: the default model)")
-    ap.add_argument("--runs", type=int, default=30)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=NEEDS_MODEL)
+    ap.add_argument("--model", type=Path, default=None, help=MODEL_HELP)
+    ap.add_argument("--runs", type=int, default=30, help="timed predictions per backend process")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="times each backend's process runs, in turn (the median over rounds is printed)")
     ap.add_argument("--child", choices=BACKENDS, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    from skinlesion.bundle.format import resolve_default_bundle
+    model = str(model_or_exit(args.model))  # a missing model is one line, before any process starts
+
     from skinlesion.config import display_path
     from skinlesion.serving.backends import MANIFEST_FILE, export_folder
 
-    model = str(args.model or resolve_default_bundle())
     if args.child:
         child(model, args.child, args.runs)
         return

@@ -4,7 +4,8 @@ on the same decoded images, in the same run, interleaved.
     python benchmarks/feature_backends.py [--data-dir DIR] [--n 512] [--rounds 3] [--backbone efficientnet_lite0]
 
 Prints the conversion time, images/s of each backend (median over rounds), their ratio, the
-largest feature difference, and how many backbone passes the conversion takes to repay.
+largest feature difference, and how many backbone passes the conversion takes to repay. Needs no
+trained model (ImageNet backbone), but needs images: the Kaggle set by default (``skinlesion data download``).
 """
 from __future__ import annotations
 
@@ -13,26 +14,32 @@ import os
 import time
 
 import numpy as np
+from _common import GET_DATA
+
+from skinlesion import config  # light: no TensorFlow, so --help stays fast
 
 
 def main() -> None:
-    from skinlesion import config
-    from skinlesion.data.datasets import image_files
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", default=str(config.source_root("kaggle")),
+                    help="images to read, searched recursively (default: the Kaggle set, %(default)s)")
+    ap.add_argument("--n", type=int, default=512, help="images per timed pass (the first N found)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved timed passes per backend (median printed)")
+    ap.add_argument("--backbone", default="efficientnet_lite0", help="feature extractor (ImageNet weights)")
+    ap.add_argument("--batch-size", type=int, default=64, help="images per model call")
+    args = ap.parse_args()
+
+    from skinlesion.data.datasets import image_files  # light: no TensorFlow
+
+    paths = image_files(args.data_dir)[: args.n]
+    if not paths:
+        raise SystemExit(f"feature_backends.py: no images under {args.data_dir}: {GET_DATA}.")
+
+    # TensorFlow loads with these, after parsing and the data check: --help and those errors answer at once.
     from skinlesion.models.backbones import build_feature_extractor
     from skinlesion.models.features import TFLITE_MIN_PASSES, iter_image_batches
     from skinlesion.models.tflite_features import TFLiteFeatureModel
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", default=str(config.source_root("kaggle")))
-    ap.add_argument("--n", type=int, default=512)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--backbone", default="efficientnet_lite0")
-    ap.add_argument("--batch-size", type=int, default=64)
-    args = ap.parse_args()
-
-    paths = image_files(args.data_dir)[: args.n]
-    if not paths:
-        raise SystemExit(f"no images under {args.data_dir}")
     model = build_feature_extractor(args.backbone, "imagenet")
     size = int(model.input_shape[1])
     batches = [b for b, *_ in iter_image_batches(paths, size, args.batch_size)]

@@ -3,7 +3,8 @@ on arrays already in memory, measured in the same run on the same images.
 
     python benchmarks/feature_pipeline.py [--data-dir DIR] [--n N] [--backbone efficientnet_lite0]
 
-Prints images/s of both and their ratio (goal: pipeline >= 90 % of raw predict).
+Prints images/s of both and their ratio (goal: pipeline >= 90 % of raw predict). Needs no trained
+model (ImageNet backbone), but needs images: the Kaggle set by default (``skinlesion data download``).
 """
 from __future__ import annotations
 
@@ -12,26 +13,32 @@ import os
 import time
 
 import numpy as np
+from _common import GET_DATA
+
+from skinlesion import config  # light: no TensorFlow, so --help stays fast
 
 
 def main() -> None:
-    from skinlesion import config
-    from skinlesion.data.datasets import image_files
-    from skinlesion.models.backbones import build_feature_extractor
-    from skinlesion.models.features import extract_features, iter_image_batches
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", default=str(config.source_root("kaggle")))
+    ap.add_argument("--data-dir", default=str(config.source_root("kaggle")),
+                    help="images to read, searched recursively (default: the Kaggle set, %(default)s)")
     ap.add_argument("--n", type=int, default=0, help="number of images (0 = all)")
-    ap.add_argument("--backbone", default="efficientnet_lite0")
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--backbone", default="efficientnet_lite0", help="feature extractor (ImageNet weights)")
+    ap.add_argument("--batch-size", type=int, default=64, help="images per model call")
     args = ap.parse_args()
+
+    from skinlesion.data.datasets import image_files  # light: no TensorFlow
 
     paths = image_files(args.data_dir)
     if args.n:
         paths = paths[: args.n]
     if not paths:
-        raise SystemExit(f"no images under {args.data_dir}")
+        raise SystemExit(f"feature_pipeline.py: no images under {args.data_dir}: {GET_DATA}.")
+
+    # TensorFlow loads with these, after parsing and the data check: --help and those errors answer at once.
+    from skinlesion.models.backbones import build_feature_extractor
+    from skinlesion.models.features import extract_features, iter_image_batches
+
     model = build_feature_extractor(args.backbone, "imagenet")
     size = int(model.input_shape[1])
     print(f"{args.backbone} @ {size}px, {len(paths)} images, batch {args.batch_size}, {os.cpu_count()} CPUs, "

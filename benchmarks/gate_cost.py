@@ -3,7 +3,9 @@
 The gate is a linear layer on the pooled features the model computes anyway, so its cost is a
 small matrix product per image. Prints p50/p95 (ms) of one-image predictions (as served: with
 the bundle's own TTA setting) with the gate and with it switched off on the same Predictor,
-interleaved round by round so that load from other jobs hits both alike, and the ratio.
+interleaved round by round so that load from other jobs hits both alike, and the ratio. Needs a
+trained model bundle with an image-type gate: ``--model``, else the default model (``make run``
+trains it, gate included).
 
     .venv/bin/python benchmarks/gate_cost.py [--model models/<run>] [--runs 30]
 """
@@ -15,19 +17,22 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import MODEL_HELP, NEEDS_MODEL, model_or_exit
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 epilog=f"{NEEDS_MODEL} The bundle must have an image-type gate.")
+    ap.add_argument("--model", type=Path, default=None, help=MODEL_HELP)
+    ap.add_argument("--runs", type=int, default=30, help="timed predictions per variant (interleaved)")
+    args = ap.parse_args()
+    model = model_or_exit(args.model)  # before the slow imports: a missing model is one line, at once
+
     from skinlesion import config
-    from skinlesion.bundle.format import resolve_default_bundle
     from skinlesion.data.intake import load_for_model
     from skinlesion.serving.inference import Predictor
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", type=Path, default=None, help="bundle (default: the default model)")
-    ap.add_argument("--runs", type=int, default=30)
-    args = ap.parse_args()
-    predictor = Predictor.from_bundle(args.model or resolve_default_bundle())
+    predictor = Predictor.from_bundle(model)
     if not predictor.has_gate:
         raise SystemExit(f"{predictor.name} has no image-type gate (skinlesion gate fit BUNDLE)")
     gates = [m.gate for m in predictor.members]

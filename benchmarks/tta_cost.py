@@ -3,9 +3,10 @@
 TTA runs the model on the 8 dihedral views of the image (one batch of 8) and averages the
 raw outputs, which makes the probability exactly invariant to rotating or mirroring the
 image. Prints p50/p95 (ms) of one-image predictions both ways and their ratio, interleaved
-round by round so that load from other jobs hits both alike.
+round by round so that load from other jobs hits both alike. Needs a trained model bundle:
+``--model``, else the default model (``make run`` trains it).
 
-    .venv/bin/python benchmarks/tta_cost.py --model models/<run> [--runs 30]
+    .venv/bin/python benchmarks/tta_cost.py [--model models/<run>] [--runs 30]
 """
 from __future__ import annotations
 
@@ -15,19 +16,21 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import MODEL_HELP, NEEDS_MODEL, model_or_exit
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=NEEDS_MODEL)
+    ap.add_argument("--model", type=Path, default=None, help=MODEL_HELP)
+    ap.add_argument("--runs", type=int, default=30, help="timed predictions per variant (interleaved)")
+    args = ap.parse_args()
+    model = model_or_exit(args.model)  # before the slow imports: a missing model is one line, at once
+
     from skinlesion import config
-    from skinlesion.bundle.format import resolve_default_bundle
     from skinlesion.data.intake import load_for_model
     from skinlesion.serving.inference import Predictor
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", type=Path, default=None, help="bundle (default: the default model, SKINLESION_MODEL or models/<DEFAULT_MODEL>)")
-    ap.add_argument("--runs", type=int, default=30)
-    args = ap.parse_args()
-    predictor = Predictor.from_bundle(args.model or resolve_default_bundle())
+    predictor = Predictor.from_bundle(model)
     found = sorted((config.shared_dataset() / "test" / "malignant").glob("*.jpg"))[:1]
     rng = np.random.default_rng(0)
     image = (load_for_model(found[0].read_bytes(), predictor.input_size) if found

@@ -18,6 +18,7 @@ default model (``resolve_default_bundle``; or ``--model``), then measures
 prints p50/p95/p99 latency, throughput and the error count, the first request against the
 steady-state p50/p99 of the same kind of request (the goal: first <= p99), and stops the servers.
 Nothing leaves the machine. Numbers depend heavily on the CPU and on what else runs on it.
+Needs a trained model bundle: ``--model``, else the default model (``make run`` trains it).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
+from _common import MODEL_HELP, model_or_exit
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # `webapp` lives at the repo root, beside this folder
@@ -180,11 +182,10 @@ def first_vs_steady(first: Run, steady: Run, cold: Run | None) -> str:
 
 
 def main() -> None:
-    from skinlesion.bundle.format import BundleError, resolve_default_bundle
     from tools.webapp_server import gunicorn_server
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", help="bundle folder (default: the default model, SKINLESION_MODEL else models/<DEFAULT_MODEL>)")
+    ap.add_argument("--model", help=MODEL_HELP)
     ap.add_argument("--data-dir", help="dataset root for the request images (default: the real dataset)")
     ap.add_argument("--workers", type=int, default=2, help="gunicorn workers (as `make webapp`)")
     ap.add_argument("--sequential", type=int, default=30, help="requests per sequential scenario")
@@ -196,10 +197,7 @@ def main() -> None:
     args = ap.parse_args()
     n_first = args.first or 2 * args.workers
 
-    try:
-        model = args.model or resolve_default_bundle()
-    except BundleError as exc:
-        raise SystemExit(f"{exc} Or pass --model BUNDLE_DIR.") from exc
+    model = model_or_exit(args.model)  # one line naming the missing bundle, before any server starts
     images, source = load_images(max(args.threads * args.per_thread, args.sequential), args.data_dir)
     print(f"model {model}\nimages: {source}\nserver: gunicorn, {args.workers} worker(s), loopback; "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")

@@ -82,7 +82,11 @@ def test_predict_files_and_folders_with_bad_files(runner, tiny_bundle, tmp_path)
     assert 0.0 <= rows["lesion.jpg"]["probability"] <= 1.0
     assert rows["lesion.jpg"]["decision"] in {"suspicious", "benign-appearing", "uncertain — refer"}
     assert "not a supported image type" in rows["fake.jpg"]["error"]
-    assert "not a medical device" in r.stderr
+    assert "not a medical device" in r.stderr and "1 of 2 row(s) could not be scored" in r.stderr
+    # Nothing scored: the table is still written, and the exit status says so.
+    r = runner.invoke(main, ["predict", str(tmp_path / "imgs" / "fake.jpg"), "--model", str(tiny_bundle)])
+    assert r.exit_code == 1 and "none of the 1 row(s) could be scored" in r.stderr
+    assert "not a supported image type" in r.stdout and "Traceback" not in r.output
 
 
 def test_predict_without_any_bundle(runner, tmp_path, monkeypatch):

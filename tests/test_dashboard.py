@@ -264,10 +264,12 @@ def test_committed_notebook_is_clean_and_tagged() -> None:
 
 
 def _make_dashboard_args() -> list[str]:
-    """The arguments `make dashboard` passes to voila, read from the Makefile."""
-    lines = (ROOT / "Makefile").read_text().splitlines()
-    start = lines.index(next(line for line in lines if line.startswith("dashboard:")))
-    recipe = next(line for line in lines[start + 1:] if "voila" in line)
+    """The arguments `make dashboard` passes to voila, as make expands them (`make -n`)."""
+    import subprocess
+
+    shown = subprocess.run(["make", "-n", "--no-print-directory", "dashboard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True, timeout=60).stdout
+    recipe = next(line for line in shown.splitlines() if "voila " in line)
     words = shlex.split(recipe.strip())
     return words[next(i for i, w in enumerate(words) if w.endswith("voila")) + 1:]
 

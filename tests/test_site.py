@@ -183,6 +183,18 @@ def test_calibrate_rejects_bad_site_sets(tiny_bundle, tmp_path, counts, message)
     assert _tree_digest(tiny_bundle) == before
 
 
+@pytest.mark.slow
+def test_unreadable_site_images_are_replaced_by_readable_ones(tiny_bundle, tmp_path):
+    site = _write_site(tmp_path / "clinic", 30, 30)
+    for i in range(10):  # a third of the benign files are not images
+        (site / "benign" / f"benign_{i}.jpg").write_text("not a JPEG")
+    path = site_mod.calibrate_site(tiny_bundle, site, n=40, out_dir=tmp_path / "models", run_id="r")
+    used = pd.read_csv(path / site_mod.SITE_FILE)
+    assert len(used) == 40 and used["path"].is_unique
+    assert not any(p.endswith(tuple(f"benign_{i}.jpg" for i in range(10))) for p in used["path"])
+    assert int((used["label"] == 0).sum()) == 20  # the drawn class balance is kept
+
+
 def test_calibrate_refuses_a_small_n_before_reading_the_site(tmp_path):
     # The site folder does not exist: the --n error must come first, before any file is read.
     with pytest.raises(DataError, match="--n 5 is too small"):

@@ -16,11 +16,12 @@ zoom views are not rotated, so a set with them is no longer exactly rotation-inv
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from _loso import SOURCES, require_loso_bundles
 
-SOURCES = ("kaggle", "ham10000", "isic2017")
 ZOOMS = ("zi", "zo", "zi30", "zo30")
 
 
@@ -57,6 +58,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("recipes", nargs="+", help="stage-1 recipes run with `skinlesion generalise` (e.g. several seeds)")
     args = ap.parse_args()
+    require_loso_bundles(args.recipes, Path(__file__).name)
     rows: list[dict] = []
     served: dict[str, list[np.ndarray]] = {}
     y_held: dict[str, np.ndarray] = {}

@@ -11,9 +11,11 @@ at the frozen threshold before and after. Needs the LOSO bundles of a recipe
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from _loso import SOURCES, require_loso_bundles
 
 
 def _scores(head, policy, x: np.ndarray, y: np.ndarray) -> str:
@@ -35,18 +37,20 @@ def _features(extractor, name: str, weights_tag: str, frame: pd.DataFrame) -> np
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--recipe", required=True, help="a stage-1 recipe run with `skinlesion generalise`")
+    ap.add_argument("--sizes", default="100,500", help="unlabelled site images used for the site mean")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the site-image and training-image samples")
+    args = ap.parse_args()
+    require_loso_bundles([args.recipe], Path(__file__).name)
 
+    # TensorFlow loads with these, after the checks above.
     from skinlesion import config
     from skinlesion.bundle.format import load
     from skinlesion.evaluation.generalise import head_model
     from skinlesion.models import backbones
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--recipe", required=True)
-    ap.add_argument("--sizes", default="100,500", help="unlabelled site images used for the site mean")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    for held in ("kaggle", "ham10000", "isic2017"):
+    for held in SOURCES:
         b = load(config.models_dir() / "loso" / f"loso-{args.recipe}-{held}")
         name, size, cfg = str(b.meta.backbone), int(b.meta.input_size or 224), b.meta.training.config
         if b.meta.stage != "head" or cfg.get("colour_constancy") or b.meta.decision is None:

@@ -44,14 +44,29 @@ def ensemble(report_dir: Path, recipes: list[str]) -> None:
           f"worst {out['first'].min():.3f} -> {out['ensemble'].min():.3f}")
 
 
+def require_predictions(report_dir: Path, recipes: list[str]) -> None:
+    """Exit with one line when a recipe has no LOSO predictions, naming the command that writes them."""
+    for recipe in recipes:
+        if not (report_dir / recipe / "predictions.csv").is_file():
+            raise SystemExit(f"{Path(__file__).name}: no LOSO predictions of {recipe!r} (no {report_dir / recipe}"
+                             f"/predictions.csv): run `skinlesion generalise --recipe {recipe}` with that recipe's "
+                             f"training options (README, \"Reproduce\"); the committed recipes are the folders of "
+                             f"{report_dir}.")
+
+
 def main() -> None:
+    from skinlesion import config
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("recipes", nargs="+", help="recipe names (folders under the report dir); the first is the baseline")
     ap.add_argument("--pairs", action="store_true", help="the first recipe with each other one, in turn")
-    ap.add_argument("--report-dir", type=Path, default=Path("reports/generalisation"))
+    # The project's reports folder, not the working directory's: the script runs from anywhere.
+    ap.add_argument("--report-dir", type=Path, default=config.reports_dir() / "generalisation",
+                    help="where `skinlesion generalise` wrote the recipes' reports (default: %(default)s)")
     args = ap.parse_args()
     if len(args.recipes) < 2:
-        raise SystemExit("name at least two recipes")
+        raise SystemExit(f"{Path(__file__).name}: name at least two recipes")
+    require_predictions(args.report_dir, args.recipes)
     groups = [[args.recipes[0], r] for r in args.recipes[1:]] if args.pairs else [args.recipes]
     for g in groups:
         ensemble(args.report_dir, g)

@@ -12,8 +12,22 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import pandas as pd
+
+
+def require_reports(recipes: list[str]) -> None:
+    """Exit with one line when a recipe has no LOSO predictions, naming the command that writes them."""
+    from skinlesion import config
+
+    root = config.reports_dir() / "generalisation"
+    for recipe in recipes:
+        if not all((root / recipe / name).is_file() for name in ("predictions.csv", "summary.json")):
+            raise SystemExit(f"{Path(__file__).name}: no LOSO predictions of {recipe!r} ({root / recipe} has no "
+                             f"predictions.csv and summary.json): run `skinlesion generalise --recipe {recipe}` with "
+                             "that recipe's training options (README, \"Reproduce\"); the committed recipes are the "
+                             "folders of reports/generalisation.")
 
 
 def per_diagnosis(recipe: str) -> pd.DataFrame:
@@ -42,9 +56,15 @@ def per_diagnosis(recipe: str) -> pd.DataFrame:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("recipes", nargs="+")
+    ap.add_argument("recipes", nargs="+", help="recipes run with `skinlesion generalise` (reports/generalisation/<recipe>)")
     args = ap.parse_args()
-    table = pd.concat([per_diagnosis(r) for r in args.recipes], ignore_index=True)
+    require_reports(args.recipes)
+    from skinlesion.data.datasets import DataError
+
+    try:
+        table = pd.concat([per_diagnosis(r) for r in args.recipes], ignore_index=True)
+    except DataError as exc:  # a source's diagnoses are not there: its message says how to get them
+        raise SystemExit(f"{Path(__file__).name}: {exc}") from None
     print(table.round(3).to_string(index=False))
 
 

@@ -8,10 +8,16 @@ after each fine-tuning epoch of the same head and top layers, and the in-source 
 (the number that would pick an epoch). Splits are the LOSO ones of ``skinlesion generalise``.
 
     python tools/top_block_pilot.py --held isic2017,kaggle
+    python tools/top_block_pilot.py --held ham10000
+
+It runs only when told which sources to hold out (``--held``; all three: ``--held
+kaggle,ham10000,isic2017``), since each one reads the full training data and trains: long on a CPU.
+Without arguments it prints its usage.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import numpy as np
@@ -95,15 +101,26 @@ def pilot(held: str, views: tuple[str, ...], split: str, epochs: int, lr: float)
         report(f"layers after {split} fine-tuned, epoch {epoch} ({time.perf_counter() - t1:.0f} s)")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--held", default=",".join(SOURCES), help="held-out sources, comma-separated")
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 epilog="Example: python tools/top_block_pilot.py --held isic2017,kaggle")
+    # Required, with no default: the pilot is long, so a bare run shows this usage instead of starting it.
+    ap.add_argument("--held", required=True,
+                    help=f"held-out sources, comma-separated, from {','.join(SOURCES)} (one pilot each)")
     ap.add_argument("--views", default="id,fh", help="training views (activations are computed for each)")
     ap.add_argument("--split", default="lite_block14_add", help="last frozen layer")
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--lr", type=float, default=1e-4)
-    args = ap.parse_args()
-    for held in args.held.split(","):
+    ap.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs after the frozen-backbone head")
+    ap.add_argument("--lr", type=float, default=1e-4, help="learning rate of the fine-tuning (Adam)")
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        ap.print_help()
+        raise SystemExit(2)
+    args = ap.parse_args(argv)
+    held_out = [s.strip() for s in args.held.split(",") if s.strip()]
+    unknown = [s for s in held_out if s not in SOURCES]
+    if unknown or not held_out:
+        ap.error(f"--held: unknown source(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(SOURCES)}")
+    for held in held_out:
         pilot(held, tuple(args.views.split(",")), args.split, args.epochs, args.lr)
 
 

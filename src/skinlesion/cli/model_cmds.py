@@ -140,6 +140,8 @@ def train(distributed: bool = False, **kw) -> None:
 def predict(paths, model_path, fmt, output, tta, backend, group_by) -> None:
     """Predict image files or folders (recursively); unreadable files get an error row.
 
+    Exit status 1 when no row could be scored (the table is still written), 0 otherwise.
+
     With --group-by, several photos of one lesion are combined into one probability (sigmoid of the
     mean logit of their calibrated probabilities; skinlesion.serving.combine) and one decision.
     """
@@ -224,6 +226,17 @@ def _write_table(df, fmt: str, output: Path | None) -> None:
     else:
         click.echo(text)
     click.echo(DISCLAIMER, err=True)
+    _report_failures(df)
+
+
+def _report_failures(df) -> None:
+    """A line on stderr when some rows are errors; exit status 1 when every row is one, so a script
+    can tell "nothing could be scored" from a result (the table is written either way)."""
+    failed = int((df["error"].fillna("") != "").sum()) if "error" in df.columns else 0
+    if failed and failed == len(df):
+        raise click.ClickException(f"none of the {len(df)} row(s) could be scored: see the error column")
+    if failed:
+        click.echo(f"{failed} of {len(df)} row(s) could not be scored: see the error column", err=True)
 
 
 @main.command()

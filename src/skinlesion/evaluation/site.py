@@ -131,6 +131,26 @@ def score_site(predictor: Any, source: Source, records: pd.DataFrame | None = No
                          "raw_probability": ok["raw_probability"].to_numpy(float)})
 
 
+def _score_readable(predictor: Any, source: Source, idx: np.ndarray, rng: np.random.Generator, *,
+                    progress: bool = False) -> pd.DataFrame:
+    """:func:`score_site` of the images at ``idx``, each unreadable one replaced by another image
+    of its class not yet drawn (in ``rng``'s order), so that one bad file in a site folder costs
+    the sample nothing while the site has readable images to spare."""
+    labels = source.records["label"].to_numpy(dtype=int)
+    wanted = np.bincount(labels[idx], minlength=2)
+    drawn = set(idx.tolist())
+    scored = score_site(predictor, source, source.records.iloc[idx], progress=progress)
+    while True:
+        short = wanted - np.bincount(scored["label"].to_numpy(dtype=int), minlength=2)
+        extra = [i for c in (0, 1) if short[c] > 0
+                 for i in [j for j in rng.permutation(np.flatnonzero(labels == c)) if j not in drawn][:short[c]]]
+        if not extra:
+            return scored.reset_index(drop=True)
+        drawn.update(extra)
+        more = score_site(predictor, source, source.records.iloc[sorted(extra)])
+        scored = pd.concat([scored, more], ignore_index=True)
+
+
 def _fit(y: np.ndarray, raw: np.ndarray, parent: Any) -> Any:
     from skinlesion.metrics.calibration import build_decision_policy
 
@@ -182,9 +202,8 @@ def calibrate_site(
 
     rng = np.random.default_rng(seed)
     idx = stratified_sample(source.records["label"].to_numpy(), n, rng)
-    sample = source.records.iloc[idx].reset_index(drop=True)
-    check_site_set(sample["label"], f"the {len(sample)}-image calibration sample of site {source.name}")
-    scored = score_site(predictor, source, sample, progress=progress)
+    check_site_set(source.records["label"].iloc[idx], f"the {len(idx)}-image calibration sample of site {source.name}")
+    scored = _score_readable(predictor, source, idx, rng, progress=progress)
     check_site_set(scored["label"], f"the readable calibration sample of site {source.name}")
     y, raw = scored["label"].to_numpy(), scored["raw_probability"].to_numpy()
     policy = _fit(y, raw, parent_policy)
