@@ -130,6 +130,28 @@ def clinical_bundle(tiny_bundle, tmp_path_factory) -> Path:
     return _gated_copy(tiny_bundle, tmp_path_factory.mktemp("gate"), "clinical")
 
 
+def test_gate_fit_says_where_it_looked_when_the_training_images_are_gone(tiny_bundle, tmp_path):
+    from click.testing import CliRunner
+
+    from skinlesion.cli import main
+    from skinlesion.io import read_json, write_json
+
+    copy = tmp_path / "b"
+    shutil.copytree(tiny_bundle, copy)
+    meta = read_json(copy / "bundle.json")
+    if meta["training"]["data_dir"] is None:
+        pytest.skip("the tiny bundle was trained on registered sources, not one folder")
+    # The recorded folder is absolute (where the run read), so another working folder finds it.
+    assert Path(meta["training"]["data_dir"]).is_absolute()
+    write_json(copy / "bundle.json", {**meta, "training": {**meta["training"], "data_dir": str(tmp_path / "moved")}})
+    before = (copy / "bundle.json").read_bytes()
+    r = CliRunner().invoke(main, ["gate", "fit", str(copy), "--quiet"])
+    assert r.exit_code == 1 and "training images is under" in r.output and "--data-dir" in r.output
+    assert "Traceback" not in r.output and (copy / "bundle.json").read_bytes() == before
+    r = CliRunner().invoke(main, ["gate", "fit", str(copy), "--data-dir", str(tmp_path / "empty"), "--quiet"])
+    assert r.exit_code == 2  # --data-dir must exist
+
+
 def test_add_to_bundle_keeps_checksums_valid(clinical_bundle):
     meta = read_meta(clinical_bundle)   # raises on a checksum mismatch
     assert "gate.npz" in meta["files"] and meta["gate"]["file"] == "gate.npz"

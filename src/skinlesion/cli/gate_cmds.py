@@ -19,9 +19,11 @@ def gate() -> None:
 @click.option("--settings", default=None,
               help="One of the gate's candidate settings (default: the one chosen by leave-one-source-out; "
                    "`skinlesion gate evaluate` reports the selection).")
+@click.option("--data-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Where a single-folder bundle's dataset is now (default: the folder recorded at training).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @friendly
-def gate_fit(bundle, seed, settings, quiet) -> None:
+def gate_fit(bundle, seed, settings, data_dir, quiet) -> None:
     """Fit the gate on BUNDLE's features and store it in the bundle (gate.npz + bundle.json "gate").
 
     Dermoscopic images: the bundle's own training and validation rows. Clinical: PAD-UFES-20
@@ -33,7 +35,7 @@ def gate_fit(bundle, seed, settings, quiet) -> None:
 
     if settings is not None and settings not in GATE_CANDIDATES:
         raise click.BadParameter(f"choose one of: {'; '.join(GATE_CANDIDATES)}", param_hint="--settings")
-    entry = attach_gate(bundle, settings=settings or GATE_SETTINGS, seed=seed, progress=not quiet)
+    entry = attach_gate(bundle, settings=settings or GATE_SETTINGS, seed=seed, data_dir=data_dir, progress=not quiet)
     click.echo(f"gate fitted into {bundle} with settings {entry['settings']!r}: threshold P(dermoscopic) >= {entry['threshold']:.3f}, "
                f"temperature {entry['temperature']:.3f}; images {entry['images']}")
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from skinlesion import config
 from skinlesion.bundle.format import Bundle, BundleError, add_to_bundle, load
 from skinlesion.data.datasets import DataError
 from skinlesion.data.image_types import clinical_frame, dermoscopic_frame, nonskin_frame
@@ -118,8 +119,12 @@ def gate_inputs(bundle: Bundle, files: list[str], need_read: np.ndarray, views: 
 
 
 def attach_gate(bundle_path: str | os.PathLike[str], *, settings: str = GATE_SETTINGS, seed: int = 42,
-                progress: bool = False) -> dict[str, Any]:
-    """Fit the gate for a single bundle and add ``gate.npz`` + a ``gate`` entry to its bundle.json."""
+                data_dir: str | os.PathLike[str] | None = None, progress: bool = False) -> dict[str, Any]:
+    """Fit the gate for a single bundle and add ``gate.npz`` + a ``gate`` entry to its bundle.json.
+
+    The dermoscopic images are the bundle's own training and validation rows, under the sources'
+    roots, or under ``data_dir`` (default: the folder recorded at training) for a single-root run.
+    """
     from skinlesion.data.training_data import roots_for
 
     b = load(bundle_path)
@@ -130,7 +135,13 @@ def attach_gate(bundle_path: str | os.PathLike[str], *, settings: str = GATE_SET
         raise BundleError(f"{b.path} has no splits.csv, so its training images are unknown")
     table = pd.read_csv(splits)
     table = table[table["split"].isin(["train", "val"])]
-    derm = dermoscopic_frame(table, roots_for(table, b.meta.training.data_dir))
+    roots = roots_for(table, data_dir if data_dir is not None else b.meta.training.data_dir)
+    derm = dermoscopic_frame(table, roots)
+    if not any(Path(p).is_file() for p in derm["path"]):
+        # Moved data, or a relative folder recorded by an older version and read from elsewhere.
+        where = ", ".join(f"{name}: {config.display_path(root)}" for name, root in roots.items())
+        raise DataError(f"none of the bundle's {len(derm)} training images is under {where}; if its dataset has "
+                        "moved, say where it is now with --data-dir")
     frame = gate_training_frame(derm, seed=seed)
     views = b.meta.served_views
     plain, read, ok = gate_inputs(b, frame["path"].tolist(), (frame["split"] == "val").to_numpy(), views,

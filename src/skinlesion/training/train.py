@@ -312,7 +312,8 @@ def train(cfg: TrainConfig) -> Path:
             "ood": {"file": "ood.npz", "threshold": ood.threshold, "quantile": ood.quantile,
                     "metric": "squared Mahalanobis distance (Ledoit-Wolf) in pooled features"},
             "training": {
-                "data_dir": str(data.data_dir) if data.data_dir else None,
+                # Absolute: a relative one would mean another folder to a command run elsewhere (gate fit, evaluate).
+                "data_dir": str(Path(data.data_dir).resolve()) if data.data_dir else None,
                 "data_fingerprint": data.fingerprint,
                 "sources": data.sources,
                 "splits_file": "splits.csv",
