@@ -118,6 +118,15 @@ def _real_looking(root: Path) -> Path:
     return real
 
 
+def test_refuses_a_link_before_writing_anything(tmp_path: Path) -> None:
+    real = generate_dataset(tmp_path / "ds", n_train_per_class=2, n_test_per_class=0, size=32)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    (tmp_path / "link").symlink_to(real)
+    with pytest.raises(SynthError, match="is a symbolic link"):
+        generate_dataset(tmp_path / "link", n_train_per_class=2, n_test_per_class=0, size=32)
+    assert (tmp_path / "link").is_symlink() and sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "link"])
+
+
 def test_refuses_to_clobber_real_data(tmp_path: Path) -> None:
     root = tmp_path / "real"
     real = _real_looking(root)

@@ -342,6 +342,10 @@ def generate_dataset(
 
     # Absolute but not symlink-resolved, so "." and "data/x" have a parent and a name to swap.
     root = Path(os.path.abspath(Path(root).expanduser()))
+    if root.is_symlink():
+        # The swap below renames root itself: a link would be replaced by a folder, not followed.
+        raise SynthError(f"{root} is a symbolic link; give the folder it points to ({os.path.realpath(root)}) "
+                         "or a new folder")
     if root.exists() and not root.is_dir():
         raise SynthError(f"{root} exists and is not a folder")
     non_empty = root.is_dir() and any(root.iterdir())
