@@ -53,6 +53,13 @@ def generalise(recipe, publish, resamples, report_dir, ensemble_of, retrain, **k
         if len(members) < 2 or recipe in members:
             raise click.BadParameter("name at least two member recipes, none of them --recipe itself",
                                      param_hint="--ensemble-of")
+    if kw["data_dir"] is not None:
+        # Checked before --sources gets its default, else the refusal would blame sources nobody gave.
+        raise click.UsageError(
+            "generalise trains on registered sources (--sources, default "
+            f"{','.join(DERMOSCOPIC_SOURCES)}) and holds out each in turn; it does not read --data-dir. "
+            f"To read the Kaggle set from another folder set {config.SOURCE_ENV['kaggle']}=DIR; to train on one "
+            "folder use `skinlesion train --data-dir DIR`")
     kw["sources"] = kw["sources"] or ",".join(DERMOSCOPIC_SOURCES)
     cfg = _config(**kw)
     out = report_dir or config.reports_dir() / "generalisation"

@@ -6,6 +6,7 @@ folder-per-class layout ``<root>/{benign,malignant}/*``. Raw data is never modif
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import socket
@@ -19,11 +20,23 @@ import pandas as pd
 from skinlesion import CLASS_NAMES, config
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+log = logging.getLogger(__name__)
 
 
 def image_files(root: str | os.PathLike[str]) -> list[Path]:
-    """Every file under ``root`` (recursively) with an image suffix, sorted."""
-    return sorted(f for f in Path(root).rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    """Every file under ``root`` (recursively) with an image suffix, sorted.
+
+    Files whose name is not valid UTF-8 are left out with a warning (see :func:`scan_class_folders`).
+    """
+    root = Path(root)
+    _check_folder_name(root)
+    files = sorted(f for f in root.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    bad = [f for f in files if not _is_utf8(f.relative_to(root).as_posix())]
+    _warn_bad_names(root, bad)
+    skip = set(bad)
+    return [f for f in files if f not in skip]
+
+
 KAGGLE_HANDLE = "hasnainjaved/melanoma-skin-cancer-dataset-of-10000-images"
 SPLIT_COLUMNS = ["path", "label", "split"]
 
@@ -39,7 +52,8 @@ class FolderScan:
     root: Path
     paths: list[Path] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
-    skipped: list[Path] = field(default_factory=list)  # files that are not images by suffix
+    skipped: list[Path] = field(default_factory=list)  # non-images by suffix, and names that are not UTF-8
+    bad_names: list[Path] = field(default_factory=list)  # the skipped files whose name is not UTF-8
 
     @property
     def class_counts(self) -> dict[str, int]:
@@ -47,55 +61,133 @@ class FolderScan:
         return {name: int(c) for name, c in zip(CLASS_NAMES, counts)}
 
 
-def _class_dirs(root: Path) -> dict[str, Path]:
-    """Map class name -> sub-folder, matching names case-insensitively."""
-    found = {p.name.lower(): p for p in root.iterdir() if p.is_dir()} if root.is_dir() else {}
-    return {name: found[name] for name in CLASS_NAMES if name in found}
+def _is_utf8(name: str) -> bool:
+    """False for a name holding bytes that are not UTF-8, which ``os.fsdecode`` keeps as lone
+    surrogates: they pass through pathlib but crash any later ``.encode()`` (hashes, CSV, JSON)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
-def scan_class_folders(root: str | os.PathLike[str], *, require_both: bool = True) -> FolderScan:
+def _shown(name: str) -> str:
+    """``name`` safe to print and log: its raw bytes (``b'caf\\xe9.jpg'``) when it is not UTF-8."""
+    return name if _is_utf8(name) else repr(os.fsencode(name))
+
+
+def _check_folder_name(root: Path) -> None:
+    # Every file under such a folder would carry the bad bytes into reports and bundles.
+    if not _is_utf8(str(root)):
+        raise DataError(f"the folder name {_shown(str(root))} is not valid UTF-8: rename it")
+
+
+def _warn_bad_names(folder: Path, bad: list[Path]) -> None:
+    """One warning per folder naming the files skipped because their name is not UTF-8."""
+    if not bad:
+        return
+    names = [_shown(p.relative_to(folder).as_posix()) for p in bad]
+    more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+    log.warning("%s: skipped %d file(s) whose name is not valid UTF-8: %s%s; rename them to use them",
+                folder, len(bad), ", ".join(names[:5]), more)
+
+
+def _visible_subdirs(root: Path) -> list[Path]:
+    """Sub-folders of ``root`` not hidden by a leading dot (.ipynb_checkpoints, .git), sorted."""
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+
+
+def _class_dirs(root: Path) -> tuple[dict[str, Path], list[Path]]:
+    """(class name -> sub-folder, other visible sub-folders), matching class names case-insensitively.
+
+    Two folders for one class (``benign/`` and ``Benign/``) are refused: keeping either would
+    depend on directory order and silently drop the other's images.
+    """
+    subdirs = _visible_subdirs(root)
+    dirs: dict[str, Path] = {}
+    for name in CLASS_NAMES:
+        same = [p for p in subdirs if p.name.lower() == name]
+        if len(same) > 1:
+            raise DataError(
+                f"{root} has {len(same)} folders for the class {name!r}: {', '.join(p.name + '/' for p in same)} "
+                f"(class folder names ignore case); merge them into one {name}/ folder"
+            )
+        if same:
+            dirs[name] = same[0]
+    return dirs, [p for p in subdirs if p.name.lower() not in CLASS_NAMES]
+
+
+def _no_class_folders(root: Path, dataset_root: bool) -> str:
+    """Why ``root`` cannot be read, worded for what the caller accepts."""
+    splits = [s for s in ("train", "test") if (root / s).is_dir()]
+    if dataset_root and splits == ["test"]:
+        return (f"{root} has test/ but no train/: training needs {root / 'train'}/{{benign,malignant}}/ "
+                "(test/ is optional)")
+    if splits and not dataset_root:
+        alts = [root / s for s in ("test", "train") if s in splits]
+        hint = f"pass {alts[0]}" + (f" (or {alts[1]})" if len(alts) > 1 else "")
+        return (f"{root} looks like a dataset root ({', '.join(s + '/' for s in splits)}), but this command reads "
+                f"one folder-per-class set ({root}/benign, {root}/malignant): {hint}")
+    also = " (or train/ and test/ each holding them)" if dataset_root else ""
+    return f"{root} has no class folders: expected sub-folders {list(CLASS_NAMES)}{also}"
+
+
+def scan_class_folders(
+    root: str | os.PathLike[str], *, require_both: bool = True, dataset_root: bool = False
+) -> FolderScan:
     """List the images of ``root/{benign,malignant}``; non-image files are skipped and counted.
 
     ``require_both=False`` accepts a one-class folder (an external evaluation set); training
-    always needs both classes.
+    always needs both classes. ``dataset_root=True`` says the caller would also have taken a
+    ``train/``+``test/`` root (it only words the error). Hidden files and everything under a
+    hidden folder are ignored; other folders beside the class folders are ignored with a warning;
+    files whose name is not valid UTF-8 are skipped with a warning.
     """
     root = Path(root)
     if not root.exists():
         raise DataError(f"data folder not found: {root}")
     if not root.is_dir():
         raise DataError(f"data path is not a folder: {root}")
-    dirs = _class_dirs(root)
+    _check_folder_name(root)
+    dirs, others = _class_dirs(root)
     missing = [c for c in CLASS_NAMES if c not in dirs]
     if not dirs:
-        raise DataError(
-            f"{root} has no class folders: expected sub-folders {list(CLASS_NAMES)} "
-            "(or train/ and test/ each holding them)"
-        )
+        raise DataError(_no_class_folders(root, dataset_root))
     if missing and require_both:
         raise DataError(
             f"{root} is missing the class folder(s) {missing}; a binary classifier needs images of "
             f"both classes in {list(CLASS_NAMES)}"
         )
+    if others:
+        # Not an error: users keep other folders around, but they must know those are not read.
+        log.warning("%s: ignored folder(s) %s; only %s are read", root,
+                    ", ".join(_shown(p.name) + "/" for p in others), " and ".join(f"{c}/" for c in CLASS_NAMES))
     scan = FolderScan(root=root)
     for label, name in enumerate(CLASS_NAMES):
         if name not in dirs:
             continue
         for p in sorted(dirs[name].rglob("*")):
-            if not p.is_file() or p.name.startswith("."):
+            # Hidden files (.DS_Store, ._x.jpg) and hidden folders (.ipynb_checkpoints) are tool litter.
+            if any(part.startswith(".") for part in p.relative_to(dirs[name]).parts) or not p.is_file():
                 continue
-            if p.suffix.lower() in IMAGE_SUFFIXES:
+            if not _is_utf8(p.relative_to(root).as_posix()):
+                scan.bad_names.append(p)
+                scan.skipped.append(p)
+            elif p.suffix.lower() in IMAGE_SUFFIXES:
                 scan.paths.append(p)
                 scan.labels.append(label)
             else:
                 scan.skipped.append(p)
+    _warn_bad_names(root, scan.bad_names)
+    n_other = len(scan.skipped) - len(scan.bad_names)
+    if n_other:
+        warnings.warn(f"{root}: skipped {n_other} non-image file(s)", stacklevel=2)
     counts = scan.class_counts
     if not scan.paths:
         raise DataError(f"{root} contains no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     if require_both and min(counts.values()) == 0:
         empty = [k for k, v in counts.items() if v == 0]
         raise DataError(f"{root}: class folder(s) {empty} contain no images; both classes are needed")
-    if scan.skipped:
-        warnings.warn(f"{root}: skipped {len(scan.skipped)} non-image file(s)", stacklevel=2)
     return scan
 
 
@@ -125,8 +217,14 @@ def build_splits(
     if not 0.0 < val_fraction < 0.5:
         raise DataError(f"val_fraction must be in (0, 0.5), got {val_fraction}")
     root = Path(root)
-    train_root = root / "train" if is_kaggle_layout(root) else root
-    train = scan_class_folders(train_root)
+    kaggle = is_kaggle_layout(root)
+    if kaggle:
+        others = [p for p in _visible_subdirs(root) if p.name not in ("train", "test")]
+        if others:
+            log.warning("%s: ignored folder(s) %s; only train/ and test/ are read", root,
+                        ", ".join(_shown(p.name) + "/" for p in others))
+    train_root = root / "train" if kaggle else root
+    train = scan_class_folders(train_root, dataset_root=not kaggle)
     if min(train.class_counts.values()) < 2:
         raise DataError(f"{train_root}: need at least 2 images per class to carve a validation split")
     idx = np.arange(len(train.paths))
@@ -134,7 +232,7 @@ def build_splits(
     split = np.empty(len(idx), dtype=object)
     split[tr], split[va] = "train", "val"
     frames = [pd.DataFrame({"path": train.paths, "label": train.labels, "split": split})]
-    if is_kaggle_layout(root) and (root / "test").is_dir():
+    if kaggle and (root / "test").is_dir():
         test = scan_class_folders(root / "test", require_both=False)
         frames.append(pd.DataFrame({"path": test.paths, "label": test.labels, "split": "test"}))
     df = pd.concat(frames, ignore_index=True)

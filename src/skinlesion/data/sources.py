@@ -243,7 +243,8 @@ def read_folder(root: Path, *, name: str | None = None, strict: bool = False) ->
     df["diagnosis"] = [CLASS_NAMES[y] for y in df["label"]]
     df["group"] = label + ":" + df["image_id"]
     info = SourceInfo(label, f"folder {root.name}", "", "unknown", "dermoscopic", "")
-    problems = {"non-image file": len(scan.skipped)} if scan.skipped else {}
+    n_other = len(scan.skipped) - len(scan.bad_names)
+    problems = {k: v for k, v in (("non-image file", n_other), ("file name not UTF-8", len(scan.bad_names))) if v}
     return Source(info, root, _records(df, label), problems)
 
 
