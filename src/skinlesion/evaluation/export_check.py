@@ -57,12 +57,12 @@ def _keras_probabilities(bundle_path: Path, files: list[Path], progress: bool) -
 def one_image_latency(bundle_path: Path, backends: Sequence[str], image: Path | None, runs: int = 20) -> dict[str, Any]:
     """p50/p95 ms of ``Predictor.predict`` on one image for each backend (served TTA), interleaved
     round by round so that load from other jobs hits every backend alike."""
-    from skinlesion.data.intake import load_for_model
+    from skinlesion.data.intake import load_for_model, read_file_bytes
     from skinlesion.serving.inference import Predictor
 
     predictors = {b: Predictor.from_bundle(bundle_path, backend=b) for b in backends}
     size = next(iter(predictors.values())).input_size
-    arr = (load_for_model(image.read_bytes(), size) if image is not None
+    arr = (load_for_model(read_file_bytes(image), size) if image is not None
            else np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8))
     for p in predictors.values():  # warm-up: graph tracing, interpreter allocation
         p.predict(arr)
@@ -110,13 +110,14 @@ def compare_export(bundle_path: str | os.PathLike[str], variant: str, sources: S
     first_image: Path | None = None
     for source in sources:
         files, labels = evaluation_files(source)
-        first_image = first_image or files[0]
         t0 = time.perf_counter()
         ref, how = _keras_probabilities(bundle_path, files, progress)
         t1 = time.perf_counter()
         exp = exported.predict_batch(files, progress=progress)
         t2 = time.perf_counter()
         ok = (ref["error"].fillna("") == "").to_numpy() & (exp["error"].fillna("") == "").to_numpy()
+        if first_image is None and ok.any():  # the latency image: one both scorers could read
+            first_image = files[int(np.flatnonzero(ok)[0])]
         y = labels[ok]
         pk, pe = ref["probability"].to_numpy()[ok], exp["probability"].to_numpy()[ok]
         test = stats.paired_auc_test(y, pe, pk, n_resamples=n_resamples)

@@ -23,6 +23,7 @@ rank correlation and SSIM between the original and the randomised map per cascad
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import time
@@ -189,36 +190,48 @@ def measure_localisation(predictor: Any, frame: pd.DataFrame, methods: Sequence[
 
     ``predictor`` is a :class:`~skinlesion.serving.inference.Predictor`; its maps are what it
     serves (:meth:`~skinlesion.serving.inference.Predictor.explain`, default TTA rule).
+
+    Each file is read once, size-limited (:func:`~skinlesion.data.intake.read_file_bytes`); an
+    image that cannot be used (missing, too large, not a regular file, corrupt) stops the
+    measurement with its :class:`~skinlesion.data.intake.ImageRejected` / ``OSError``, as a
+    corrupt one always has: every image of the sample is scored or none is.
     """
     from PIL import Image
     from tqdm.auto import tqdm
 
+    from skinlesion.data.intake import read_file_bytes
+
     size = predictor.input_size
     baseline = gaussian_baseline(size)
     kwargs = method_kwargs or {}
-    files = list(frame["file"])
-    preds = [p for i in range(0, len(files), 32)
-             for p in predictor.predict_many([Path(f).read_bytes() for f in files[i:i + 32]])]
+    records = list(frame.itertuples())
     rows: list[dict[str, Any]] = []
-    for rec, pred in tqdm(list(zip(frame.itertuples(), preds)), disable=not progress, desc="localisation"):
-        with Image.open(rec.file) as im:
-            wh = im.size
-        box = box_in_model_frame((rec.top, rec.bottom, rec.left, rec.right), wh, size)
-        frac = float(box_mask(box, size).mean())
-        base = {"image_id": rec.image_id, "label": int(rec.label), "diagnosis": rec.diagnosis,
-                "probability": pred.probability, "decision": pred.decision, "box_fraction": frac,
-                "box_top": box[0], "box_bottom": box[1], "box_left": box[2], "box_right": box[3]}
-        data = Path(rec.file).read_bytes()
-        for method in methods:
-            t0 = time.perf_counter()
-            extra = dict(kwargs.get(method, {}))
-            if method == "smoothgrad":
-                extra.setdefault("seed", seed)
-            e = predictor.explain(data, method, target=target, prediction=pred, **extra)
-            rows.append({**base, "method": method, "views": len(e.views), **score_map(e.heatmap, box, tolerance),
-                         "empty": bool(np.ptp(e.heatmap) == 0.0), "seconds": time.perf_counter() - t0})
-        rows.append({**base, "method": BASELINE, "views": 0, **score_map(baseline, box, tolerance),
-                     "empty": False, "seconds": 0.0})
+    bar = tqdm(total=len(records), disable=not progress, desc="localisation")
+    for start in range(0, len(records), 32):
+        chunk = records[start:start + 32]
+        datas = [read_file_bytes(rec.file) for rec in chunk]
+        preds = predictor.predict_many(datas)
+        for rec, data, pred in zip(chunk, datas, preds):
+            # The header of the bytes already read (predict_many decoded them, so they are an image).
+            with Image.open(io.BytesIO(data)) as im:
+                wh = im.size
+            box = box_in_model_frame((rec.top, rec.bottom, rec.left, rec.right), wh, size)
+            frac = float(box_mask(box, size).mean())
+            base = {"image_id": rec.image_id, "label": int(rec.label), "diagnosis": rec.diagnosis,
+                    "probability": pred.probability, "decision": pred.decision, "box_fraction": frac,
+                    "box_top": box[0], "box_bottom": box[1], "box_left": box[2], "box_right": box[3]}
+            for method in methods:
+                t0 = time.perf_counter()
+                extra = dict(kwargs.get(method, {}))
+                if method == "smoothgrad":
+                    extra.setdefault("seed", seed)
+                e = predictor.explain(data, method, target=target, prediction=pred, **extra)
+                rows.append({**base, "method": method, "views": len(e.views), **score_map(e.heatmap, box, tolerance),
+                             "empty": bool(np.ptp(e.heatmap) == 0.0), "seconds": time.perf_counter() - t0})
+            rows.append({**base, "method": BASELINE, "views": 0, **score_map(baseline, box, tolerance),
+                         "empty": False, "seconds": 0.0})
+            bar.update(1)
+    bar.close()
     return pd.DataFrame(rows)
 
 

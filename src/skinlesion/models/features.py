@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from skinlesion import config
-from skinlesion.data.intake import ImageRejected, image_fingerprint, load_for_model
+from skinlesion.data.intake import ImageRejected, image_fingerprint, load_for_model, read_file_bytes
 
 # Dihedral views: lesions have no canonical orientation, so flips/rotations are label-preserving.
 VIEWS: dict[str, tuple[int, bool]] = {  # name -> (quarter turns, horizontal flip)
@@ -119,7 +119,10 @@ def apply_view(batch: np.ndarray, view: str) -> np.ndarray:
 
 def _read_one(path: Path, size: int) -> tuple[str, np.ndarray | None, str | None]:
     try:
-        data = Path(path).read_bytes()
+        # Size-limited: a huge file (or a link to one) is one refused image, not a MemoryError.
+        data = read_file_bytes(path)
+    except ImageRejected as exc:
+        return "", None, exc.message
     except OSError as exc:
         return "", None, f"cannot read: {exc}"
     key = image_fingerprint(data)
@@ -250,7 +253,10 @@ def extract_features(
     missing = np.zeros((n, len(views)), dtype=bool)
     for i, p in enumerate(paths):
         try:
-            keys_all[i] = image_fingerprint(Path(p).read_bytes())
+            keys_all[i] = image_fingerprint(read_file_bytes(p))
+        except ImageRejected as exc:  # too large or not a regular file: skipped like a corrupt image
+            errors[i] = exc.message
+            continue
         except OSError as exc:
             errors[i] = f"cannot read: {exc}"
             continue

@@ -168,7 +168,7 @@ def predict_groups(predictor: Predictor, table: pd.DataFrame, *, tta: bool | Non
     """
     import pandas as pd
 
-    from skinlesion.data.intake import ImageRejected
+    from skinlesion.data.intake import ImageRejected, read_file_bytes
 
     rows: list[dict[str, Any]] = []
     for lesion, group in table.groupby("lesion_id", sort=False):
@@ -176,7 +176,8 @@ def predict_groups(predictor: Predictor, table: pd.DataFrame, *, tta: bool | Non
         errors: list[str] = []
         for path in group["path"]:
             try:
-                preds.append(predictor.predict(Path(path).read_bytes(), tta=tta))
+                # Size-limited read: a huge photo is one unreadable photo, not a MemoryError.
+                preds.append(predictor.predict(read_file_bytes(path), tta=tta))
             except (ImageRejected, OSError) as exc:
                 errors.append(f"{Path(path).name}: {getattr(exc, 'message', None) or exc}")
         res = combine_predictions(preds, predictor.policy)

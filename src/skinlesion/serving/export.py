@@ -143,7 +143,7 @@ def parity_check(bundle: Bundle, runner: Any, files: Sequence[Path], *, toleranc
     dihedral TTA, all 8 views. ``passed`` is ``max_abs_dp_served <= tolerance`` and
     ``max_abs_dp_raw <= tolerance`` (always True when ``tolerance`` is None: quantised exports).
     """
-    from skinlesion.data.intake import ImageRejected, load_for_model
+    from skinlesion.data.intake import ImageRejected, load_for_model, read_file_bytes
     from skinlesion.metrics.calibration import apply_temperature
     from skinlesion.models.features import apply_view
 
@@ -159,9 +159,11 @@ def parity_check(bundle: Bundle, runner: Any, files: Sequence[Path], *, toleranc
         arrays = []
         for f in files[start:start + batch_size]:
             try:
-                arrays.append(load_for_model(Path(f).read_bytes(), size))
-            except (ImageRejected, OSError):
+                # Size-limited read: a huge file is one more unreadable image, not a MemoryError.
+                arrays.append(load_for_model(read_file_bytes(f), size))
+            except (ImageRejected, OSError) as exc:
                 unreadable += 1
+                log.warning("parity image %s skipped: %s", f, getattr(exc, "message", None) or exc)
         if not arrays:
             continue
         batch = np.stack(arrays)

@@ -29,7 +29,6 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -37,7 +36,7 @@ import pandas as pd
 
 from skinlesion import config
 from skinlesion.data.datasets import DataError
-from skinlesion.data.intake import image_fingerprint
+from skinlesion.data.intake import ImageRejected, image_fingerprint, read_file_bytes
 
 if TYPE_CHECKING:
     import keras
@@ -174,9 +173,9 @@ class MultiWorker:
         mine: list[int] = []
         for i, p in enumerate(paths):
             try:
-                owner = shard_of(image_fingerprint(Path(p).read_bytes()), n)
-            except OSError:
-                owner = i % n  # unreadable: whoever owns it reports the error
+                owner = shard_of(image_fingerprint(read_file_bytes(p)), n)
+            except (ImageRejected, OSError):
+                owner = i % n  # unreadable or refused (too large...): whoever owns it reports the error
             if owner == rank:
                 mine.append(i)
         views = tuple(kwargs.get("views", ("id",)))
