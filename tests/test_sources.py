@@ -227,7 +227,7 @@ def test_an_undecodable_image_is_named_not_left_out_of_the_audit(tmp_path):
     files = [_img(tmp_path / f"{i}.jpg", i) for i in range(2)]
     (tmp_path / "empty.jpg").write_bytes(b"")
     (tmp_path / "text.jpg").write_text("not an image")
-    with pytest.raises(DataError, match=r"2 of 4 images cannot be decoded.*empty\.jpg") as info:
+    with pytest.raises(DataError, match=r"2 of 4 images cannot be read or decoded.*empty\.jpg") as info:
         hash_images([*files, tmp_path / "empty.jpg", tmp_path / "text.jpg"], progress=False,
                     cache=tmp_path / "hashes.npz")
     assert "text.jpg" in str(info.value)

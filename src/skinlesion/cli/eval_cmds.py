@@ -28,14 +28,18 @@ from skinlesion.metrics.stats import N_BOOTSTRAP
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @friendly
 def evaluate(bundle, data_dir, external, no_test, tta, resamples, out, no_skin_tone, quiet) -> None:
-    """Score a bundle on the test split, the de-duplicated test and --external folders; write report.md."""
-    from skinlesion.evaluation.evaluate import evaluate_bundle, format_results, save_results
-    from skinlesion.evaluation.model_card import write_model_card
-    from skinlesion.evaluation.report import write_report
+    """Score a bundle on the test split, the de-duplicated test and --external folders; write report.md.
 
+    The report folder (metrics.json, predictions, figures, report.md, MODEL_CARD.md) is replaced as
+    a whole once everything is written: a failure part-way leaves the previous report as it was. A
+    --out folder holding other files is refused before scoring.
+    """
+    from skinlesion.evaluation.evaluate import check_report_dir, evaluate_bundle, format_results, write_evaluation
+
+    if out is not None:
+        check_report_dir(out)  # before minutes of scoring, not after
     results, preds = evaluate_bundle(bundle, data_dir=data_dir, external=tuple(str(e) for e in external), tta=tta,
                                      n_resamples=resamples, include_test=not no_test, progress=not quiet)
-    path = save_results(results, preds, out)
     # Same roots as evaluation_sets uses, so the skin-tone table reads the images that were scored.
     from skinlesion.data.sources import READERS, load_source
 
@@ -47,11 +51,10 @@ def evaluate(bundle, data_dir, external, no_test, tta, resamples, out, no_skin_t
             roots[f"external:{Path(e).name}"] = Path(e)
     if data_dir:
         roots.update(test=Path(data_dir), test_dedup=Path(data_dir))
-    report = write_report(results, preds, bundle, path, skin_tone=not no_skin_tone, roots=roots,
-                          n_resamples=resamples)
-    card = write_model_card(bundle, path)
+    path = write_evaluation(results, preds, bundle, out, skin_tone=not no_skin_tone, roots=roots,
+                            n_resamples=resamples)
     click.echo(format_results(results))
-    click.echo(f"report: {report}\nmodel card: {card}")
+    click.echo(f"report: {path / 'report.md'}\nmodel card: {path / 'MODEL_CARD.md'}")
 
 
 @main.command("compare")
@@ -80,6 +83,7 @@ def model_card_cmd(bundle, report_dir, out) -> None:
     from skinlesion.bundle.format import load_meta
     from skinlesion.evaluation.common import default_report_dir
     from skinlesion.evaluation.model_card import model_card, write_model_card
+    from skinlesion.io import atomic_write_text
 
     folder = report_dir or default_report_dir(load_meta(bundle))
     if out is None and (folder / "metrics.json").is_file():
@@ -89,8 +93,7 @@ def model_card_cmd(bundle, report_dir, out) -> None:
     if out is None or str(out) == "-":
         click.echo(text)
         return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    atomic_write_text(out, text)  # a failed write leaves the previous card whole
     click.echo(f"model card: {out}")
 
 
@@ -171,6 +174,10 @@ def run(data_dir, backbone, quiet) -> None:
         bundle_path = run_train(cfg)
         _fit_gate(bundle_path, quiet)
     results, preds = evaluate_bundle(bundle_path, progress=not quiet)
+    # Step by step, not evaluate's one replacement (write_evaluation): the bundle was just trained
+    # (or replaced), so a previous reports/<run-id> describes a model that is gone and is not worth
+    # keeping on failure. save_results still replaces the folder whole and drops the old report.md,
+    # card and figures, so a failure in the report or card leaves no stale text beside new metrics.
     report_dir = save_results(results, preds)
     report = write_report(results, preds, bundle_path, report_dir)
     card = write_model_card(bundle_path, report_dir)

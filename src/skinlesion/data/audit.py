@@ -11,16 +11,21 @@ Hashes are cached per file content (md5), so a second audit of the same images i
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from skinlesion import config
-from skinlesion.data.datasets import DataError
+from skinlesion.data.datasets import DataError, dataset_fingerprint
+from skinlesion.io import read_json, replacing_folder, write_json
+
+log = logging.getLogger(__name__)
 
 # The rule, validated on pairs inspected by eye (notebook 01 shows true and false matches side
 # by side): re-encoded, recoloured, rescaled and re-framed copies of one photo have pHash distance
@@ -67,6 +72,16 @@ class HashTable:
         return len(self.md5)
 
 
+def _md5(path: Path) -> str | None:
+    """md5 of the file's bytes, or None when intake refuses to read it (too large, not a regular file)."""
+    from skinlesion.data.intake import ImageRejected, read_file_bytes
+
+    try:
+        return hashlib.md5(read_file_bytes(path)).hexdigest()
+    except ImageRejected:
+        return None
+
+
 def hash_images(paths: Sequence[str | os.PathLike[str]], *, progress: bool = True,
                 cache: Path | None = None) -> HashTable:
     """Hash every image (threaded; Pillow releases the GIL), reusing a cache keyed by file md5."""
@@ -80,11 +95,14 @@ def hash_images(paths: Sequence[str | os.PathLike[str]], *, progress: bool = Tru
                 store = {k: (int(h), t) for k, h, t in zip(z["md5"].tolist(), z["phash"], z["thumbs"])}
         except Exception:  # a broken cache is rebuilt, never trusted
             store = {}
-    files = [Path(p) for p in paths]
-    md5s = [hashlib.md5(p.read_bytes()).hexdigest() for p in files]
+    digests = [(p, _md5(p)) for p in map(Path, paths)]
+    refused = [p for p, m in digests if m is None]
+    # With any file refused the audit stops below, so md5s then stands for every path, in order.
+    files = [p for p, m in digests if m is not None]
+    md5s = [m for _, m in digests if m is not None]
     todo = [i for i, m in enumerate(md5s) if m not in store]
-    if todo:
-        unreadable = []
+    if todo or refused:
+        unreadable = list(refused)
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
             it = pool.map(_hash_one, [files[i] for i in todo])
             for i, result in zip(todo, tqdm(it, total=len(todo), desc="hashing", unit="img", disable=not progress)):
@@ -95,7 +113,7 @@ def hash_images(paths: Sequence[str | os.PathLike[str]], *, progress: bool = Tru
         if unreadable:
             # A duplicate audit that quietly left images out would certify them clean.
             shown = ", ".join(str(f) for f in unreadable[:5]) + (" …" if len(unreadable) > 5 else "")
-            raise DataError(f"{len(unreadable)} of {len(files)} images cannot be decoded, so they cannot be checked "
+            raise DataError(f"{len(unreadable)} of {len(digests)} images cannot be read or decoded, so they cannot be checked "
                             f"for duplicates: {shown}. Remove or replace them and run again.")
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(f".{cache.stem}.{os.getpid()}.tmp.npz")
@@ -219,12 +237,17 @@ def overlap_table(pairs: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+SOURCE_AUDIT_FILES = ("pairs.csv", "overlap.csv")
+
+
 def write_source_audit(pairs: pd.DataFrame, overlap: pd.DataFrame, out_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Write ``pairs.csv`` and ``overlap.csv`` of a cross-source audit into ``out_dir``."""
+    """Write ``pairs.csv`` and ``overlap.csv`` of a cross-source audit into ``out_dir``, replacing
+    the folder as a whole (:func:`skinlesion.io.replacing_folder`: a failure leaves the previous
+    audit as it was; a folder holding other files is refused)."""
     out = Path(out_dir) if out_dir else config.reports_dir() / "audit" / "sources"
-    out.mkdir(parents=True, exist_ok=True)
-    pairs.to_csv(out / "pairs.csv", index=False)
-    overlap.to_csv(out / "overlap.csv", index=False)
+    with replacing_folder(out, owns=SOURCE_AUDIT_FILES, what="`skinlesion data audit --sources`") as tmp:
+        pairs.to_csv(tmp / "pairs.csv", index=False)
+        overlap.to_csv(tmp / "overlap.csv", index=False)
     return out
 
 
@@ -241,6 +264,9 @@ def audit(
     """(duplicate pairs, test table with a ``leaked`` column) for a splits table.
 
     A test image is leaked when it has an exact or near duplicate among the train/val images.
+    The test table also has each image's ``md5`` (what :func:`write_audit` records, so that
+    ``skinlesion evaluate`` can tell whether the audit was made from the test images it scores),
+    and ``attrs`` ``root`` and ``dataset_fingerprint`` (of every audited file).
     """
     root = Path(root)
     test = splits[splits["split"] == "test"].reset_index(drop=True)
@@ -259,16 +285,50 @@ def audit(
         "train_split": ref["split"].to_numpy()[r], "kind": pairs["kind"],
         "phash_distance": pairs["phash_distance"], "thumb_correlation": pairs["thumb_correlation"],
     })
-    test = test.assign(leaked=test["path"].isin(set(pair_df["test_path"])))
+    test = test.assign(leaked=test["path"].isin(set(pair_df["test_path"])), md5=table.md5[:n])
+    test.attrs.update(root=str(root), dataset_fingerprint=dataset_fingerprint([root / p for p in both["path"]], root))
     return pair_df, test
 
 
-def write_audit(pair_df: pd.DataFrame, test: pd.DataFrame, out_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Write ``duplicates.csv`` and ``dedup_test.csv`` (the clean test subset) into ``out_dir``."""
+# What `skinlesion data audit` writes into reports/audit; sources/ there is the cross-source audit's
+# (write_source_audit), carried over when the test-vs-train audit replaces the folder.
+AUDIT_FILES = ("duplicates.csv", "dedup_test.csv", "audit.json")
+AUDIT_KEEP = ("sources",)
+AUDIT_RECORD = "audit.json"
+
+
+def audit_record(test: pd.DataFrame, root: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """What :func:`write_audit` records in ``audit.json`` about the audited dataset: its folder,
+    fingerprint (:func:`~skinlesion.data.datasets.dataset_fingerprint` of every audited file) and
+    the md5 of each test image by path (null when the table has no ``md5`` column)."""
+    root = root if root is not None else test.attrs.get("root")
+    md5 = test["md5"] if "md5" in test.columns else pd.Series([None] * len(test), index=test.index)
+    return {
+        "what": "test vs train/val duplicate audit (skinlesion data audit); dedup_test.csv lists the test images "
+                "without a copy in train/val, of the dataset below",
+        "root": config.display_path(root) if root is not None else None,
+        "dataset_fingerprint": test.attrs.get("dataset_fingerprint"),
+        "n_test": int(len(test)),
+        "n_leaked": int(test["leaked"].sum()),
+        "test_md5": {str(p): (str(m) if isinstance(m, str) else None) for p, m in zip(test["path"], md5)},
+    }
+
+
+def write_audit(pair_df: pd.DataFrame, test: pd.DataFrame, out_dir: str | os.PathLike[str] | None = None, *,
+                root: str | os.PathLike[str] | None = None) -> Path:
+    """Write ``duplicates.csv``, ``dedup_test.csv`` (the clean test subset) and ``audit.json``
+    (which dataset: :func:`audit_record`) into ``out_dir`` (default ``reports/audit``).
+
+    The folder is replaced as a whole (:func:`skinlesion.io.replacing_folder`): a failure part-way
+    leaves the previous audit as it was. Its ``sources/`` (the cross-source audit) is kept; a
+    folder holding other files is refused and left alone.
+    """
     out = Path(out_dir) if out_dir else config.reports_dir() / "audit"
-    out.mkdir(parents=True, exist_ok=True)
-    pair_df.to_csv(out / "duplicates.csv", index=False)
-    test.loc[~test["leaked"], ["path", "label"]].to_csv(out / "dedup_test.csv", index=False)
+    record = audit_record(test, root)
+    with replacing_folder(out, owns=AUDIT_FILES, keep=AUDIT_KEEP, what="`skinlesion data audit`") as tmp:
+        pair_df.to_csv(tmp / "duplicates.csv", index=False)
+        test.loc[~test["leaked"], ["path", "label"]].to_csv(tmp / "dedup_test.csv", index=False)
+        write_json(tmp / AUDIT_RECORD, record)
     return out
 
 
@@ -276,3 +336,58 @@ def load_dedup_test(path: str | os.PathLike[str] | None = None) -> pd.DataFrame 
     """The de-duplicated test subset written by ``skinlesion data audit`` (None if absent)."""
     p = Path(path) if path else config.reports_dir() / "audit" / "dedup_test.csv"
     return pd.read_csv(p) if p.exists() else None
+
+
+_warned_unrecorded: set[str] = set()
+
+
+def dedup_subset(test: pd.DataFrame, root: str | os.PathLike[str],
+                 path: str | os.PathLike[str] | None = None) -> pd.DataFrame | None:
+    """The rows of ``test`` (a bundle's test split under ``root``: ``path``, ``label``) that the
+    duplicate audit found clean, or None when there is no audit (or no usable one).
+
+    The audit is applied only when it was made from these test images: every one of them must
+    be in its ``audit.json`` with the same content (md5). Otherwise (an audit of another dataset,
+    or of a changed copy) a de-duplicated subset would be silently wrong, so it is left out with
+    a warning that says to re-run ``skinlesion data audit`` on this dataset; the official test
+    split is still scored. An audit written before audit.json existed is used as before, by path,
+    with a warning (once) that it could not be checked.
+    """
+    file = Path(path) if path else config.reports_dir() / "audit" / "dedup_test.csv"
+    dedup = load_dedup_test(file)
+    if dedup is None:
+        return None
+    root = Path(root)
+    shown = config.display_path(file)
+    record_file = file.with_name(AUDIT_RECORD)
+    if record_file.is_file():
+        record = read_json(record_file, DataError)
+        audited = record.get("test_md5") if isinstance(record, dict) else None
+        if not isinstance(audited, dict):
+            log.warning("%s is not an audit record (no test_md5): the de-duplicated test subset (test_dedup) is "
+                        "left out; re-run `skinlesion data audit --data-dir %s`", record_file, root)
+            return None
+        absent = [p for p in test["path"] if p not in audited]
+        changed = [p for p in test["path"] if p in audited and audited[p] is not None
+                   and _md5(root / p) != audited[p]]
+        if absent or changed:
+            made_from = f" (made from {record['root']})" if record.get("root") else ""
+            why = []
+            if absent:
+                why.append(f"{len(absent)} of the {len(test)} test images here are not in it (e.g. {absent[0]})")
+            if changed:
+                why.append(f"{len(changed)} of the {len(test)} test images here differ from the files it audited "
+                           f"(e.g. {changed[0]})")
+            log.warning("%s is the duplicate audit of another dataset%s: %s. The de-duplicated test subset "
+                        "(test_dedup) is left out; re-run `skinlesion data audit --data-dir %s` to make it for "
+                        "this one.", shown, made_from, "; ".join(why), root)
+            return None
+    clean = test[test["path"].isin(set(dedup["path"]))]
+    if not len(clean):
+        return None
+    if not record_file.is_file() and str(file) not in _warned_unrecorded:
+        _warned_unrecorded.add(str(file))
+        log.warning("%s has no %s beside it (written by an older version), so it cannot be checked to be the "
+                    "audit of these test images; used as before. Re-run `skinlesion data audit --data-dir %s` "
+                    "to record it.", shown, AUDIT_RECORD, root)
+    return clean

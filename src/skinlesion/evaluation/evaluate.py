@@ -1,8 +1,14 @@
 """Evaluation of a bundle on the official test split, the de-duplicated test subset and
-external folder-per-class sets, each reported separately."""
+external folder-per-class sets, each reported separately.
+
+The report folder (``reports/<run-id>/`` or ``--out``) is written as a whole: see
+:func:`write_evaluation` and :func:`save_results`.
+"""
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,8 +20,16 @@ from skinlesion import config
 from skinlesion.bundle.meta import BundleMeta
 from skinlesion.data.datasets import DataError, scan_class_folders
 from skinlesion.evaluation.common import set_file_stem
-from skinlesion.io import write_json
+from skinlesion.io import atomic_write_text, check_replaceable, replacing_folder, write_json
 from skinlesion.metrics.stats import N_BOOTSTRAP
+
+# What an evaluation report folder holds: save_results' metrics.json and predictions, write_report's
+# figures, report.md and ita.csv, write_model_card's MODEL_CARD.md. A folder with anything else is
+# not replaced (io.check_replaceable): those files are someone else's.
+REPORT_FILES = ("metrics.json", "predictions_*.csv", "figures", "report.md", "ita.csv", "MODEL_CARD.md")
+# Carried into the new folder: the per-image ITA cache, keyed by file, size and mtime (valid across runs).
+REPORT_KEEP = ("ita.csv",)
+_WRITER = "`skinlesion evaluate`"
 
 
 @dataclass
@@ -35,8 +49,16 @@ def evaluation_sets(
     dedup_file: str | os.PathLike[str] | None = None,
     include_test: bool = True,
 ) -> list[EvalSet]:
-    """The bundle's own test split (and its de-duplicated subset) plus any external folders."""
-    from skinlesion.data.audit import load_dedup_test
+    """The bundle's own test split (and its de-duplicated subset) plus any external folders.
+
+    Every test image of the bundle must be under its folder (``data_dir``, else the one it was
+    trained on): with some missing, the metrics would be of another set than the test split, so
+    it is refused (:class:`DataError` counting and naming them). Images that are there but cannot
+    be read are scored as unreadable, as before. The de-duplicated subset comes from
+    ``reports/audit`` (``dedup_file``) only when that audit was made from these test images
+    (:func:`skinlesion.data.audit.dedup_subset`).
+    """
+    from skinlesion.data.audit import dedup_subset
 
     sets: list[EvalSet] = []
     if include_test and bundle_meta.training.sources and not bundle_meta.training.data_dir:
@@ -51,14 +73,11 @@ def evaluation_sets(
         test = splits[splits["split"] == "test"]
         if test.empty:
             raise DataError(f"{bundle_path} has no test split; evaluate with --external DIR")
-        if not (root / test["path"].iloc[0]).exists():
-            raise DataError(f"test images of this bundle are not under {root}; pass --data-dir")
+        _check_complete(test["path"].tolist(), root, "this bundle", "pass --data-dir with the folder it was trained on")
         sets.append(EvalSet("test", root, test["path"].tolist(), test["label"].to_numpy()))
-        dedup = load_dedup_test(dedup_file)
-        if dedup is not None:
-            clean = test[test["path"].isin(set(dedup["path"]))]
-            if len(clean):
-                sets.append(EvalSet("test_dedup", root, clean["path"].tolist(), clean["label"].to_numpy()))
+        clean = dedup_subset(test, root, dedup_file)
+        if clean is not None:
+            sets.append(EvalSet("test_dedup", root, clean["path"].tolist(), clean["label"].to_numpy()))
     for ext in external:
         from skinlesion.data.sources import READERS, load_source
 
@@ -97,12 +116,24 @@ def _multi_source_test_sets(splits_file: Path, data_dir: str | os.PathLike[str] 
         if test.empty:
             continue
         root = Path(roots[src])
-        if not (root / test["path"].iloc[0]).exists():
-            raise DataError(f"test images of source {src} are not under {root}; set its root (skinlesion data sources)")
+        _check_complete(test["path"].tolist(), root, f"source {src}", "set its root (skinlesion data sources)")
         sets.append(EvalSet(f"test:{src}", root, test["path"].tolist(), test["label"].to_numpy()))
         if len(official) > len(test):
             sets.append(EvalSet(f"test_official:{src}", root, official["path"].tolist(), official["label"].to_numpy()))
     return sets
+
+
+def _check_complete(paths: Sequence[str], root: Path, whose: str, fix: str) -> None:
+    """Refuse a test split with files missing under ``root`` (DataError naming a few)."""
+    missing = [p for p in paths if not (root / p).exists()]
+    if not missing:
+        return
+    shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+    if len(missing) == len(paths):
+        raise DataError(f"test images of {whose} are not under {root} (none of its {len(paths)}, e.g. {shown}); {fix}")
+    raise DataError(f"{len(missing)} of the {len(paths)} test images of {whose} are missing under {root} "
+                    f"(e.g. {shown}); metrics on the rest would not be those of its test split. Restore them or "
+                    f"{fix} (a set of your own: --external DIR)")
 
 
 def predict_set(predictor, s: EvalSet, *, tta: bool | None = None, progress: bool = True) -> pd.DataFrame:
@@ -221,21 +252,78 @@ def format_results(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def save_results(results: dict[str, Any], preds: dict[str, pd.DataFrame], out_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Write metrics.json and per-set predictions CSVs to ``reports/<run>/``.
+def report_dir_for(results: Mapping[str, Any], out_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The report folder of an evaluation: ``out_dir``, else ``reports/<run-id>``."""
+    return Path(out_dir) if out_dir else config.reports_dir() / str(results["bundle"])
 
-    A ``predictions_*.csv`` of an earlier evaluation into the same folder whose set this one
-    does not have is removed: left beside the new metrics.json it would read as part of it.
-    """
-    out = Path(out_dir) if out_dir else config.reports_dir() / results["bundle"]
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "metrics.json", results)
-    written = set()
+
+def check_report_dir(out_dir: str | os.PathLike[str]) -> None:
+    """Refuse (FileExistsError) a report folder that holds files an evaluation does not write,
+    before any scoring: writing the report replaces the whole folder."""
+    check_replaceable(out_dir, owns=REPORT_FILES, keep=REPORT_KEEP, what=_WRITER)
+
+
+@contextlib.contextmanager
+def report_folder(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
+    """:func:`skinlesion.io.replacing_folder` for an evaluation report folder: yields an empty
+    temporary folder (holding only the previous ``ita.csv``, a cache) that replaces ``out_dir``
+    when the ``with`` body succeeds; on failure ``out_dir`` stays as it was."""
+    with replacing_folder(out_dir, owns=REPORT_FILES, keep=REPORT_KEEP, what=_WRITER) as tmp:
+        yield tmp
+
+
+def write_results(results: Mapping[str, Any], preds: Mapping[str, pd.DataFrame], folder: str | os.PathLike[str]) -> None:
+    """Write metrics.json and one ``predictions_<set>.csv`` per set into ``folder`` (in place:
+    the folder :func:`report_folder` yields)."""
+    folder = Path(folder)
+    write_json(folder / "metrics.json", results)
     for name, df in preds.items():
-        path = out / f"predictions_{set_file_stem(name)}.csv"
-        df.to_csv(path, index=False)
-        written.add(path.name)
-    for stale in out.glob("predictions_*.csv"):
-        if stale.name not in written:
-            stale.unlink()
+        df.to_csv(folder / f"predictions_{set_file_stem(name)}.csv", index=False)
+
+
+def save_results(results: dict[str, Any], preds: dict[str, pd.DataFrame], out_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Write metrics.json and per-set predictions CSVs to ``reports/<run>/`` (or ``out_dir``).
+
+    The folder is replaced as a whole (:func:`report_folder`): a failure part-way leaves the
+    previous folder as it was. What the previous evaluation wrote does not survive beside the new
+    metrics (it would read as part of them): its ``predictions_*.csv`` of other sets, and its
+    report.md, MODEL_CARD.md and figures/, which :func:`skinlesion.evaluation.report.write_report`
+    and ``write_model_card`` write anew; only ``ita.csv`` (a cache) is carried over. A folder with
+    other files is refused (FileExistsError) and left alone. :func:`write_evaluation` writes
+    results, report and card in one replacement.
+    """
+    out = report_dir_for(results, out_dir)
+    with report_folder(out) as tmp:
+        write_results(results, preds, tmp)
+    return out
+
+
+def write_evaluation(
+    results: dict[str, Any],
+    preds: dict[str, pd.DataFrame],
+    bundle_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | None = None,
+    *,
+    skin_tone: bool = True,
+    roots: Mapping[str, str | os.PathLike[str]] | None = None,
+    n_resamples: int = N_BOOTSTRAP,
+) -> Path:
+    """The whole report folder of an evaluation (what ``skinlesion evaluate`` writes), in one
+    replacement: metrics.json, predictions, figures, report.md, ita.csv and MODEL_CARD.md are
+    all written into a temporary sibling folder, which then replaces ``out_dir`` (default
+    ``reports/<run-id>``). A failure anywhere (scoring a figure, the skin-tone table, the card)
+    leaves the previous report, card and predictions exactly as they were, and no temporary
+    folder behind. The rule for what survives is :func:`save_results`'. Returns the folder.
+    """
+    from skinlesion.evaluation.model_card import model_card
+    from skinlesion.evaluation.report import write_report
+
+    out = report_dir_for(results, out_dir)
+    final = check_replaceable(out, owns=REPORT_FILES, keep=REPORT_KEEP, what=_WRITER)
+    with report_folder(out) as tmp:
+        write_results(results, preds, tmp)
+        write_report(results, preds, bundle_path, tmp, skin_tone=skin_tone, roots=roots, n_resamples=n_resamples)
+        # The card names the report folder it read: the final one, not the temporary folder.
+        card = model_card(bundle_path, tmp).replace(f"`{config.display_path(tmp)}`", f"`{config.display_path(final)}`")
+        atomic_write_text(tmp / "MODEL_CARD.md", card)
     return out

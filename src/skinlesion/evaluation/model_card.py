@@ -511,7 +511,7 @@ def write_model_card(bundle_path: str | os.PathLike[str], report_dir: str | os.P
     ``skinlesion evaluate`` and ``skinlesion run`` call it after every report they write, so a
     committed card never describes an older model than the report beside it.
     """
-    out = Path(report_dir) / "MODEL_CARD.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(model_card(bundle_path, report_dir))
-    return out
+    from skinlesion.io import atomic_write_text
+
+    # Atomic: a failed write leaves the previous card whole.
+    return atomic_write_text(Path(report_dir) / "MODEL_CARD.md", model_card(bundle_path, report_dir))

@@ -35,7 +35,7 @@ from skinlesion.evaluation.common import (
 )
 from skinlesion.evaluation.figures import plot_training_curves, save_figure, set_figures, training_curves
 from skinlesion.evaluation.skintone import image_ita
-from skinlesion.io import write_json
+from skinlesion.io import atomic_write_text, write_json
 from skinlesion.metrics.stats import N_BOOTSTRAP
 
 
@@ -255,6 +255,11 @@ def write_report(
     maps a set name to the folder its prediction paths are relative to; the test sets default to
     the bundle's training data folder. Sets whose images cannot be found get a note instead of a
     skin-tone table.
+
+    Writes in place, each file atomically (ita.csv, metrics.json, then report.md last), so
+    report.md never describes a metrics.json it was not made from. ``skinlesion evaluate`` calls
+    it on the temporary folder of ``evaluate.write_evaluation``, which replaces the report folder
+    as a whole only when results, report and card are all written.
     """
     bundle_path = Path(bundle_path)
     meta = load_meta(bundle_path)
@@ -299,7 +304,7 @@ def write_report(
     if ita_frames:
         cols = ["set", "path", "ita", "category", "l_star", "b_star", "skin_fraction", "note", "file",
                 "size_bytes", "mtime_ns"]
-        pd.concat(ita_frames, ignore_index=True)[cols].to_csv(ita_file, index=False)
+        atomic_write_text(ita_file, pd.concat(ita_frames, ignore_index=True)[cols].to_csv(index=False))
 
     history = read_history(bundle_path)
     has_curves = False
@@ -314,6 +319,4 @@ def write_report(
     # Same serialisation as evaluate.save_results (strict JSON, NaN as null), so readers see one format.
     write_json(out / "metrics.json", data)
     text = report_markdown(data, preds, meta, bundle_path, figures, notes, has_curves)
-    report = out / "report.md"
-    report.write_text(text)
-    return report
+    return atomic_write_text(out / "report.md", text)

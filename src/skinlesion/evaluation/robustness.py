@@ -44,6 +44,8 @@ TEMPERATURE_SHIFT = 0.08
 BRIGHTNESS = 1.15
 DARK_BORDER = (8, 8, 8)  # a dermoscope's vignette is near-black, rarely exactly 0
 DEFAULT_N = 500
+ROBUSTNESS_FILES = ("robustness.json", "per_image.csv", "robustness.png")  # what run_robustness writes
+_WRITER = "`skinlesion robustness`"
 
 Transformed = np.ndarray | bytes
 
@@ -322,16 +324,21 @@ def run_robustness(bundle_path: str | os.PathLike[str], data: str | None = None,
     """Measure a bundle's robustness and write ``robustness.json``, ``robustness.png`` and
     ``per_image.csv`` to ``out_dir`` (default ``reports/robustness/<run-id>[-<data>]``).
 
-    Returns the output folder.
+    The folder is replaced as a whole once all three are written
+    (:func:`skinlesion.io.replacing_folder`): a failure part-way leaves the previous results as
+    they were. A folder holding other files is refused before measuring. Returns the output folder.
     """
     import time
 
     from skinlesion import config
-    from skinlesion.io import write_json
+    from skinlesion.io import check_replaceable, replacing_folder, write_json
     from skinlesion.serving.inference import Predictor
 
     t0 = time.perf_counter()
     predictor = Predictor.from_bundle(bundle_path)
+    name = predictor.name if data is None else f"{predictor.name}-{Path(data).name}"
+    out = Path(out_dir) if out_dir else config.reports_dir() / "robustness" / name
+    check_replaceable(out, owns=ROBUSTNESS_FILES, what=_WRITER)  # before minutes of measuring
     files, frame, what = select_images(bundle_path, data, n=n, seed=seed)
     arrays, ok = decode(files)
     if not arrays:
@@ -353,10 +360,8 @@ def run_robustness(bundle_path: str | os.PathLike[str], data: str | None = None,
         "seconds": round(time.perf_counter() - t0, 1),
         **summary,
     }
-    name = predictor.name if data is None else f"{predictor.name}-{Path(data).name}"
-    out = Path(out_dir) if out_dir else config.reports_dir() / "robustness" / name
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "robustness.json", result)
-    table.to_csv(out / "per_image.csv", index=False)
-    plot(summary, out / "robustness.png", title=f"{predictor.name}: {len(arrays)} images of {what}")
+    with replacing_folder(out, owns=ROBUSTNESS_FILES, what=_WRITER) as tmp:
+        write_json(tmp / "robustness.json", result)
+        table.to_csv(tmp / "per_image.csv", index=False)
+        plot(summary, tmp / "robustness.png", title=f"{predictor.name}: {len(arrays)} images of {what}")
     return out

@@ -44,6 +44,8 @@ HAIR_RGB = (38, 26, 20)
 RULER_RGB = (232, 230, 222)
 VIGNETTE_RGB = (8, 8, 8)  # as skinlesion.models.features.ZOOM_OUT_FILL: near-black, not 0
 DEFAULT_N = 500
+TRAPS_FILES = ("traps.json", "per_image.csv", "examples.png")  # what run_traps writes
+_WRITER = "`skinlesion traps`"
 
 Painter = Callable[[np.ndarray, "np.random.Generator | int | None"], np.ndarray]
 
@@ -287,14 +289,17 @@ def summarise(table: pd.DataFrame, seed: int = 0) -> dict[str, Any]:
 
 def benign_images(data: str | os.PathLike[str] | None = None, *, n: int | None = DEFAULT_N,
                   seed: int = 0) -> tuple[list[Path], str]:
-    """(files, description): every image in the folder ``data``, else the Kaggle test split's benign
-    images; at most ``n`` (seeded sample), in file-name order."""
+    """(files, description): every image in the folder ``data`` (and its sub-folders; see
+    :func:`~skinlesion.data.datasets.image_files`), else the Kaggle test split's benign images; at
+    most ``n`` (seeded sample), in file-name order."""
+    from skinlesion.data.datasets import image_files
     from skinlesion.data.sources import load_source
 
     if data is not None:
         root = Path(data)
-        files = sorted(p for p in root.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp", ".tif",
-                                                                           ".tiff", ".webp"})
+        if not root.is_dir():
+            raise DataError(f"{root} is not a folder of images")
+        files = image_files(root)
         what = f"the folder {root.name}"
     else:
         src = load_source("kaggle")
@@ -336,15 +341,22 @@ def run_traps(bundle_path: str | os.PathLike[str], data: str | os.PathLike[str] 
               n: int | None = DEFAULT_N, seed: int = 0, out_dir: str | os.PathLike[str] | None = None,
               batch_size: int = 32) -> Path:
     """Paint every artefact on benign images, score them as served and write ``traps.json``,
-    ``per_image.csv`` and ``examples.png`` to ``out_dir`` (default ``reports/traps/<run-id>``)."""
+    ``per_image.csv`` and ``examples.png`` to ``out_dir`` (default ``reports/traps/<run-id>``).
+
+    The folder is replaced as a whole once all three are written
+    (:func:`skinlesion.io.replacing_folder`): a failure part-way leaves the previous results as
+    they were. A folder holding other files is refused before measuring.
+    """
     from skinlesion import config
     from skinlesion.evaluation.robustness import decode
-    from skinlesion.io import write_json
+    from skinlesion.io import check_replaceable, replacing_folder, write_json
     from skinlesion.serving.inference import Predictor
 
     t0 = time.perf_counter()
     files, what = benign_images(data, n=n, seed=seed)
     predictor = Predictor.from_bundle(bundle_path)
+    out = Path(out_dir) if out_dir else config.reports_dir() / "traps" / predictor.name
+    check_replaceable(out, owns=TRAPS_FILES, what=_WRITER)  # before minutes of scoring
     arrays, ok = decode(files)
     if not arrays:
         raise DataError(f"none of the {len(files)} images of {what} could be read")
@@ -369,12 +381,11 @@ def run_traps(bundle_path: str | os.PathLike[str], data: str | os.PathLike[str] 
         "artefacts": summarise(table, seed),
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    out = Path(out_dir) if out_dir else config.reports_dir() / "traps" / predictor.name
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "traps.json", result)
-    table.to_csv(out / "per_image.csv", index=False, float_format="%.5g")
-    plot_examples(arrays[0], seed, title=f"artefacts pasted away from the lesion ({ids[0]})").savefig(
-        out / "examples.png", format="png", dpi=80)
+    with replacing_folder(out, owns=TRAPS_FILES, what=_WRITER) as tmp:
+        write_json(tmp / "traps.json", result)
+        table.to_csv(tmp / "per_image.csv", index=False, float_format="%.5g")
+        plot_examples(arrays[0], seed, title=f"artefacts pasted away from the lesion ({ids[0]})").savefig(
+            tmp / "examples.png", format="png", dpi=80)
     return out
 
 
