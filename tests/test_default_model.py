@@ -182,8 +182,6 @@ def fake_run(models, tmp_path, monkeypatch):
     """`skinlesion run` with the three sources "found" and training/evaluation stubbed out."""
     import skinlesion.data.sources as sources
     import skinlesion.evaluation.evaluate as evaluate
-    import skinlesion.evaluation.model_card as model_card
-    import skinlesion.evaluation.report as report
     import skinlesion.training.ensemble as ensemble
     import skinlesion.training.train as train
 
@@ -207,10 +205,8 @@ def fake_run(models, tmp_path, monkeypatch):
 
     monkeypatch.setattr(ensemble, "make_ensemble", fake_ensemble)
     monkeypatch.setattr(evaluate, "evaluate_bundle", lambda path, progress: ({"sets": {}}, {}))
-    monkeypatch.setattr(evaluate, "save_results", lambda results, preds: tmp_path / "reports")
+    monkeypatch.setattr(evaluate, "write_evaluation", lambda results, preds, bundle: tmp_path / "reports")
     monkeypatch.setattr(evaluate, "format_results", lambda results: "")
-    monkeypatch.setattr(report, "write_report", lambda *a, **k: tmp_path / "reports" / "report.md")
-    monkeypatch.setattr(model_card, "write_model_card", lambda *a, **k: tmp_path / "reports" / "MODEL_CARD.md")
     return trained
 
 

@@ -115,9 +115,7 @@ def run(data_dir, backbone, quiet) -> None:
     from skinlesion.data.datasets import DataError, download, resolve_training_data
     from skinlesion.data.sources import DERMOSCOPIC_SOURCES, find_sources
     from skinlesion.data.synth import generate_dataset, is_synthetic
-    from skinlesion.evaluation.evaluate import evaluate_bundle, format_results, save_results
-    from skinlesion.evaluation.model_card import write_model_card
-    from skinlesion.evaluation.report import write_report
+    from skinlesion.evaluation.evaluate import evaluate_bundle, format_results, write_evaluation
     from skinlesion.training.ensemble import make_ensemble
     from skinlesion.training.train import SYNTHETIC_BANNER, default_members, default_recipe
     from skinlesion.training.train import train as run_train
@@ -174,13 +172,9 @@ def run(data_dir, backbone, quiet) -> None:
         bundle_path = run_train(cfg)
         _fit_gate(bundle_path, quiet)
     results, preds = evaluate_bundle(bundle_path, progress=not quiet)
-    # Step by step, not evaluate's one replacement (write_evaluation): the bundle was just trained
-    # (or replaced), so a previous reports/<run-id> describes a model that is gone and is not worth
-    # keeping on failure. save_results still replaces the folder whole and drops the old report.md,
-    # card and figures, so a failure in the report or card leaves no stale text beside new metrics.
-    report_dir = save_results(results, preds)
-    report = write_report(results, preds, bundle_path, report_dir)
-    card = write_model_card(bundle_path, report_dir)
+    # As `evaluate` writes it: metrics, predictions, report and card replace reports/<run-id> together.
+    report_dir = write_evaluation(results, preds, bundle_path)
+    report, card = report_dir / "report.md", report_dir / "MODEL_CARD.md"
     click.echo("")
     click.echo(format_results(results))
     click.echo(f"\nbundle: {bundle_path}\nreport: {report}\nmodel card: {card}\nwall time: {time.perf_counter() - t0:.0f} s")
