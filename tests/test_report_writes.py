@@ -49,7 +49,7 @@ def test_replacing_folder_replaces_whole_and_keeps_what_it_is_told(tmp_path):
     (out / ".gitkeep").write_text("")
     with replacing_folder(out, owns=("a.json", "b.csv", "figures"), keep=("cache.csv",)) as tmp:
         assert tmp.parent == out.parent and tmp.name.startswith(".tmp-out-")
-        assert sorted(p.name for p in tmp.iterdir()) == [".gitkeep", "cache.csv"]  # carried, nothing else
+        assert sorted(p.name for p in tmp.iterdir()) == ["cache.csv"]  # kept, nothing else (.gitkeep comes at the end)
         (tmp / "a.json").write_text("new")
         (tmp / "b.csv").write_text("new")
         assert (out / "a.json").read_text() == "old"  # untouched until the end
@@ -73,7 +73,50 @@ def test_replacing_folder_failure_leaves_the_old_folder_byte_identical(tmp_path)
     assert snapshot(out) == before and leftovers(tmp_path) == []
 
 
-def test_a_folder_with_other_files_is_refused_and_left_alone(tmp_path, monkeypatch):
+def test_carried_entries_are_taken_as_they_are_at_the_end(tmp_path):
+    """Another command's sub-folder (data audit --sources) written while this run works survives it."""
+    out = tmp_path / "audit"
+    (out / "sources").mkdir(parents=True)
+    (out / "sources" / "pairs.csv").write_text("old")
+    (out / "duplicates.csv").write_text("old")
+    with replacing_folder(out, owns=("duplicates.csv",), carry=("sources",)) as tmp:
+        (tmp / "duplicates.csv").write_text("new")
+        (out / "sources" / "pairs.csv").write_text("newer, written meanwhile")
+    assert (out / "sources" / "pairs.csv").read_text() == "newer, written meanwhile"
+    assert (out / "duplicates.csv").read_text() == "new" and leftovers(tmp_path) == []
+
+
+def test_two_runs_never_share_a_temporary_folder(tmp_path):
+    out = tmp_path / "out"
+    with replacing_folder(out) as first, replacing_folder(out) as second:
+        assert first != second
+        (first / "a").write_text("first")
+        (second / "a").write_text("second")
+    assert (out / "a").read_text() == "first" and leftovers(tmp_path) == []  # the last to finish wins, whole
+
+
+def test_a_folder_that_cannot_be_renamed_is_updated_file_by_file(tmp_path, monkeypatch):
+    """A mount point, or a folder in a read-only parent (a bind-mounted --out in a container)."""
+    import skinlesion.io as io_mod
+
+    monkeypatch.setattr(io_mod, "_swappable", lambda path: False)
+    out = tmp_path / "out"
+    (out / "figures").mkdir(parents=True)
+    (out / "a.json").write_text("old")
+    (out / "cache.csv").write_text("cache")
+    with replacing_folder(out, owns=("a.json", "b.csv", "figures"), keep=("cache.csv",)) as tmp:
+        assert tmp.parent == out
+        (tmp / "a.json").write_text("new")
+        (tmp / "b.csv").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == ["a.json", "b.csv", "cache.csv"]
+    assert (out / "a.json").read_text() == "new"
+    with pytest.raises(Boom), replacing_folder(out, owns=("a.json", "b.csv"), keep=("cache.csv",)) as tmp:
+        (tmp / "a.json").write_text("half")
+        boom()
+    assert (out / "a.json").read_text() == "new" and sorted(p.name for p in out.iterdir()) == ["a.json", "b.csv", "cache.csv"]
+
+
+def test_a_folder_with_other_files_is_refused_and_left_alone(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "a.json").write_text("old")
@@ -87,9 +130,6 @@ def test_a_folder_with_other_files_is_refused_and_left_alone(tmp_path, monkeypat
     (tmp_path / "file").write_text("x")
     with pytest.raises(FileExistsError, match="is a file"):
         check_replaceable(tmp_path / "file", owns=("*",))
-    monkeypatch.chdir(out)
-    with pytest.raises(FileExistsError, match="current folder"):
-        check_replaceable(tmp_path, owns=("*",))
 
 
 # --- evaluate's report folder -----------------------------------------------------------------
@@ -290,6 +330,13 @@ def test_dedup_list_of_another_dataset_is_ignored_with_a_warning(small_dataset, 
     with caplog.at_level(logging.WARNING, logger="skinlesion"):
         assert [s.name for s in evaluation_sets(meta, bundle, dedup_file=dedup)] == ["test"]  # type: ignore[arg-type]
     assert "6 of the 6 test images here are not in it" in caplog.text
+
+    # A damaged record: left out the same way, not an error that stops the evaluation.
+    caplog.clear()
+    (dedup.parent / "audit.json").write_text("{not json")
+    with caplog.at_level(logging.WARNING, logger="skinlesion"):
+        assert [s.name for s in evaluation_sets(meta, bundle, dedup_file=dedup)] == ["test"]  # type: ignore[arg-type]
+    assert "test_dedup) is left out" in caplog.text
 
     # An audit written before audit.json existed: used as before (by path), with a warning once.
     caplog.clear()

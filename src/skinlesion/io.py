@@ -13,6 +13,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -106,27 +107,21 @@ def _resolved_target(target: str | os.PathLike[str]) -> Path:
 
 
 def check_replaceable(target: str | os.PathLike[str], *, owns: Iterable[str], keep: Iterable[str] = (),
-                      what: str = "this command") -> Path:
+                      carry: Iterable[str] = (), what: str = "this command") -> Path:
     """The absolute folder :func:`replacing_folder` would replace, after checking it may.
 
     Refused with :class:`FileExistsError` (nothing written, nothing removed) when ``target`` is a
-    file, holds the current working folder, or is an existing folder with entries that match
-    neither ``owns`` nor ``keep`` (and are not hidden): those are someone else's files, and
-    replacing the folder would delete them. Call it before a long computation to fail early.
+    file or an existing folder with entries that match none of ``owns``, ``keep`` and ``carry`` (and
+    are not hidden): those are someone else's files, and replacing the folder would delete them.
+    Call it before a long computation to fail early.
     """
     path = _resolved_target(target)
     if path.parent == path:
         raise FileExistsError(f"{path}: cannot replace the root folder; give an output folder below it")
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} is a file, not a folder; give an output folder")
-    try:
-        cwd = Path.cwd().resolve()
-    except OSError:  # the current folder was deleted: it cannot be this one
-        cwd = None
-    if cwd is not None and (path == cwd or path in cwd.parents):
-        raise FileExistsError(f"{path} holds the current folder; give a separate output folder")
     if path.is_dir():
-        owned = list(owns) + list(keep)
+        owned = [*owns, *keep, *carry]
         foreign = sorted(e.name for e in path.iterdir() if not e.name.startswith(".") and not _matches(e.name, owned))
         if foreign:
             shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
@@ -136,50 +131,91 @@ def check_replaceable(target: str | os.PathLike[str], *, owns: Iterable[str], ke
     return path
 
 
+def _copy_entry(entry: Path, dest: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.copytree(entry, dest, symlinks=True)
+    else:
+        shutil.copy2(entry, dest, follow_symlinks=False)
+
+
+def _swappable(path: Path) -> bool:
+    """Whether ``path`` can be renamed away and replaced: not a mount point, in a writable folder."""
+    return not os.path.ismount(path) and os.access(path.parent, os.W_OK | os.X_OK)
+
+
+def _move_back(names: Iterable[str], src: Path, dest: Path) -> None:
+    for name in names:
+        os.replace(src / name, dest / name)
+
+
 @contextlib.contextmanager
 def replacing_folder(target: str | os.PathLike[str], *, owns: Iterable[str] = ("*",), keep: Iterable[str] = (),
-                     what: str = "this command") -> Iterator[Path]:
+                     carry: Iterable[str] = (), what: str = "this command") -> Iterator[Path]:
     """Write an output folder as a whole: readers (and a crash) see the old folder or the new one.
 
-    Yields a new, empty hidden sibling folder (``.tmp-<name>-<pid>``, same parent, so the final
-    rename stays on one file system) to write every output file into. When the ``with`` body
-    finishes, the previous ``target`` is renamed aside (``.old-<name>-<pid>``), the new folder
-    renamed into its place, and the old one deleted. When the body raises, the new folder is
-    deleted and ``target`` is left exactly as it was.
+    Yields a new, empty hidden folder (``.tmp-<name>-*``, made by :func:`tempfile.mkdtemp` beside
+    ``target``, so two runs never share one and the final rename stays on one file system) to write
+    every output file into. When the ``with`` body finishes, the previous ``target`` is renamed
+    aside, the new folder renamed into its place, and the old one deleted. When the body raises,
+    the new folder is deleted and ``target`` is left exactly as it was.
 
     ``owns`` are ``fnmatch`` patterns of the top-level names the writer makes (default: any);
-    ``keep`` are patterns of entries of the previous folder copied into the new one before the
-    body runs (caches the writer may reuse or overwrite, files of another command that shares the
-    folder). Hidden entries (``.gitkeep``, ``.ipynb_checkpoints``) are carried over too. Entries of
-    the previous folder matching ``owns`` but not ``keep`` are dropped: the new run writes its own.
-    A folder holding anything else is refused up front (:func:`check_replaceable`), so a folder
-    the writer does not own is never deleted. ``what`` names the writer in that message.
+    ``keep`` are entries of the previous folder copied into the new one before the body runs
+    (caches the writer may read and rewrite); ``carry`` are entries another command writes into
+    this folder (e.g. ``sources/`` of ``data audit --sources``), moved over from the folder as it
+    is at the end, so a newer one written meanwhile is not lost. Hidden entries (``.gitkeep``)
+    are carried too. Entries matching ``owns`` only are dropped: the new run writes its own. A
+    folder holding anything else is refused up front (:func:`check_replaceable`), so a folder the
+    writer does not own is never deleted.
+
+    A target that cannot be renamed (a mount point, or a folder whose parent is not writable, as
+    a bind-mounted ``--out`` in a container) is updated file by file instead: each new file moved
+    in with a rename, then the owned entries the new run did not write removed.
     """
-    owns, keep = list(owns), list(keep)
-    path = check_replaceable(target, owns=owns, keep=keep, what=what)
+    owns, keep, carry = list(owns), list(keep), list(carry)
+    path = check_replaceable(target, owns=owns, keep=keep, carry=carry, what=what)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    aside = path.with_name(f".old-{path.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run of a process with this id
-    tmp.mkdir()
+    in_place = path.is_dir() and not _swappable(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path if in_place else path.parent))
     try:
         if path.is_dir():
-            shutil.copymode(path, tmp)  # a shared folder stays as readable (or writable) as it was
+            if not in_place:
+                shutil.copymode(path, tmp)  # a shared folder stays as readable (or writable) as it was
             for entry in path.iterdir():
-                if entry.name.startswith(".") or _matches(entry.name, keep):
-                    if entry.is_dir() and not entry.is_symlink():
-                        shutil.copytree(entry, tmp / entry.name, symlinks=True)
-                    else:
-                        shutil.copy2(entry, tmp / entry.name, follow_symlinks=False)
+                if _matches(entry.name, keep) and not entry.name.startswith("."):
+                    _copy_entry(entry, tmp / entry.name)
         yield tmp
-        check_replaceable(path, owns=owns, keep=keep, what=what)  # nothing foreign appeared meanwhile
-        if path.exists():
-            shutil.rmtree(aside, ignore_errors=True)
-            path.rename(aside)
+        check_replaceable(path, owns=owns, keep=keep, carry=carry, what=what)  # nothing foreign appeared meanwhile
+        if in_place:
+            written = {e.name for e in tmp.iterdir()}
+            for entry in tmp.iterdir():
+                if (path / entry.name).is_dir() and not (path / entry.name).is_symlink():
+                    shutil.rmtree(path / entry.name)
+                os.replace(entry, path / entry.name)
+            for entry in path.iterdir():
+                if entry != tmp and entry.name not in written and not entry.name.startswith(".") \
+                        and not _matches(entry.name, [*keep, *carry]):
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        elif path.exists():
+            moved = [e.name for e in path.iterdir()  # the other command's entries, as they are now
+                     if (e.name.startswith(".") or _matches(e.name, carry)) and not (tmp / e.name).exists()]
+            for name in moved:
+                os.replace(path / name, tmp / name)
+            aside = Path(tempfile.mkdtemp(prefix=f".old-{path.name}-", dir=path.parent))
+            aside.rmdir()  # only its unique name is wanted: rename needs a free one
+            try:
+                path.rename(aside)
+            except BaseException:
+                _move_back(moved, tmp, path)
+                raise
             try:
                 tmp.rename(path)
-            except BaseException:
-                aside.rename(path)
+            except BaseException as exc:
+                _move_back(moved, tmp, aside)  # the previous folder whole again, then back in its place
+                try:
+                    aside.rename(path)
+                except OSError:
+                    raise OSError(f"could not put {path} back: the previous folder is at {aside}") from exc
                 raise
             shutil.rmtree(aside, ignore_errors=True)
         else:

@@ -242,9 +242,10 @@ def add_to_bundle(path: str | os.PathLike[str], files: Mapping[str, Any], meta_u
     writers as :func:`write_bundle`, then rewrite ``bundle.json`` with their checksums and
     ``meta_update`` merged in. The model itself is never touched.
 
-    All or nothing: every entry is checked before anything is written, and the new files are
-    written beside their targets and moved into place only once all of them are written, so a
-    failing entry leaves the bundle as it was (and loadable)."""
+    Every entry is checked before anything is written, and the new files are written beside their
+    targets and moved into place only once all of them are written, so a failing entry or writer
+    leaves the bundle as it was (and loadable). (A failure while they are being moved in, e.g. a
+    full disk at the final bundle.json, can still leave checksums that no longer match.)"""
     folder = Path(path)
     meta = read_meta(folder)
     for name, obj in files.items():

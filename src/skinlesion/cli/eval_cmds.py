@@ -34,10 +34,10 @@ def evaluate(bundle, data_dir, external, no_test, tta, resamples, out, no_skin_t
     a whole once everything is written: a failure part-way leaves the previous report as it was. A
     --out folder holding other files is refused before scoring.
     """
+    from skinlesion.bundle.format import load_meta
     from skinlesion.evaluation.evaluate import check_report_dir, evaluate_bundle, format_results, write_evaluation
 
-    if out is not None:
-        check_report_dir(out)  # before minutes of scoring, not after
+    check_report_dir(out or config.reports_dir() / load_meta(bundle).run_id)  # before minutes of scoring
     results, preds = evaluate_bundle(bundle, data_dir=data_dir, external=tuple(str(e) for e in external), tta=tta,
                                      n_resamples=resamples, include_test=not no_test, progress=not quiet)
     # Same roots as evaluation_sets uses, so the skin-tone table reads the images that were scored.
@@ -115,7 +115,7 @@ def run(data_dir, backbone, quiet) -> None:
     from skinlesion.data.datasets import DataError, download, resolve_training_data
     from skinlesion.data.sources import DERMOSCOPIC_SOURCES, find_sources
     from skinlesion.data.synth import generate_dataset, is_synthetic
-    from skinlesion.evaluation.evaluate import evaluate_bundle, format_results, write_evaluation
+    from skinlesion.evaluation.evaluate import check_report_dir, evaluate_bundle, format_results, write_evaluation
     from skinlesion.training.ensemble import make_ensemble
     from skinlesion.training.train import SYNTHETIC_BANNER, default_members, default_recipe
     from skinlesion.training.train import train as run_train
@@ -151,6 +151,7 @@ def run(data_dir, backbone, quiet) -> None:
     # a different model and must not take that name.
     is_default = bool(cfg.sources) and not backbone
     if is_default:
+        check_report_dir(config.reports_dir() / config.DEFAULT_MODEL)  # before training, not after
         models = Path(cfg.out_dir) if cfg.out_dir else config.models_dir()
         # Members and ensemble are made in a hidden staging folder and moved in together, so a
         # failure anywhere (a fine-tuning run stopped halfway) leaves the served default as it was.

@@ -110,17 +110,18 @@ def hash_images(paths: Sequence[str | os.PathLike[str]], *, progress: bool = Tru
                     unreadable.append(files[i])
                 else:
                     store[md5s[i]] = result
+        if store:  # saved before any refusal below: the images that did hash need not be hashed again
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_name(f".{cache.stem}.{os.getpid()}.tmp.npz")
+            keys = list(store)
+            np.savez(tmp, md5=np.array(keys), phash=np.array([store[k][0] for k in keys], dtype=np.uint64),
+                     thumbs=np.stack([store[k][1] for k in keys]).astype(np.float32))
+            os.replace(tmp, cache)
         if unreadable:
             # A duplicate audit that quietly left images out would certify them clean.
             shown = ", ".join(str(f) for f in unreadable[:5]) + (" …" if len(unreadable) > 5 else "")
             raise DataError(f"{len(unreadable)} of {len(digests)} images cannot be read or decoded, so they cannot be checked "
                             f"for duplicates: {shown}. Remove or replace them and run again.")
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.stem}.{os.getpid()}.tmp.npz")
-        keys = list(store)
-        np.savez(tmp, md5=np.array(keys), phash=np.array([store[k][0] for k in keys], dtype=np.uint64),
-                 thumbs=np.stack([store[k][1] for k in keys]).astype(np.float32))
-        os.replace(tmp, cache)
     return HashTable(md5s, np.array([store[m][0] for m in md5s], dtype=np.uint64),
                      np.stack([store[m][1] for m in md5s]) if md5s else np.zeros((0, 256), np.float32))
 
@@ -293,7 +294,7 @@ def audit(
 # What `skinlesion data audit` writes into reports/audit; sources/ there is the cross-source audit's
 # (write_source_audit), carried over when the test-vs-train audit replaces the folder.
 AUDIT_FILES = ("duplicates.csv", "dedup_test.csv", "audit.json")
-AUDIT_KEEP = ("sources",)
+AUDIT_CARRY = ("sources",)
 AUDIT_RECORD = "audit.json"
 
 
@@ -325,7 +326,7 @@ def write_audit(pair_df: pd.DataFrame, test: pd.DataFrame, out_dir: str | os.Pat
     """
     out = Path(out_dir) if out_dir else config.reports_dir() / "audit"
     record = audit_record(test, root)
-    with replacing_folder(out, owns=AUDIT_FILES, keep=AUDIT_KEEP, what="`skinlesion data audit`") as tmp:
+    with replacing_folder(out, owns=AUDIT_FILES, carry=AUDIT_CARRY, what="`skinlesion data audit`") as tmp:
         pair_df.to_csv(tmp / "duplicates.csv", index=False)
         test.loc[~test["leaked"], ["path", "label"]].to_csv(tmp / "dedup_test.csv", index=False)
         write_json(tmp / AUDIT_RECORD, record)
@@ -361,7 +362,12 @@ def dedup_subset(test: pd.DataFrame, root: str | os.PathLike[str],
     shown = config.display_path(file)
     record_file = file.with_name(AUDIT_RECORD)
     if record_file.is_file():
-        record = read_json(record_file, DataError)
+        try:
+            record = read_json(record_file, DataError)
+        except DataError as exc:  # as for a record without test_md5 below: the subset is left out
+            log.warning("%s; the de-duplicated test subset (test_dedup) is left out; re-run `skinlesion data audit "
+                        "--data-dir %s`", exc, root)
+            return None
         audited = record.get("test_md5") if isinstance(record, dict) else None
         if not isinstance(audited, dict):
             log.warning("%s is not an audit record (no test_md5): the de-duplicated test subset (test_dedup) is "

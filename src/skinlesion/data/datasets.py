@@ -23,15 +23,16 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".
 log = logging.getLogger(__name__)
 
 
-def image_files(root: str | os.PathLike[str]) -> list[Path]:
-    """Every file under ``root`` (recursively) with an image suffix, sorted.
+def image_files(root: str | os.PathLike[str], *, recursive: bool = True) -> list[Path]:
+    """Every file under ``root`` (recursively; directly in it with ``recursive=False``) with an
+    image suffix, sorted.
 
     Hidden files and anything under a hidden folder (``._x.jpg``, ``.ipynb_checkpoints``) are left
     out, as in :func:`scan_class_folders`; so are files whose name is not valid UTF-8, with a warning.
     """
     root = Path(root)
     _check_folder_name(root)
-    files = sorted(f for f in root.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+    files = sorted(f for f in (root.rglob("*") if recursive else root.glob("*")) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
                    and not any(part.startswith(".") for part in f.relative_to(root).parts))
     bad = [f for f in files if not _is_utf8(f.relative_to(root).as_posix())]
     _warn_bad_names(root, bad)

@@ -139,14 +139,24 @@ def _score_readable(predictor: Any, source: Source, idx: np.ndarray, rng: np.ran
     labels = source.records["label"].to_numpy(dtype=int)
     wanted = np.bincount(labels[idx], minlength=2)
     drawn = set(idx.tolist())
+    # Each class's spare images in one seeded order, tried in chunks (not one round per missing image).
+    spare = {c: [j for j in rng.permutation(np.flatnonzero(labels == c)) if j not in drawn] for c in (0, 1)}
     scored = score_site(predictor, source, source.records.iloc[idx], progress=progress)
     while True:
         short = wanted - np.bincount(scored["label"].to_numpy(dtype=int), minlength=2)
-        extra = [i for c in (0, 1) if short[c] > 0
-                 for i in [j for j in rng.permutation(np.flatnonzero(labels == c)) if j not in drawn][:short[c]]]
+        extra = []
+        for c in (0, 1):
+            if short[c] > 0:
+                take = max(int(short[c]), 16)
+                extra += spare[c][:take]
+                spare[c] = spare[c][take:]
         if not extra:
-            return scored.reset_index(drop=True)
-        drawn.update(extra)
+            # Scored in chunks, so a class may have more than it asked for: the ones scored first are kept.
+            y = scored["label"].to_numpy(dtype=int)
+            keep = np.zeros(len(scored), dtype=bool)
+            for c in (0, 1):
+                keep[np.flatnonzero(y == c)[:wanted[c]]] = True
+            return scored[keep].reset_index(drop=True)
         more = score_site(predictor, source, source.records.iloc[sorted(extra)])
         scored = pd.concat([scored, more], ignore_index=True)
 

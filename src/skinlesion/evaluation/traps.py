@@ -289,7 +289,8 @@ def summarise(table: pd.DataFrame, seed: int = 0) -> dict[str, Any]:
 
 def benign_images(data: str | os.PathLike[str] | None = None, *, n: int | None = DEFAULT_N,
                   seed: int = 0) -> tuple[list[Path], str]:
-    """(files, description): every image in the folder ``data`` (and its sub-folders; see
+    """(files, description): every image directly in the folder ``data`` (not its sub-folders: a
+    ``test/`` folder's ``malignant/`` must not pass for benign; see
     :func:`~skinlesion.data.datasets.image_files`), else the Kaggle test split's benign images; at
     most ``n`` (seeded sample), in file-name order."""
     from skinlesion.data.datasets import image_files
@@ -299,7 +300,7 @@ def benign_images(data: str | os.PathLike[str] | None = None, *, n: int | None =
         root = Path(data)
         if not root.is_dir():
             raise DataError(f"{root} is not a folder of images")
-        files = image_files(root)
+        files = image_files(root, recursive=False)
         what = f"the folder {root.name}"
     else:
         src = load_source("kaggle")

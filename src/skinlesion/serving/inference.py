@@ -323,7 +323,9 @@ class Predictor:
         return self.predict_many([image], tta=tta)[0]
 
     def predict_many(self, images: list, *, tta: bool | None = None) -> list[Prediction]:
-        """Predict a list of images (as for :meth:`predict`) in one batch; [] gives []."""
+        """Predict a list of images (as for :meth:`predict`) in one batch; [] gives []. A 4-D
+        ``(N, H, W, C)`` array is a batch; a 2-D or 3-D array is one image (a TypeError here: a stack
+        of N grey ``(H, W)`` images is ambiguous with one colour image, so pass a list of them)."""
         images = _image_list(images, "predict_many", "images")
         tta = _check_tta(tta)
         if not images:
