@@ -7,7 +7,6 @@ Everything here is computation; figures come from :mod:`skinlesion.evaluation.pl
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -22,6 +21,7 @@ import pandas as pd
 
 from skinlesion import CLASS_NAMES, config
 from skinlesion.data.datasets import DataError, scan_class_folders
+from skinlesion.io import read_json
 from skinlesion.seeds import DEFAULT_SEED
 
 NOTEBOOKS: tuple[str, ...] = (
@@ -116,9 +116,9 @@ def _read_json(path: Path, made_by: str, keys: Sequence[str] = ()) -> dict[str, 
     if not path.is_file():
         raise FileNotFoundError(f"{where} not found; {made_by}")
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{where} is not valid JSON ({exc}); {made_by}") from exc
+        data = read_json(path)  # the project's one JSON reader (UTF-8, errors name the file)
+    except ValueError as exc:
+        raise ValueError(f"{where} is not valid JSON ({exc.__cause__}); {made_by}") from exc
     return _need(data, keys, where, made_by)
 
 
