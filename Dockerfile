@@ -33,9 +33,9 @@ WORKDIR /app
 # tensorflow[and-cuda].
 COPY pyproject.toml ./
 RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
-    && pip install --no-cache-dir -r /tmp/requirements.txt \
-    && rm /tmp/requirements.txt
+        > requirements.txt \
+    && pip install --no-cache-dir -r requirements.txt \
+    && rm requirements.txt
 # Then the package itself (seconds), without resolving the dependencies again.
 COPY README.md ./
 COPY src ./src

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-SOURCES = ("kaggle", "ham10000", "isic2017")
+from skinlesion.data.sources import DERMOSCOPIC_SOURCES as SOURCES
 
 
 def require_loso_bundles(recipes: Sequence[str], script: str) -> None:

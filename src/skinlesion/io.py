@@ -195,7 +195,10 @@ def replacing_folder(target: str | os.PathLike[str], *, owns: Iterable[str] = ("
             for entry in path.iterdir():
                 if entry != tmp and entry.name not in written and not entry.name.startswith(".") \
                         and not _matches(entry.name, [*keep, *carry]):
-                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.rmtree(entry)
+                    else:
+                        entry.unlink()
         elif path.exists():
             moved = [e.name for e in path.iterdir()  # the other command's entries, as they are now
                      if (e.name.startswith(".") or _matches(e.name, carry)) and not (tmp / e.name).exists()]

@@ -23,6 +23,14 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".
 log = logging.getLogger(__name__)
 
 
+def _visible_files(folder: Path, *, recursive: bool = True) -> list[Path]:
+    """Regular files in ``folder`` (and below it unless ``recursive=False``), sorted, leaving out
+    hidden files and everything under a hidden folder: tool litter (.DS_Store, ._x.jpg,
+    .ipynb_checkpoints), never data."""
+    found = folder.rglob("*") if recursive else folder.glob("*")
+    return sorted(p for p in found if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
 def image_files(root: str | os.PathLike[str], *, recursive: bool = True) -> list[Path]:
     """Every file under ``root`` (recursively; directly in it with ``recursive=False``) with an
     image suffix, sorted.
@@ -32,8 +40,7 @@ def image_files(root: str | os.PathLike[str], *, recursive: bool = True) -> list
     """
     root = Path(root)
     _check_folder_name(root)
-    files = sorted(f for f in (root.rglob("*") if recursive else root.glob("*")) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-                   and not any(part.startswith(".") for part in f.relative_to(root).parts))
+    files = [f for f in _visible_files(root, recursive=recursive) if f.suffix.lower() in IMAGE_SUFFIXES]
     bad = [f for f in files if not _is_utf8(f.relative_to(root).as_posix())]
     _warn_bad_names(root, bad)
     skip = set(bad)
@@ -169,10 +176,7 @@ def scan_class_folders(
     for label, name in enumerate(CLASS_NAMES):
         if name not in dirs:
             continue
-        for p in sorted(dirs[name].rglob("*")):
-            # Hidden files (.DS_Store, ._x.jpg) and hidden folders (.ipynb_checkpoints) are tool litter.
-            if any(part.startswith(".") for part in p.relative_to(dirs[name]).parts) or not p.is_file():
-                continue
+        for p in _visible_files(dirs[name]):
             if not _is_utf8(p.relative_to(root).as_posix()):
                 scan.bad_names.append(p)
                 scan.skipped.append(p)
