@@ -130,6 +130,12 @@ def test_data_synth_then_audit(runner, tmp_path):
     r = runner.invoke(main, ["data", "audit", "--data-dir", str(out), "--out", str(tmp_path / "audit")])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "audit" / "dedup_test.csv").is_file()
+    # The rule is recorded beside the list, so an audit made with other thresholds says so.
+    r = runner.invoke(main, ["data", "audit", "--data-dir", str(out), "--out", str(tmp_path / "audit"),
+                             "--max-distance", "8", "--min-correlation", "0.95"])
+    assert r.exit_code == 0, r.output
+    record = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    assert record["rule"] == {"max_phash_distance": 8, "min_thumb_correlation": 0.95}
 
 
 def test_train_options_reach_the_recipe(runner, monkeypatch):
@@ -286,6 +292,7 @@ def test_data_synth_errors_are_one_line(runner, tmp_path):
     (["data", "synth", "--n-test", "0"], "--n-test"),
     (["data", "synth", "--size", "0"], "--size"),
     (["data", "audit", "--max-distance", "-1"], "--max-distance"),
+    (["data", "audit", "--min-correlation", "1.5"], "--min-correlation"),
     (["train", "--max-train-per-class", "0"], "--max-train-per-class"),
     (["train", "--max-eval-per-class", "-5"], "--max-eval-per-class"),
     (["train", "--head-units", "-1"], "--head-units"),

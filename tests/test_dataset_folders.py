@@ -164,6 +164,29 @@ def test_extra_folder_beside_train_and_test_is_named(kaggle_root, logged):
     assert [r.getMessage() for r in logged] == [f"{kaggle_root}: ignored folder(s) valid/; only train/ and test/ are read"]
 
 
+def test_source_readers_name_extra_folders_and_skip_non_utf8_files(kaggle_root, tmp_path, logged):
+    """``read_kaggle`` warns about folders beside train/ and test/ as ``build_splits`` does; a
+    metadata source skips a non-UTF-8 file name with the warning instead of counting it as an
+    image without a label."""
+    from skinlesion.data.sources import read_ham10000, read_kaggle
+
+    _classes(kaggle_root / "valid", n=1)
+    assert len(read_kaggle(kaggle_root).records) == 16
+    assert [r.getMessage() for r in logged] == [f"{kaggle_root}: ignored folder(s) valid/; only train/ and test/ are read"]
+
+    logged.clear()
+    ham = tmp_path / "ham"
+    pd.DataFrame({"lesion_id": ["L1", "L2"], "image_id": ["ISIC_1", "ISIC_2"], "dx": ["mel", "nv"]}).to_csv(
+        ham.mkdir() or ham / "HAM10000_metadata.csv", index=False)
+    for i in (1, 2):
+        _img(ham / "images" / f"ISIC_{i}.jpg")
+    _img(Path(os.fsdecode(os.fsencode(ham / "images") + b"/" + BAD_NAME)))
+    src = read_ham10000(ham)
+    assert len(src.records) == 2 and src.problems == {}
+    [msg] = [r.getMessage() for r in logged]
+    assert "skipped 1 file(s) whose name is not valid UTF-8" in msg
+
+
 def test_no_warning_for_a_clean_dataset(kaggle_root, logged):
     build_splits(kaggle_root)
     assert logged == []

@@ -87,6 +87,30 @@ def test_load_or_run_audit_names_the_malformed_committed_file(reports: Path, tmp
         nb.load_or_run_audit(tmp_path)
 
 
+def test_load_or_run_audit_reuses_only_the_audit_of_these_test_images(reports: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Like ``skinlesion evaluate``: the committed audit is reused when its audit.json records these
+    test images (same md5), and computed afresh (nothing written) for another dataset."""
+    import shutil
+
+    from skinlesion.data.audit import audit, write_audit
+    from skinlesion.data.synth import generate_dataset
+
+    monkeypatch.setenv("SKINLESION_CACHE_DIR", str(tmp_path / "cache"))
+    root = generate_dataset(tmp_path / "ds", n_train_per_class=4, n_test_per_class=3, size=48, seed=0)
+    pairs, test = audit(root, nb.file_table(root), progress=False)
+    write_audit(pairs, test)
+    assert "from `skinlesion data audit`" in nb.load_or_run_audit(root)[2]
+
+    other = tmp_path / "other"
+    shutil.copytree(root, other)
+    shutil.copy(other / "train" / "benign" / "synth_train_benign_0.jpg", other / "test" / "benign" / "synth_test_benign_0.jpg")
+    before = (reports / "audit" / "dedup_test.csv").read_text()
+    _pairs, dedup, origin = nb.load_or_run_audit(other)
+    assert origin == "computed now" and len(dedup) == 5  # the copied training image is found
+    assert (reports / "audit" / "dedup_test.csv").read_text() == before
+
+
 def test_load_or_run_source_audit_names_the_malformed_pairs_file(reports: Path) -> None:
     (reports / "audit" / "sources").mkdir(parents=True)
     (reports / "audit" / "sources" / "pairs.csv").write_text("source_a,image_a,source_b,image_b\nk,1,k,2\n")

@@ -224,3 +224,16 @@ def test_threshold_sweep_matches_confusion_counts():
     (tn, fp), (fn, tp) = figures.confusion_counts(y, p, 0.5)
     assert math.isclose(row["sensitivity"], tp / (tp + fn)) and math.isclose(row["specificity"], tn / (tn + fp))
     assert np.isnan(figures.threshold_sweep(np.zeros(3, int), p[:3])["sensitivity"]).all()
+
+
+def test_model_card_audit_note_names_the_rule_it_was_made_with(tmp_path, monkeypatch):
+    monkeypatch.setenv("SKINLESION_REPORTS_DIR", str(tmp_path))
+    (tmp_path / "audit").mkdir()
+    (tmp_path / "audit" / "duplicates.csv").write_text(
+        "test_path,kind\ntest/benign/a.jpg,exact\ntest/benign/b.jpg,near\ntest/benign/b.jpg,near\n")
+    assert "found 1 test images with an exact copy and 1 with a near copy in the" in model_card._audit_summary()
+    (tmp_path / "audit" / "audit.json").write_text(
+        json.dumps({"rule": {"max_phash_distance": 8, "min_thumb_correlation": 0.95}}))
+    assert "near copy (near: pHash distance ≤ 8 and thumbnail correlation ≥ 0.95) in" in model_card._audit_summary()
+    (tmp_path / "audit" / "audit.json").write_text("{damaged")  # the note stays, without the rule
+    assert "1 with a near copy in the training data" in model_card._audit_summary()

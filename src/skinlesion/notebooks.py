@@ -239,19 +239,25 @@ def split_summary(splits: pd.DataFrame) -> pd.DataFrame:
 def load_or_run_audit(root: str | os.PathLike[str]) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     """(duplicate pairs, de-duplicated test ids, where they came from).
 
-    Reuses ``reports/audit`` when it covers this dataset's test images (the audit hashes every
-    image, a minute or two); otherwise runs it without writing anything.
+    Reuses ``reports/audit`` when its ``audit.json`` records this dataset's test images, as
+    ``skinlesion evaluate`` does (an audit written before that record existed is reused when its
+    first 20 listed files exist); otherwise runs the audit (a minute or two) without writing anything.
     """
-    from skinlesion.data.audit import audit
+    from skinlesion.data.audit import AUDIT_RECORD, audit, audit_record_problem
 
     folder = config.reports_dir() / "audit"
-    pairs_f, dedup_f = folder / "duplicates.csv", folder / "dedup_test.csv"
+    pairs_f, dedup_f, record_f = folder / "duplicates.csv", folder / "dedup_test.csv", folder / AUDIT_RECORD
     root = Path(root)
     if pairs_f.is_file() and dedup_f.is_file():
         made_by = "`skinlesion data audit` writes it"
         pairs = _read_csv(pairs_f, DUPLICATE_COLUMNS, made_by)
         dedup = _read_csv(dedup_f, ("path",), made_by)
-        if len(dedup) and all((root / p).exists() for p in dedup["path"].head(20)):
+        if record_f.is_file():
+            test_paths = list(file_table(root).query("split == 'test'")["path"])
+            covers = audit_record_problem(record_f, test_paths, root) is None
+        else:
+            covers = all((root / p).exists() for p in dedup["path"].head(20))
+        if len(dedup) and covers:
             return pairs, dedup, f"{show_path(folder)} (from `skinlesion data audit`)"
     pairs, test = audit(root, file_table(root), progress=False)
     return pairs, test[~test["leaked"]].reset_index(drop=True), "computed now"

@@ -7,7 +7,7 @@ import click
 
 from skinlesion import config
 from skinlesion.cli.base import friendly, main
-from skinlesion.data.audit import PHASH_MAX_DISTANCE
+from skinlesion.data.audit import PHASH_MAX_DISTANCE, THUMB_MIN_CORRELATION
 
 
 @main.group()
@@ -78,18 +78,21 @@ def data_sources(as_json) -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default reports/audit, or reports/audit/sources with --sources).")
 @click.option("--max-distance", default=PHASH_MAX_DISTANCE, show_default=True, type=click.IntRange(min=0),
               help="pHash Hamming distance (bits) that counts as a near duplicate.")
+@click.option("--min-correlation", default=THUMB_MIN_CORRELATION, show_default=True,
+              type=click.FloatRange(min=0.0, max=1.0),
+              help="Correlation of the 16x16 grey thumbnails a near duplicate also needs.")
 @friendly
-def data_audit(data_dir, sources, out, max_distance) -> None:
+def data_audit(data_dir, sources, out, max_distance, min_correlation) -> None:
     """Find exact and near duplicates (test vs train of one dataset, or within and across sources)."""
     from skinlesion.data.audit import audit, write_audit
     from skinlesion.data.datasets import build_splits, resolve_training_data
 
     if sources:
-        _audit_sources(sources, out, max_distance)
+        _audit_sources(sources, out, max_distance, min_correlation)
         return
     root = resolve_training_data(data_dir)
     splits = build_splits(root)
-    pairs, test = audit(root, splits, max_distance=max_distance)
+    pairs, test = audit(root, splits, max_distance=max_distance, min_correlation=min_correlation)
     path = write_audit(pairs, test, out)
     n_exact = pairs[pairs["kind"] == "exact"]["test_path"].nunique()
     n_near = pairs[pairs["kind"] == "near"]["test_path"].nunique()
@@ -100,13 +103,14 @@ def data_audit(data_dir, sources, out, max_distance) -> None:
 
 
 
-def _audit_sources(spec: str, out: Path | None, max_distance: int) -> None:
+def _audit_sources(spec: str, out: Path | None, max_distance: int, min_correlation: float) -> None:
     from skinlesion.data.audit import audit_records, overlap_table, write_source_audit
     from skinlesion.data.sources import combined_records, load_source, parse_sources
 
     found = [load_source(n) for n in parse_sources(spec)]
     records = combined_records(found)
-    pairs = audit_records(records, {s.name: s.root for s in found}, max_distance=max_distance)
+    pairs = audit_records(records, {s.name: s.root for s in found}, max_distance=max_distance,
+                          min_correlation=min_correlation)
     overlap = overlap_table(pairs, records)
     path = write_source_audit(pairs, overlap, out)
     click.echo(overlap.to_string(index=False))

@@ -267,7 +267,8 @@ def audit(
     A test image is leaked when it has an exact or near duplicate among the train/val images.
     The test table also has each image's ``md5`` (what :func:`write_audit` records, so that
     ``skinlesion evaluate`` can tell whether the audit was made from the test images it scores),
-    and ``attrs`` ``root`` and ``dataset_fingerprint`` (of every audited file).
+    and ``attrs`` ``root``, ``dataset_fingerprint`` (of every audited file) and ``rule`` (the
+    near-duplicate thresholds used).
     """
     root = Path(root)
     test = splits[splits["split"] == "test"].reset_index(drop=True)
@@ -287,7 +288,8 @@ def audit(
         "phash_distance": pairs["phash_distance"], "thumb_correlation": pairs["thumb_correlation"],
     })
     test = test.assign(leaked=test["path"].isin(set(pair_df["test_path"])), md5=table.md5[:n])
-    test.attrs.update(root=str(root), dataset_fingerprint=dataset_fingerprint([root / p for p in both["path"]], root))
+    test.attrs.update(root=str(root), dataset_fingerprint=dataset_fingerprint([root / p for p in both["path"]], root),
+                      rule={"max_phash_distance": int(max_distance), "min_thumb_correlation": float(min_correlation)})
     return pair_df, test
 
 
@@ -300,8 +302,9 @@ AUDIT_RECORD = "audit.json"
 
 def audit_record(test: pd.DataFrame, root: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """What :func:`write_audit` records in ``audit.json`` about the audited dataset: its folder,
-    fingerprint (:func:`~skinlesion.data.datasets.dataset_fingerprint` of every audited file) and
-    the md5 of each test image by path (null when the table has no ``md5`` column)."""
+    fingerprint (:func:`~skinlesion.data.datasets.dataset_fingerprint` of every audited file), the
+    near-duplicate rule, and the md5 of each test image by path (null when the table has no ``md5``
+    column)."""
     root = root if root is not None else test.attrs.get("root")
     md5 = test["md5"] if "md5" in test.columns else pd.Series([None] * len(test), index=test.index)
     return {
@@ -309,6 +312,7 @@ def audit_record(test: pd.DataFrame, root: str | os.PathLike[str] | None = None)
                 "without a copy in train/val, of the dataset below",
         "root": config.display_path(root) if root is not None else None,
         "dataset_fingerprint": test.attrs.get("dataset_fingerprint"),
+        "rule": test.attrs.get("rule"),
         "n_test": int(len(test)),
         "n_leaked": int(test["leaked"].sum()),
         "test_md5": {str(p): (str(m) if isinstance(m, str) else None) for p, m in zip(test["path"], md5)},
@@ -342,6 +346,33 @@ def load_dedup_test(path: str | os.PathLike[str] | None = None) -> pd.DataFrame 
 _warned_unrecorded: set[str] = set()
 
 
+def audit_record_problem(record_file: str | os.PathLike[str], test_paths: Sequence[str],
+                         root: str | os.PathLike[str]) -> str | None:
+    """Why the audit recorded in ``record_file`` (an ``audit.json``) is not the audit of these test
+    images under ``root`` (None when it is: every one of them is recorded with the same md5)."""
+    record_file, root = Path(record_file), Path(root)
+    try:
+        record = read_json(record_file, DataError)
+    except DataError as exc:
+        return str(exc)
+    audited = record.get("test_md5") if isinstance(record, dict) else None
+    if not isinstance(audited, dict):
+        return f"{config.display_path(record_file)} is not an audit record (no test_md5)"
+    absent = [p for p in test_paths if p not in audited]
+    changed = [p for p in test_paths if p in audited and audited[p] is not None and _md5(root / p) != audited[p]]
+    if not absent and not changed:
+        return None
+    made_from = f" (made from {record['root']})" if record.get("root") else ""
+    why = []
+    if absent:
+        why.append(f"{len(absent)} of the {len(test_paths)} test images here are not in it (e.g. {absent[0]})")
+    if changed:
+        why.append(f"{len(changed)} of the {len(test_paths)} test images here differ from the files it audited "
+                   f"(e.g. {changed[0]})")
+    return (f"{config.display_path(record_file.with_name('dedup_test.csv'))} is the duplicate audit of another "
+            f"dataset{made_from}: " + "; ".join(why))
+
+
 def dedup_subset(test: pd.DataFrame, root: str | os.PathLike[str],
                  path: str | os.PathLike[str] | None = None) -> pd.DataFrame | None:
     """The rows of ``test`` (a bundle's test split under ``root``: ``path``, ``label``) that the
@@ -358,35 +389,12 @@ def dedup_subset(test: pd.DataFrame, root: str | os.PathLike[str],
     dedup = load_dedup_test(file)
     if dedup is None:
         return None
-    root = Path(root)
-    shown = config.display_path(file)
     record_file = file.with_name(AUDIT_RECORD)
     if record_file.is_file():
-        try:
-            record = read_json(record_file, DataError)
-        except DataError as exc:  # as for a record without test_md5 below: the subset is left out
-            log.warning("%s; the de-duplicated test subset (test_dedup) is left out; re-run `skinlesion data audit "
-                        "--data-dir %s`", exc, root)
-            return None
-        audited = record.get("test_md5") if isinstance(record, dict) else None
-        if not isinstance(audited, dict):
-            log.warning("%s is not an audit record (no test_md5): the de-duplicated test subset (test_dedup) is "
-                        "left out; re-run `skinlesion data audit --data-dir %s`", record_file, root)
-            return None
-        absent = [p for p in test["path"] if p not in audited]
-        changed = [p for p in test["path"] if p in audited and audited[p] is not None
-                   and _md5(root / p) != audited[p]]
-        if absent or changed:
-            made_from = f" (made from {record['root']})" if record.get("root") else ""
-            why = []
-            if absent:
-                why.append(f"{len(absent)} of the {len(test)} test images here are not in it (e.g. {absent[0]})")
-            if changed:
-                why.append(f"{len(changed)} of the {len(test)} test images here differ from the files it audited "
-                           f"(e.g. {changed[0]})")
-            log.warning("%s is the duplicate audit of another dataset%s: %s. The de-duplicated test subset "
-                        "(test_dedup) is left out; re-run `skinlesion data audit --data-dir %s` to make it for "
-                        "this one.", shown, made_from, "; ".join(why), root)
+        problem = audit_record_problem(record_file, list(test["path"]), root)
+        if problem:
+            log.warning("%s. The de-duplicated test subset (test_dedup) is left out; re-run `skinlesion data audit "
+                        "--data-dir %s` to make it for this dataset.", problem, root)
             return None
     clean = test[test["path"].isin(set(dedup["path"]))]
     if not len(clean):
@@ -395,5 +403,5 @@ def dedup_subset(test: pd.DataFrame, root: str | os.PathLike[str],
         _warned_unrecorded.add(str(file))
         log.warning("%s has no %s beside it (written by an older version), so it cannot be checked to be the "
                     "audit of these test images; used as before. Re-run `skinlesion data audit --data-dir %s` "
-                    "to record it.", shown, AUDIT_RECORD, root)
+                    "to record it.", config.display_path(file), AUDIT_RECORD, root)
     return clean

@@ -198,6 +198,15 @@ def scan_class_folders(
     return scan
 
 
+def warn_other_split_folders(root: Path) -> None:
+    """Warn about visible folders beside ``train/`` and ``test/`` of a Kaggle-layout ``root``
+    (``val/``, ``valid/``, ``extra/``): they are not read, and saying nothing would hide that."""
+    others = [p for p in _visible_subdirs(root) if p.name not in ("train", "test")]
+    if others:
+        log.warning("%s: ignored folder(s) %s; only train/ and test/ are read", root,
+                    ", ".join(_shown(p.name) + "/" for p in others))
+
+
 def is_kaggle_layout(root: str | os.PathLike[str]) -> bool:
     """True when ``root`` has ``train/`` (and usually ``test/``) split folders."""
     return (Path(root) / "train").is_dir()
@@ -226,10 +235,7 @@ def build_splits(
     root = Path(root)
     kaggle = is_kaggle_layout(root)
     if kaggle:
-        others = [p for p in _visible_subdirs(root) if p.name not in ("train", "test")]
-        if others:
-            log.warning("%s: ignored folder(s) %s; only train/ and test/ are read", root,
-                        ", ".join(_shown(p.name) + "/" for p in others))
+        warn_other_split_folders(root)
     train_root = root / "train" if kaggle else root
     train = scan_class_folders(train_root, dataset_root=not kaggle)
     if min(train.class_counts.values()) < 2:

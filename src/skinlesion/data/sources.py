@@ -31,10 +31,11 @@ import pandas as pd
 
 from skinlesion import CLASS_NAMES, config
 from skinlesion.data.datasets import (
-    IMAGE_SUFFIXES,
     DataError,
+    image_files,
     is_kaggle_layout,
     scan_class_folders,
+    warn_other_split_folders,
 )
 
 RECORD_COLUMNS = ["source", "image_id", "path", "label", "diagnosis", "group", "split"]
@@ -112,9 +113,9 @@ def _require(path: Path, what: str, source: str) -> None:
 
 
 def _image_files(folder: Path) -> dict[str, Path]:
-    """image id (file stem) -> file, for the image files directly in ``folder``."""
-    return {p.stem: p for p in sorted(folder.iterdir())
-            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")}
+    """image id (file stem) -> file, for the image files directly in ``folder`` (hidden files and
+    names that are not UTF-8 left out, with a warning for the latter: :func:`image_files`)."""
+    return {p.stem: p for p in image_files(folder, recursive=False)}
 
 
 def _match_files(ids: pd.Series, files: dict[str, Path], source: str, problems: dict[str, int],
@@ -141,6 +142,7 @@ def read_kaggle(root: Path, *, strict: bool = False) -> Source:
     _require(root, "the Kaggle 'melanoma_cancer_dataset' folder", name)
     if not is_kaggle_layout(root):
         raise DataError(f"{name}: {root} has no train/ folder (expected train/ and test/ with benign/ and malignant/)")
+    warn_other_split_folders(root)
     frames = []
     for split in ("train", "test"):
         if not (root / split).is_dir():

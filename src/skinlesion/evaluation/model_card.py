@@ -33,6 +33,7 @@ from skinlesion.evaluation.common import (
     policy_text,
 )
 from skinlesion.evaluation.report import report_threshold, skin_tone_rows
+from skinlesion.io import read_json
 
 TRAINING_DATA_TEXT = (
     "Kaggle \"Melanoma Skin Cancer Dataset of 10000 Images\": dermoscopic photographs resized to "
@@ -175,8 +176,15 @@ def _audit_summary() -> str | None:
         near = dup.loc[dup["kind"] == "near", "test_path"].nunique()
     except (KeyError, ValueError, OSError):
         return None
+    rule = ""
+    try:  # audit.json (absent in audits written before it existed) names the near-duplicate rule
+        r = read_json(f.with_name("audit.json")).get("rule") or {}
+        rule = (f" (near: pHash distance ≤ {int(r['max_phash_distance'])} and thumbnail correlation "
+                f"≥ {float(r['min_thumb_correlation']):.2f})")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
     return (f"The duplicate audit (`{config.display_path(f)}`) found {exact} test images with an exact copy "
-            f"and {near} with a near copy in the training data.")
+            f"and {near} with a near copy{rule} in the training data.")
 
 
 def _metrics_rows(r: dict[str, Any]) -> list[list[str]]:
