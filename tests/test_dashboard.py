@@ -11,6 +11,7 @@ import json
 import re
 import shlex
 import signal
+import time
 from pathlib import Path
 
 import nbformat
@@ -106,6 +107,57 @@ def test_changing_the_method_re_explains_the_current_image(dashboard, image) -> 
     assert dashboard.last_result.method == "gradcam++"
     assert dashboard.last_result.ok
     assert "Grad-CAM++" in dashboard.overlay_caption.value
+
+
+class _SlowExplainer:
+    """The real predictor, with an explanation that takes ``seconds`` (and records the threads
+    that used the model at the same time)."""
+
+    def __init__(self, predictor: Predictor, seconds: float) -> None:
+        self.inner, self.seconds, self.busy, self.overlaps = predictor, seconds, 0, 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def _use(self, fn, *args, **kwargs):
+        self.busy += 1
+        self.overlaps += self.busy > 1
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.busy -= 1
+
+    def predict(self, data):
+        return self._use(self.inner.predict, data)
+
+    def explain(self, data, method, **kwargs):
+        def slow():
+            time.sleep(self.seconds)
+            return self.inner.explain(data, "gradcam", **kwargs)
+        return self._use(slow)
+
+
+def test_a_slow_heat_map_past_the_budget_leaves_the_prediction_and_says_why(predictor, image) -> None:
+    from skinlesion.serving.dashboard import ExplainBudget, handle_uploads
+
+    slow = _SlowExplainer(predictor, seconds=1.0)
+    budget = ExplainBudget(budget_s=0.2)
+    started = time.monotonic()
+    result = handle_upload(slow, image[1], "scorecam", budget=budget, deadline=budget.deadline("scorecam"))
+    assert time.monotonic() - started < 0.9  # answered at the budget, not after the computation
+    assert result.ok and result.overlay is None and result.summary == predictor.predict(image[1]).summary
+    assert "Score-CAM heat map did not finish within the dashboard's 0.2 s time budget" in result.explain_error
+    assert "SKINLESION_EXPLAIN_TIME_BUDGET_S" in render_result_html(result)
+    # The abandoned computation keeps the model: the next photos wait for it instead of running beside it,
+    # and one deadline covers them all, so every prediction is still given.
+    flipped = io.BytesIO()
+    Image.open(io.BytesIO(image[1])).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(flipped, "JPEG")
+    group = handle_uploads(slow, [("a.jpg", image[1]), ("b.jpg", flipped.getvalue())], "smoothgrad", budget=budget)
+    assert [r.ok for r in group.results] == [True, True] and group.combined is not None
+    assert all("did not finish" in r.explain_error for r in group.results)
+    assert slow.overlaps == 0
+    # Grad-CAM is not budgeted.
+    assert budget.deadline("gradcam") is None and budget.deadline("gradcam++") is None
 
 
 def test_unknown_method_is_refused(predictor, image) -> None:

@@ -70,7 +70,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         # Score-CAM and SmoothGrad take seconds to tens of seconds on a CPU: past this budget a
         # request gets a 503 and the computation is abandoned (skinlesion.serving.budget).
         EXPLAIN_TIME_BUDGET_S=config.explain_time_budget_s(),
-        EXPLAIN_BUDGETED_METHODS=("scorecam", "smoothgrad"),
+        EXPLAIN_BUDGETED_METHODS=config.EXPLAIN_BUDGETED_METHODS,
     )
     if test_config is not None:
         app.config.from_mapping(test_config)

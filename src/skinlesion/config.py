@@ -130,11 +130,15 @@ def tf_config() -> str | None:
 
 
 DEFAULT_EXPLAIN_TIME_BUDGET_S = 20.0
+# The explanations that take seconds to tens of seconds on a CPU; they run under that budget in the
+# web app and the dashboard (Grad-CAM and Grad-CAM++ take well under a second).
+EXPLAIN_BUDGETED_METHODS = ("scorecam", "smoothgrad")
 
 
 def explain_time_budget_s() -> float:
     """``SKINLESION_EXPLAIN_TIME_BUDGET_S``: seconds a slow explanation (Score-CAM, SmoothGrad) may
-    take per web request before the server answers 503 (default 20; must be > 0)."""
+    take per web request before the server answers 503, and per dashboard upload before the
+    dashboard shows the prediction without it (default 20; must be > 0)."""
     raw = os.environ.get("SKINLESION_EXPLAIN_TIME_BUDGET_S", "").strip()
     if not raw:
         return DEFAULT_EXPLAIN_TIME_BUDGET_S

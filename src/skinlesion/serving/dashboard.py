@@ -17,8 +17,9 @@ import html
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from skinlesion import DISCLAIMER, config
 from skinlesion.bundle.format import BUNDLE_FILE, BundleError, parse_meta, resolve_default_bundle
 from skinlesion.data.intake import ImageRejected
 from skinlesion.explain.common import METHODS
+from skinlesion.serving.budget import BudgetExceeded, BudgetRunner, Deadline
 from skinlesion.serving.combine import combine_predictions, repeat_refusal, repeated_photos
 from skinlesion.serving.explanation import ExplanationCaption, explanation_caption
 from skinlesion.serving.inference import Prediction, Predictor
@@ -36,6 +38,7 @@ from skinlesion.serving.presentation import MAX_PHOTOS, METHOD_LABELS, inline_ht
 
 __all__ = [
     "BundleChoice",
+    "ExplainBudget",
     "LesionDashboard",
     "UploadResult",
     "build_dashboard",
@@ -191,21 +194,42 @@ def upload_bytes(value: Any) -> tuple[str, bytes] | None:
     return str(first.get("name", "upload")), bytes(first["content"])
 
 
+@dataclass
+class ExplainBudget:
+    """Slow explanations (``config.EXPLAIN_BUDGETED_METHODS``) under a time budget, as the web app
+    runs them (:mod:`skinlesion.serving.budget`): the explanation runs in ``runner``'s thread,
+    holding ``lock``; predictions take the lock too, so a computation abandoned when the budget ran
+    out keeps the model to itself until it ends, and the next upload waits for it."""
+
+    budget_s: float = field(default_factory=config.explain_time_budget_s)
+    runner: BudgetRunner = field(default_factory=lambda: BudgetRunner("dashboard-explain"))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def deadline(self, method: str) -> Deadline | None:
+        """A deadline ``budget_s`` from now for a budgeted method (one upload shares it), else None."""
+        return Deadline(self.budget_s) if method in config.EXPLAIN_BUDGETED_METHODS else None
+
+
 def handle_upload(
-    predictor: Predictor, data: bytes | bytearray | memoryview, method: str = "gradcam", *, name: str = ""
+    predictor: Predictor, data: bytes | bytearray | memoryview, method: str = "gradcam", *, name: str = "",
+    budget: ExplainBudget | None = None, deadline: Deadline | None = None,
 ) -> UploadResult:
     """Predict and explain one uploaded file; a refused image becomes ``UploadResult.error``.
 
     The bytes go to :meth:`Predictor.predict` and :meth:`Predictor.explain` unchanged, so the
-    result is the one the web app gives for the same file.
+    result is the one the web app gives for the same file. With ``budget`` the model is used under
+    its lock, and with ``deadline`` too the explanation runs under it: past it, the prediction is
+    shown with a note that the heat map did not finish in time.
     """
     if method not in METHODS:
         raise ValueError(f"Unknown explanation method {method!r}; choose one of {METHODS}.")
     data = bytes(data)
     result = UploadResult(name=name, method=method, input_size=predictor.input_size)
+    locked = budget.lock if budget is not None else nullcontext()
     try:
         result.image = preview_jpeg(data, PREVIEW_SIDE)
-        result.prediction = predictor.predict(data)
+        with locked:
+            result.prediction = predictor.predict(data)
     except ImageRejected as exc:
         result.image = None
         result.error, result.status = exc.message, exc.status
@@ -213,10 +237,22 @@ def handle_upload(
     if not result.prediction.assessed:
         # The gate set the image aside: no decision, so no map of "malignant evidence" either.
         return result
+
+    def explain():
+        with locked:
+            return predictor.explain(data, method, prediction=result.prediction)
+
     try:
-        explanation = predictor.explain(data, method, prediction=result.prediction)
+        if budget is not None and deadline is not None:
+            explanation = budget.runner.run(explain, deadline, what=f"The {METHOD_LABELS[method]} heat map")
+        else:
+            explanation = explain()
         result.overlay, result.caption = explanation.overlay_png, explanation.caption
         result.explained_model = explanation.model_text
+    except BudgetExceeded as exc:
+        result.explain_error = (f"{exc.what} did not finish within the dashboard's {exc.budget_s:g} s time budget "
+                                "(SKINLESION_EXPLAIN_TIME_BUDGET_S), so it is not shown; the prediction above "
+                                "stands. Grad-CAM takes well under a second.")
     except Exception as exc:
         # The heat map is an aid; whatever goes wrong in it, the prediction above still stands
         # and is shown, with the reason the map is missing.
@@ -299,17 +335,20 @@ class GroupResult:
     error: str | None = None            # why nothing was analysed (too many files, no model...)
 
 
-def handle_uploads(predictor: Predictor, files: list[tuple[str, bytes]], method: str = "gradcam") -> GroupResult:
+def handle_uploads(predictor: Predictor, files: list[tuple[str, bytes]], method: str = "gradcam", *,
+                   budget: ExplainBudget | None = None) -> GroupResult:
     """Predict and explain each photo as :func:`handle_upload` does; combine the ones that could be
-    read. A refused file is that photo's error; the others are still scored."""
+    read. A refused file is that photo's error; the others are still scored. With ``budget``, one
+    deadline covers the slow explanations of all the photos together (as a web request's does)."""
     if len(files) > MAX_PHOTOS:
         return GroupResult(error=f"Too many images: {len(files)} were uploaded, and at most {MAX_PHOTOS} photos of "
                                  f"one lesion are analysed together. Upload {MAX_PHOTOS} or fewer.")
     repeats = repeated_photos([data for _, data in files])
+    deadline = budget.deadline(method) if budget is not None else None
     results: list[UploadResult] = []
     for k, (name, data) in enumerate(files):
         if k not in repeats:
-            results.append(handle_upload(predictor, data, method, name=name))
+            results.append(handle_upload(predictor, data, method, name=name, budget=budget, deadline=deadline))
             continue
         first = results[repeats[k]]
         status, error = repeat_refusal(first.name, None if first.ok else (first.status, first.error))
@@ -396,6 +435,7 @@ class LesionDashboard(widgets.VBox):
         self._current: tuple[str, bytes] | None = None
         self._current_many: list[tuple[str, bytes]] | None = None
         self.last_group: GroupResult | None = None
+        self.explain_budget = ExplainBudget()
 
         self.header = widgets.HTML(_header_html())
         self.bundle = widgets.Dropdown(
@@ -506,7 +546,7 @@ class LesionDashboard(widgets.VBox):
             self.status.value = (f"Analysing {len(files)} photos with {html.escape(METHOD_LABELS[method])}… "
                                  "(the first image also loads the model)")
             try:
-                group = handle_uploads(self._predictor(), files, method)
+                group = handle_uploads(self._predictor(), files, method, budget=self.explain_budget)
             except Exception as exc:
                 # A model that cannot load (or an unexpected failure) must be seen, not only logged.
                 log.exception("analysing %d photos with %s failed", len(files), self.bundle.value)
@@ -543,7 +583,8 @@ class LesionDashboard(widgets.VBox):
                 result = UploadResult(name=name, method=method, error=f"Could not load the model: {_failure(exc)}")
             else:
                 try:
-                    result = handle_upload(predictor, data, method, name=name)
+                    result = handle_upload(predictor, data, method, name=name, budget=self.explain_budget,
+                                           deadline=self.explain_budget.deadline(method))
                 except Exception as exc:
                     log.exception("analysing %s failed", name)
                     result = UploadResult(name=name, method=method, error=f"Analysis failed: {_failure(exc)}")
