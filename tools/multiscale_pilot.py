@@ -31,6 +31,11 @@ weighting (sigma = 1/4 side, the Grad-CAM baseline that beat every map), ``gem3`
 (p = 3, closer to the strongest cells), ``max`` the largest cell, ``gap`` the plain pool; and
 ``gap+ring`` the plain pool beside the outer ring's mean. Does a head that reads the lesion's centre
 of the frame rather than the whole frame transfer better? Its own cache (``--pool-cache``).
+``--objectives`` fits the top features with another training objective than the plain (class-balanced)
+average loss: ``gdro`` is group DRO (Sagawa et al., 2020) over the four (training source, class)
+groups: the head minimises the worst group's mean training loss (a soft maximum, temperature 0.01;
+``gdro-soft`` 0.1, between that and the group-balanced mean); ``erm`` is the plain fit, always run
+first (C is picked on it and kept for the others, so the objective is the only difference). Does a head that must fit every training collection equally well fit a new one better?
 It also prints, per held-out source, the AUC of its malignant images against each benign diagnosis.
 
     python tools/multiscale_pilot.py --cache data/cache/multiscale_pilot.npz
@@ -38,12 +43,14 @@ It also prints, per held-out source, the AUC of its malignant images against eac
     python tools/multiscale_pilot.py --weightings class,dx-sqrt,dx-full,dx-sqrt-benign,dx-full-benign
     python tools/multiscale_pilot.py --projections none,src-mean,inlp2,inlp8,inlp32
     python tools/multiscale_pilot.py --poolings gap,centre5,centre3,gauss,gem3,max,gap+ring
+    python tools/multiscale_pilot.py --objectives erm,gdro,gdro-soft
 """
 from __future__ import annotations
 
 import argparse
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -198,6 +205,52 @@ def source_directions(x: np.ndarray, frame, method: str) -> np.ndarray:
 
 
 PROJECTIONS = ("none", "src-mean", "inlp1", "inlp2", "inlp4", "inlp8", "inlp16", "inlp32")
+# name -> temperature of the soft maximum over group losses (None: the plain fit). Small: close to the
+# worst group alone; large: tends to the group-balanced mean (the source balance tried already).
+OBJECTIVES: dict[str, float | None] = {"erm": None, "gdro": 0.01, "gdro-soft": 0.1}
+
+
+@dataclass
+class LinearHead:
+    """A fitted logistic-regression head with sklearn's ``predict_proba`` shape."""
+    coef: np.ndarray
+    intercept: float
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        from scipy.special import expit
+
+        p = expit(x @ self.coef + self.intercept)
+        return np.stack([1 - p, p], axis=1)
+
+
+def fit_group_dro(x: np.ndarray, y: np.ndarray, group: np.ndarray, c: float, temperature: float):
+    """A logistic regression fitted by group DRO (Sagawa et al., 2020): it minimises the (soft)
+    maximum over groups of the group's mean log loss, with sklearn's penalty scale (C x n x loss
+    + |w|^2 / 2). The problem is convex, so L-BFGS solves it exactly instead of the paper's
+    stochastic updates. Returns the head and the groups' weights at the optimum (softmax of the
+    losses / temperature). No maintained package fits group DRO on plain arrays; the objective
+    and its gradient are a few lines here, scipy does the rest."""
+    from scipy.optimize import minimize
+    from scipy.special import expit, logsumexp, softmax
+
+    names, index = np.unique(group, return_inverse=True)
+    count = np.bincount(index)
+    sign = np.where(y == 1, -1.0, 1.0)  # log loss of a row = log(1 + exp(sign * z))
+    scale = c * len(y)
+
+    def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        w, b = theta[:-1], theta[-1]
+        s = sign * (x @ w + b)
+        losses = np.bincount(index, np.logaddexp(0.0, s)) / count
+        q = softmax(losses / temperature)
+        dz = scale * (q / count)[index] * expit(s) * sign
+        value = scale * temperature * logsumexp(losses / temperature) + 0.5 * w @ w
+        return value, np.append(x.T @ dz + w, dz.sum())
+
+    res = minimize(objective, np.zeros(x.shape[1] + 1), jac=True, method="L-BFGS-B", options={"maxiter": 2000})
+    w, b = res.x[:-1], float(res.x[-1])
+    losses = np.bincount(index, np.logaddexp(0.0, sign * (x @ w + b))) / count
+    return LinearHead(w, b), {str(g): round(float(v), 3) for g, v in zip(names, softmax(losses / temperature))}
 
 
 def _per_diagnosis(y, p, diagnosis) -> str:
@@ -212,7 +265,8 @@ def _per_diagnosis(y, p, diagnosis) -> str:
 
 
 def fit_all(cache: Path, transforms: list[str] | None = None, weightings: list[str] | None = None,
-            projections: list[str] | None = None, poolings: list[str] | None = None) -> None:
+            projections: list[str] | None = None, poolings: list[str] | None = None,
+            objectives: list[str] | None = None) -> None:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.preprocessing import StandardScaler
@@ -230,7 +284,9 @@ def fit_all(cache: Path, transforms: list[str] | None = None, weightings: list[s
                 [(name, "top", TRANSFORMS["none"], name, "none") for name in weightings] if weightings else
                 [(name, "top", TRANSFORMS["none"], "class", name) for name in projections] if projections else
                 [(name, name, TRANSFORMS["none"], "class", "none") for name in poolings] if poolings else
+                [(name, "top", TRANSFORMS["none"], "class", "none") for name in objectives] if objectives else
                 [(name, name, TRANSFORMS["none"], "class", "none") for name in FEATURE_SETS])
+        c_erm = C_GRID[0]  # set by the erm run, which comes first
         for set_name, layers_name, transform, weighting, projection in runs:
             spec = WEIGHTINGS[weighting]
             w_tr = sample_weights(tr, "class") if spec is None else diagnosis_weights(tr, *spec)
@@ -250,14 +306,22 @@ def fit_all(cache: Path, transforms: list[str] | None = None, weightings: list[s
             def p_mean(clf, views: list[np.ndarray]) -> np.ndarray:
                 return np.mean([clf.predict_proba(xv)[:, 1] for xv in views], axis=0)
 
-            best = (-1.0, 0.0, None)
-            for c in C_GRID:
-                clf = LogisticRegression(C=c, max_iter=2000).fit(
-                    x_tr, np.repeat(y_tr, len(VIEWS)), sample_weight=np.repeat(w_tr, len(VIEWS)))
-                auc_va = roc_auc_score(y_va, p_mean(clf, x_va))
-                if auc_va > best[0]:
-                    best = (auc_va, c, clf)
-            auc_va, c, clf = best
+            if objectives and set_name != "erm":  # at the C the plain fit picked (erm runs first)
+                rows = tr.iloc[np.repeat(np.arange(len(tr)), len(VIEWS))]
+                group = (rows["source"].astype(str) + ":" + rows["label"].astype(str)).to_numpy()
+                clf, q = fit_group_dro(x_tr, np.repeat(y_tr, len(VIEWS)), group, c_erm, OBJECTIVES[set_name] or 1.0)
+                auc_va, c = roc_auc_score(y_va, p_mean(clf, x_va)), c_erm
+                set_name = f"{set_name} q={q}"
+            else:
+                best = (-1.0, 0.0, None)
+                for c in C_GRID:
+                    clf = LogisticRegression(C=c, max_iter=2000).fit(
+                        x_tr, np.repeat(y_tr, len(VIEWS)), sample_weight=np.repeat(w_tr, len(VIEWS)))
+                    auc_va = roc_auc_score(y_va, p_mean(clf, x_va))
+                    if auc_va > best[0]:
+                        best = (auc_va, c, clf)
+                auc_va, c, clf = best
+                c_erm = c
             p_te = p_mean(clf, x_te)
             print(f"held out {held:9s} {set_name:16s} ({len(cols):4d} features, C={c:g}): held-out AUC "
                   f"{roc_auc_score(y_te, p_te):.4f}, in-source val AUC {auc_va:.4f}"
@@ -273,13 +337,18 @@ def main() -> None:
                     "source directions removed")
     ap.add_argument("--poolings", help=f"comma-separated, from {','.join(POOLINGS)}: the top activation pooled so")
     ap.add_argument("--pool-cache", type=Path, default=Path("data/cache/pooling_pilot.npz"))
+    ap.add_argument("--objectives", help=f"comma-separated, from {','.join(OBJECTIVES)}: top features only, "
+                    "trained so (erm is added first)")
     args = ap.parse_args()
     projections = args.projections.split(",") if args.projections else None
     transforms = args.transforms.split(",") if args.transforms else None
     weightings = args.weightings.split(",") if args.weightings else None
     poolings = args.poolings.split(",") if args.poolings else None
-    if sum(bool(a) for a in (transforms, weightings, projections, poolings)) > 1:
-        ap.error("--transforms, --weightings, --projections, --poolings: one at a time")
+    objectives = (["erm"] + [o for o in args.objectives.split(",") if o != "erm"]) if args.objectives else None
+    if sum(bool(a) for a in (transforms, weightings, projections, poolings, objectives)) > 1:
+        ap.error("--transforms, --weightings, --projections, --poolings, --objectives: one at a time")
+    if objectives and not set(objectives) <= set(OBJECTIVES):
+        ap.error(f"--objectives: choose from {', '.join(OBJECTIVES)}")
     if projections and not set(projections) <= set(PROJECTIONS):
         ap.error(f"--projections: choose from {', '.join(PROJECTIONS)}")
     if transforms and not set(transforms) <= set(TRANSFORMS):
@@ -291,7 +360,7 @@ def main() -> None:
     cache, make = (args.pool_cache, extract_pooled) if poolings else (args.cache, extract)
     if not cache.exists():
         make(cache)
-    fit_all(cache, transforms, weightings, projections, poolings)
+    fit_all(cache, transforms, weightings, projections, poolings, objectives)
 
 if __name__ == "__main__":
     main()
