@@ -132,3 +132,47 @@ def test_model_card_page(app_page):
     assert "not a medical device" in app_page.locator("footer").inner_text()
     _screenshot(app_page, "webapp-model-card.png")
     assert app_page.console_errors == []
+
+
+def _flipped(jpeg: bytes) -> bytes:
+    """Another photo of the same lesion (mirrored), so it is not refused as a repeat."""
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.open(io.BytesIO(jpeg)).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(out, "JPEG")
+    return out.getvalue()
+
+
+def test_phone_width_long_names_and_several_photos(chromium, server_url, dermoscopic_jpeg):
+    """At 375 px nothing scrolls sideways (a phone's long file name, the technical details open),
+    and several photos' regions and images have names a screen reader can tell apart."""
+    context = chromium.new_context(base_url=server_url, viewport={"width": 375, "height": 800})
+    page = context.new_page()
+    page.set_default_timeout(120_000)
+    long_name = "IMG_20240612_142233_dermatoscope_follow_up_left_shoulder_v2.jpg"
+
+    def overflow() -> int:
+        return page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+
+    try:
+        page.goto("/")
+        page.get_by_label("Image file").set_input_files([
+            {"name": long_name, "mimeType": "image/jpeg", "buffer": dermoscopic_jpeg},
+            {"name": "second_" + long_name, "mimeType": "image/jpeg", "buffer": _flipped(dermoscopic_jpeg)},
+        ])
+        assert long_name in page.locator("#file-name").inner_text()
+        assert overflow() <= 0
+        with page.expect_navigation():
+            page.get_by_role("button", name="Analyse image").click()
+        for details in page.locator("details").all():
+            details.evaluate("d => d.open = true")
+        _screenshot(page, "webapp-results-375.png")
+        assert overflow() <= 0
+        regions = page.eval_on_selector_all("section.images", "els => els.map(e => e.getAttribute('aria-label'))")
+        assert len(regions) == 2 and len(set(regions)) == 2, regions
+        alts = page.eval_on_selector_all("section.images img", "els => els.map(e => e.alt)")
+        assert len(set(alts)) == len(alts), alts
+    finally:
+        context.close()

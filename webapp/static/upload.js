@@ -51,6 +51,8 @@
         button.disabled = true;
         button.textContent = "Analysing…";
       }
+      // The first result can take many seconds: say so where a screen reader listens.
+      if (shown) { shown.textContent = "Analysing… the result page opens when it is ready."; }
     });
   }
 }());
