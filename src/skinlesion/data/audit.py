@@ -394,7 +394,7 @@ def dedup_subset(test: pd.DataFrame, root: str | os.PathLike[str],
         problem = audit_record_problem(record_file, list(test["path"]), root)
         if problem:
             log.warning("%s. The de-duplicated test subset (test_dedup) is left out; re-run `skinlesion data audit "
-                        "--data-dir %s` to make it for this dataset.", problem, root)
+                        "--data-dir %s` to write the audit of this dataset.", problem, root)
             return None
     clean = test[test["path"].isin(set(dedup["path"]))]
     if not len(clean):

@@ -201,58 +201,58 @@ class ExplainBudget:
     holding ``lock``; predictions take the lock too, so a computation abandoned when the budget ran
     out keeps the model to itself until it ends, and the next upload waits for it."""
 
-    budget_s: float = field(default_factory=config.explain_time_budget_s)
+    budget_s: float | None = None  # None: SKINLESION_EXPLAIN_TIME_BUDGET_S, read at each upload
     runner: BudgetRunner = field(default_factory=lambda: BudgetRunner("dashboard-explain"))
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def deadline(self, method: str) -> Deadline | None:
-        """A deadline ``budget_s`` from now for a budgeted method (one upload shares it), else None."""
-        return Deadline(self.budget_s) if method in config.EXPLAIN_BUDGETED_METHODS else None
+        """A deadline ``budget_s`` from now for a budgeted method (one upload shares it), else None.
+        A malformed SKINLESION_EXPLAIN_TIME_BUDGET_S raises ValueError naming it."""
+        if method not in config.EXPLAIN_BUDGETED_METHODS:
+            return None
+        return Deadline(self.budget_s if self.budget_s is not None else config.explain_time_budget_s())
 
 
-def handle_upload(
-    predictor: Predictor, data: bytes | bytearray | memoryview, method: str = "gradcam", *, name: str = "",
-    budget: ExplainBudget | None = None, deadline: Deadline | None = None,
-) -> UploadResult:
-    """Predict and explain one uploaded file; a refused image becomes ``UploadResult.error``.
-
-    The bytes go to :meth:`Predictor.predict` and :meth:`Predictor.explain` unchanged, so the
-    result is the one the web app gives for the same file. With ``budget`` the model is used under
-    its lock, and with ``deadline`` too the explanation runs under it: past it, the prediction is
-    shown with a note that the heat map did not finish in time.
-    """
-    if method not in METHODS:
-        raise ValueError(f"Unknown explanation method {method!r}; choose one of {METHODS}.")
-    data = bytes(data)
+def _predict_upload(predictor: Predictor, data: bytes, method: str, name: str,
+                    budget: ExplainBudget | None) -> UploadResult:
+    """The prediction part of :func:`handle_upload` (a refused image becomes ``error``)."""
     result = UploadResult(name=name, method=method, input_size=predictor.input_size)
-    locked = budget.lock if budget is not None else nullcontext()
     try:
         result.image = preview_jpeg(data, PREVIEW_SIDE)
-        with locked:
+        with budget.lock if budget is not None else nullcontext():
             result.prediction = predictor.predict(data)
     except ImageRejected as exc:
         result.image = None
         result.error, result.status = exc.message, exc.status
-        return result
-    if not result.prediction.assessed:
-        # The gate set the image aside: no decision, so no map of "malignant evidence" either.
-        return result
+    return result
+
+
+def _explain_upload(result: UploadResult, predictor: Predictor, data: bytes,
+                    budget: ExplainBudget | None, deadline: Deadline | None) -> None:
+    """The heat map of a predicted upload into ``result`` (``explain_error`` says why there is none)."""
+    if not result.ok or result.prediction is None or not result.prediction.assessed:
+        # Refused, or set aside by the gate: no decision, so no map of "malignant evidence" either.
+        return
+    method, prediction = result.method, result.prediction
+    what = f"The {METHOD_LABELS[method]} heat map"
 
     def explain():
-        with locked:
-            return predictor.explain(data, method, prediction=result.prediction)
+        with budget.lock if budget is not None else nullcontext():
+            return predictor.explain(data, method, prediction=prediction)
 
     try:
-        if budget is not None and deadline is not None:
-            explanation = budget.runner.run(explain, deadline, what=f"The {METHOD_LABELS[method]} heat map")
-        else:
+        if budget is None or deadline is None:
             explanation = explain()
+        elif deadline.remaining() <= 0:  # spent on earlier photos: do not start (and queue) another
+            raise BudgetExceeded(deadline.budget_s, what)
+        else:
+            explanation = budget.runner.run(explain, deadline, what=what)
         result.overlay, result.caption = explanation.overlay_png, explanation.caption
         result.explained_model = explanation.model_text
     except BudgetExceeded as exc:
         result.explain_error = (f"{exc.what} did not finish within the dashboard's {exc.budget_s:g} s time budget "
                                 "(SKINLESION_EXPLAIN_TIME_BUDGET_S), so it is not shown; the prediction above "
-                                "stands. Grad-CAM takes well under a second.")
+                                "stands. Grad-CAM is much quicker (once the unfinished map has ended).")
     except Exception as exc:
         # The heat map is an aid; whatever goes wrong in it, the prediction above still stands
         # and is shown, with the reason the map is missing.
@@ -260,6 +260,39 @@ def handle_upload(
         # The exception's own text is for the log (it may hold paths and library internals).
         result.explain_error = (f"The {METHOD_LABELS[method]} heat map could not be computed "
                                 f"({type(exc).__name__}); the details are in the server log.")
+
+
+def _explain_uploads(results: list[UploadResult], predictor: Predictor, datas: list[bytes], method: str,
+                     budget: ExplainBudget | None) -> None:
+    """Heat maps of the predicted uploads, one deadline for all (a malformed budget setting is
+    each map's ``explain_error``; the predictions stand)."""
+    try:
+        deadline = budget.deadline(method) if budget is not None else None
+    except ValueError as exc:
+        for r in results:
+            if r.ok and r.prediction is not None and r.prediction.assessed:
+                r.explain_error = f"The {METHOD_LABELS[method]} heat map was not computed: {exc}"
+        return
+    for r, data in zip(results, datas):
+        _explain_upload(r, predictor, data, budget, deadline)
+
+
+def handle_upload(
+    predictor: Predictor, data: bytes | bytearray | memoryview, method: str = "gradcam", *, name: str = "",
+    budget: ExplainBudget | None = None,
+) -> UploadResult:
+    """Predict and explain one uploaded file; a refused image becomes ``UploadResult.error``.
+
+    The bytes go to :meth:`Predictor.predict` and :meth:`Predictor.explain` unchanged, so the
+    result is the one the web app gives for the same file. With ``budget`` the model is used under
+    its lock and a slow explanation runs under its time budget: past it, the prediction is shown
+    with a note that the heat map did not finish in time.
+    """
+    if method not in METHODS:
+        raise ValueError(f"Unknown explanation method {method!r}; choose one of {METHODS}.")
+    data = bytes(data)
+    result = _predict_upload(predictor, data, method, name, budget)
+    _explain_uploads([result], predictor, [data], method, budget)
     return result
 
 
@@ -339,20 +372,25 @@ def handle_uploads(predictor: Predictor, files: list[tuple[str, bytes]], method:
                    budget: ExplainBudget | None = None) -> GroupResult:
     """Predict and explain each photo as :func:`handle_upload` does; combine the ones that could be
     read. A refused file is that photo's error; the others are still scored. With ``budget``, one
-    deadline covers the slow explanations of all the photos together (as a web request's does)."""
+    deadline covers the slow explanations of all the photos together (as a web request's does); the
+    photos are all predicted before any heat map is computed."""
     if len(files) > MAX_PHOTOS:
         return GroupResult(error=f"Too many images: {len(files)} were uploaded, and at most {MAX_PHOTOS} photos of "
                                  f"one lesion are analysed together. Upload {MAX_PHOTOS} or fewer.")
+    if method not in METHODS:
+        raise ValueError(f"Unknown explanation method {method!r}; choose one of {METHODS}.")
     repeats = repeated_photos([data for _, data in files])
-    deadline = budget.deadline(method) if budget is not None else None
     results: list[UploadResult] = []
     for k, (name, data) in enumerate(files):
         if k not in repeats:
-            results.append(handle_upload(predictor, data, method, name=name, budget=budget, deadline=deadline))
+            results.append(_predict_upload(predictor, bytes(data), method, name, budget))
             continue
         first = results[repeats[k]]
         status, error = repeat_refusal(first.name, None if first.ok else (first.status, first.error))
         results.append(UploadResult(name=name, method=method, status=status, error=error))
+    # Every prediction first, then the heat maps: a map abandoned at the deadline keeps the model
+    # until it ends, and no photo's prediction should wait for it.
+    _explain_uploads(results, predictor, [bytes(data) for _, data in files], method, budget)
     predictions = [r.prediction for r in results if r.ok and r.prediction is not None]
     combined = combine_predictions(predictions, predictor.policy) if predictions else None
     return GroupResult(results, combined)
@@ -583,8 +621,7 @@ class LesionDashboard(widgets.VBox):
                 result = UploadResult(name=name, method=method, error=f"Could not load the model: {_failure(exc)}")
             else:
                 try:
-                    result = handle_upload(predictor, data, method, name=name, budget=self.explain_budget,
-                                           deadline=self.explain_budget.deadline(method))
+                    result = handle_upload(predictor, data, method, name=name, budget=self.explain_budget)
                 except Exception as exc:
                     log.exception("analysing %s failed", name)
                     result = UploadResult(name=name, method=method, error=f"Analysis failed: {_failure(exc)}")
