@@ -78,8 +78,11 @@ def test_upload_shows_exactly_the_predictor_summary(dashboard, predictor, image)
     assert result.decision == expected.decision
     assert DISCLAIMER in result.summary
     assert html.escape(expected.summary, quote=False) in dashboard.result.value
-    assert bytes(dashboard.image.value).startswith(JPEG_MAGIC)
-    assert bytes(dashboard.overlay.value).startswith(PNG_MAGIC)
+    # <img> elements with text alternatives (the Image widget cannot have one), JPEG photo, PNG map.
+    photo, overlay = dashboard.image.value, dashboard.overlay.value
+    assert photo.startswith('<img src="data:image/jpeg;base64,/9j/') and f'alt="Your photo: {name}"' in photo
+    assert overlay.startswith('<img src="data:image/png;base64,iVBORw0KGgo') and 'alt="Grad-CAM heat map over' in overlay
+    assert '<h2' in dashboard.status.value and 'role="status"' in dashboard.result.value
     assert dashboard.images.layout.display == "flex"
 
 
@@ -206,7 +209,7 @@ def test_reset_clears_upload_and_result(dashboard, image) -> None:
     assert dashboard.upload.value == ()
     assert dashboard.last_result is None
     assert dashboard.result.value == ""
-    assert dashboard.image.value == b"" and dashboard.overlay.value == b""
+    assert dashboard.image.value == "" and dashboard.overlay.value == ""
     assert dashboard.images.layout.display == "none"
     assert "Upload image" in dashboard.status.value
     dashboard.method.value = "gradcam++"  # nothing on screen, so nothing is re-analysed
@@ -321,14 +324,18 @@ def _tags(cell) -> list[str]:
 def test_committed_notebook_is_clean_and_tagged() -> None:
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nbformat.validate(nb)
-    assert nb.cells[0].cell_type == "markdown" and "make dashboard" in nb.cells[0].source
-    assert "Research tool, not a medical device" in nb.cells[0].source
+    assert nb.cells[0].cell_type == "markdown" and "Research tool, not a medical device" in nb.cells[0].source
+    # How to run it is for developers: a markdown cell Voila removes (people using the page never see it).
+    assert "make dashboard" not in nb.cells[0].source
+    notes = [c for c in nb.cells if c.cell_type == "markdown" and STUB_TAG in _tags(c)]
+    assert len(notes) == 1 and "make dashboard" in notes[0].source
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(not c.outputs and c.execution_count is None for c in code), "clear the notebook's outputs"
     assert set(nb.metadata) <= {"kernelspec", "language_info"}
-    assert [i for i, c in enumerate(nb.cells) if "parameters" in _tags(c)] == [1]
-    assert "SKINLESION_MODEL" in nb.cells[1].source
-    stub = [c for c in nb.cells if STUB_TAG in _tags(c)]
+    parameters = [i for i, c in enumerate(nb.cells) if "parameters" in _tags(c)]
+    assert parameters == [next(i for i, c in enumerate(nb.cells) if c.cell_type == "code")]
+    assert "SKINLESION_MODEL" in nb.cells[parameters[0]].source
+    stub = [c for c in code if STUB_TAG in _tags(c)]
     assert len(stub) == 1 and "upload_value" in stub[0].source
     assert "build_dashboard" in code[1].source
 
@@ -365,7 +372,8 @@ def test_make_dashboard_loads_voila_json(monkeypatch) -> None:
     before = len(nb.cells)
     kept, _ = TagRemovePreprocessor(config=app.config).preprocess(nb, {})
     assert [c for c in kept.cells if STUB_TAG in _tags(c)] == []
-    assert len(kept.cells) == before - 1
+    assert len(kept.cells) == before - 2  # the headless check and the developers' note
+    assert "Research tool, not a medical device" in kept.cells[0].source
 
 
 def test_notebook_offers_the_default_model_when_none_is_named(monkeypatch) -> None:

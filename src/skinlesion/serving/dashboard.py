@@ -13,6 +13,7 @@ Pure helpers (no widgets): :func:`list_bundles`, :func:`handle_upload`, :func:`r
 """
 from __future__ import annotations
 
+import base64
 import html
 import json
 import logging
@@ -64,7 +65,7 @@ _DECISION_COLOURS = {
     "suspicious": "#b71c1c",
     "benign-appearing": "#1b5e20",
 }
-_UNCERTAIN_COLOUR = "#e65100"
+_UNCERTAIN_COLOUR = "#bf360c"  # white text on it: 5.6:1 (WCAG AA); the brighter #e65100 was 3.8:1
 _ERROR_STYLE = "border:2px solid #b71c1c;background:#fdecea;color:#5f2120;padding:8px 12px;border-radius:4px;"
 _NOTICE_STYLE = "border:2px solid #e65100;background:#fff3e0;color:#3e2723;padding:8px 12px;border-radius:4px;"
 
@@ -307,7 +308,7 @@ def _failure(exc: Exception) -> str:
 
 def _box(title: str, message: str, css_class: str, style: str) -> str:
     return (
-        f'<div class="{css_class}" style="{style}"><b>{html.escape(title)}</b> '
+        f'<div class="{css_class}" role="alert" style="{style}"><b>{html.escape(title)}</b> '
         f'<span class="skinlesion-message">{inline_html(message)}</span></div>'
     )
 
@@ -327,12 +328,12 @@ def render_result_html(result: UploadResult) -> str:
     p = result.prediction
     if not p.assessed:
         return (
-            f'<div style="font-size:1.3em;margin:4px 0">Not assessed: <span class="skinlesion-decision" '
+            f'<div role="status"><div style="font-size:1.3em;margin:4px 0">Not assessed: <span class="skinlesion-decision" '
             f'style="color:#fff;background:#555;padding:2px 10px;border-radius:4px">'
             f"{html.escape(p.decision, quote=False)}</span> "
             f'<span class="skinlesion-image-type" style="color:#555;font-size:0.8em">image type: '
             f"{html.escape(p.image_type)}</span></div>"
-            f'<p class="skinlesion-summary" style="max-width:60em">{html.escape(p.summary, quote=False)}</p>'
+            f'<p class="skinlesion-summary" style="max-width:60em">{html.escape(p.summary, quote=False)}</p></div>'
         )
     colour = _DECISION_COLOURS.get(p.decision, _UNCERTAIN_COLOUR)
     parts = [
@@ -346,7 +347,8 @@ def render_result_html(result: UploadResult) -> str:
     ]
     if result.explain_error:
         parts.append(error_html("Heat map unavailable:", result.explain_error))
-    return "\n".join(parts)
+    # A status region: screen readers read the new result out when it arrives.
+    return '<div role="status">' + "\n".join(parts) + "</div>"
 
 
 # ------------------------------------------------------------------------------ several photos
@@ -427,20 +429,50 @@ def render_group_html(group: GroupResult) -> str:
     ])
 
 
+def image_html(data: bytes | None, mime: str, alt: str) -> str:
+    """An ``<img>`` with a text alternative (ipywidgets' Image widget cannot carry one), or "" without data."""
+    if not data:
+        return ""
+    src = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+    return (f'<img src="{src}" alt="{html.escape(alt)}" '
+            f'style="display:block;width:{IMAGE_WIDTH};max-width:100%;height:auto">')
+
+
+def photo_alt(name: str) -> str:
+    return f"Your photo{': ' + name if name else ''}"
+
+
+def overlay_alt(method: str) -> str:
+    return (f"{METHOD_LABELS[method]} heat map over the square the model sees; warm colours mark the regions "
+            "that raised the estimated probability of malignancy most")
+
+
 def _photo_widget(k: int, result: UploadResult) -> widgets.VBox:
     """One photo of several: its name, its own result (or error) and its images."""
     parts: list[widgets.Widget] = [widgets.HTML(
-        f"<h4 style='margin:12px 0 4px'>Photo {k}: {html.escape(result.name)}</h4>{render_result_html(result)}")]
+        f"<h3 style='margin:12px 0 4px;font-size:1.1em'>Photo {k}: {html.escape(result.name)}</h3>"
+        f"{render_result_html(result)}")]
     if result.ok:
-        pictures: list[widgets.Widget] = [widgets.Image(value=result.image or b"", format="jpeg",
-                                                        layout=widgets.Layout(width=IMAGE_WIDTH))]
+        pictures = [widgets.HTML(image_html(result.image, "image/jpeg", photo_alt(f"photo {k}, {result.name}")))]
         if result.overlay:
-            pictures.append(widgets.Image(value=result.overlay, format="png", layout=widgets.Layout(width=IMAGE_WIDTH)))
-        parts.append(widgets.HBox(pictures, layout=widgets.Layout(flex_flow="row wrap")))
+            pictures.append(widgets.HTML(image_html(result.overlay, "image/png",
+                                                    f"Photo {k}: {overlay_alt(result.method)}")))
+        parts.append(widgets.HBox(pictures, layout=widgets.Layout(flex_flow="row wrap", gap="16px")))
     return widgets.VBox(parts).add_class("skinlesion-photo")
 
 
 # ------------------------------------------------------------------------------ widgets
+
+
+# The widgets' own focus ring is a 1 px light-blue line (2.2:1 on white); a style element inside an
+# HTML widget reaches the whole page in Voila.
+_FOCUS_STYLE = ("<style>.skinlesion-dashboard :is(button, select, input):focus-visible "
+                "{outline: 3px solid #0d47a1 !important; outline-offset: 2px}</style>")
+
+
+def _result_heading(text_html: str) -> str:
+    """The line above a result, as a heading a screen reader can jump to."""
+    return f"<h2 style='font-size:1.15em;margin:8px 0 4px'>{text_html}</h2>"
 
 
 def _header_html() -> str:
@@ -476,6 +508,7 @@ class LesionDashboard(widgets.VBox):
         self.explain_budget = ExplainBudget()
 
         self.header = widgets.HTML(_header_html())
+        self.focus_style = widgets.HTML(_FOCUS_STYLE, layout=widgets.Layout(display="none"))
         self.bundle = widgets.Dropdown(
             options=[(c.label, str(c.path)) for c in self.choices] or [("(no trained model)", "")],
             description="Model:",
@@ -487,6 +520,7 @@ class LesionDashboard(widgets.VBox):
             options=[(METHOD_LABELS[m], m) for m in METHODS],
             value=METHODS[0],
             description="Heat map:",
+            disabled=not self.choices,
             layout=widgets.Layout(width="20em"),
             style={"description_width": "6em"},
         )
@@ -494,14 +528,18 @@ class LesionDashboard(widgets.VBox):
             accept="image/*,.jpg,.jpeg,.png,.bmp,.tif,.tiff,.webp",
             multiple=True,
             description="Upload image(s)",
+            # Without a tooltip ipywidgets writes title="null" on the button.
+            tooltip=f"Choose one photo, or up to {MAX_PHOTOS} photos of one lesion",
             disabled=not self.choices,
             button_style="primary",
         )
-        self.reset_button = widgets.Button(description="Reset", icon="refresh", tooltip="Clear the upload and the result")
+        self.reset_button = widgets.Button(description="Reset", icon="refresh", tooltip="Clear the upload and the result",
+                                           disabled=not self.choices)
         self.status = widgets.HTML("")
         self.result = widgets.HTML("")
-        self.image = widgets.Image(format="jpeg", layout=widgets.Layout(width=IMAGE_WIDTH))
-        self.overlay = widgets.Image(format="png", layout=widgets.Layout(width=IMAGE_WIDTH))
+        # HTML <img> rather than widgets.Image: only HTML can give the pictures a text alternative.
+        self.image = widgets.HTML("", layout=widgets.Layout(width=IMAGE_WIDTH))
+        self.overlay = widgets.HTML("", layout=widgets.Layout(width=IMAGE_WIDTH))
         self.image_caption = widgets.HTML("<b>Your image</b>")
         self.overlay_caption = widgets.HTML("")
         self.images = widgets.HBox(
@@ -526,6 +564,7 @@ class LesionDashboard(widgets.VBox):
 
         super().__init__(
             [
+                self.focus_style,
                 self.header,
                 self.bundle,
                 self.method,
@@ -548,7 +587,8 @@ class LesionDashboard(widgets.VBox):
 
     def _idle_status(self) -> None:
         if self.has_model:
-            self.status.value = "Choose a photo with <b>Upload image</b>; it is analysed as soon as it arrives."
+            self.status.value = (f"Choose a photo (or up to {MAX_PHOTOS} photos of one lesion) with <b>Upload "
+                                 "image(s)</b>; it is analysed as soon as it arrives.")
         else:
             self.status.value = error_html("No model available:", no_model_message(self.models_dir))
 
@@ -597,7 +637,7 @@ class LesionDashboard(widgets.VBox):
         self.last_result, self.last_group = None, group
         self.images.layout.display = "none"
         self.result.value = render_group_html(group)
-        self.status.value = "" if group.error else f"Result for {len(group.results)} photos of one lesion:"
+        self.status.value = "" if group.error else _result_heading(f"Result for {len(group.results)} photos of one lesion")
         self.gallery.children = tuple(_photo_widget(k, r) for k, r in enumerate(group.results, start=1))
         self.gallery.layout.display = "flex" if group.results else "none"
 
@@ -634,9 +674,9 @@ class LesionDashboard(widgets.VBox):
         self.gallery.children, self.gallery.layout.display = (), "none"
         self.result.value = render_result_html(result)
         if result.ok:
-            self.status.value = f"Result for <i>{html.escape(result.name)}</i>:"
-            self.image.value = result.image or b""
-            self.overlay.value = result.overlay or b""
+            self.status.value = _result_heading(f"Result for <i>{html.escape(result.name)}</i>")
+            self.image.value = image_html(result.image, "image/jpeg", photo_alt(result.name))
+            self.overlay.value = image_html(result.overlay, "image/png", overlay_alt(result.method))
             size = result.input_size
             caption = result.caption or explanation_caption(result.decision, result.method)
             assessed = result.prediction is not None and result.prediction.assessed
@@ -662,8 +702,8 @@ class LesionDashboard(widgets.VBox):
         self.gallery.children, self.gallery.layout.display = (), "none"
         self.upload.value = ()
         self.result.value = ""
-        self.image.value = b""
-        self.overlay.value = b""
+        self.image.value = ""
+        self.overlay.value = ""
         self.overlay_caption.value = ""
         self._idle_status()
 
@@ -691,6 +731,8 @@ class LesionDashboard(widgets.VBox):
             # Emptied once read (the files are kept above), so choosing the same file again is a
             # new upload: an identical value would fire no change, and a failed one could not be retried.
             self.upload.value = ()
+            # Disabling the control while busy dropped the keyboard focus to the page's top.
+            self.upload.focus()
 
     def _on_option_change(self, change: dict[str, Any]) -> None:
         # A different model or heat-map method re-analyses the photo(s) already on screen.
@@ -699,6 +741,8 @@ class LesionDashboard(widgets.VBox):
                 self._analyse_many()
             elif self._current is not None:
                 self._analyse()
+        if isinstance(change.get("owner"), widgets.DOMWidget):
+            change["owner"].focus()  # as after an upload: the busy state took the focus away
 
 
 def build_dashboard(
