@@ -220,3 +220,13 @@ def test_ham10000_lesion_groups_from_the_committed_predictions(tmp_path):
     assert result["all_lesions"]["n_images"] == 10015 and result["all_lesions"]["n_lesions"] == 7470
     assert several["n_lesions"] == 1956 and several["photos_per_lesion"].get("1") is None
     assert 0.5 < several["per_lesion"]["roc_auc"] < 1.0
+
+
+def test_summary_names_the_band_only_for_an_uncertain_decision():
+    low, high = POLICY.band_low, POLICY.band_high
+    middle = _pred((low + high) / 2)
+    assert middle.decision == "uncertain — refer"
+    assert (f"lies in the uncertainty band {100 * low:.1f}% to {100 * high:.1f}%; threshold "
+            f"{100 * POLICY.threshold:.1f}%") in middle.summary
+    for p in (_pred(0.99), _pred(0.0)):
+        assert p.decision != "uncertain — refer" and "uncertainty band" not in p.summary

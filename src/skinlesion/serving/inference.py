@@ -13,6 +13,7 @@ import numpy as np
 from skinlesion import DISCLAIMER
 from skinlesion.bundle.format import BUNDLE_FILE, Bundle, BundleError, load, resolve_default_bundle
 from skinlesion.data.intake import ImageRejected, load_for_model, read_image, to_model_array
+from skinlesion.metrics.calibration import UNCERTAIN_REFER
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -78,9 +79,12 @@ class Prediction:
             if self.synthetic:
                 text = "SYNTHETIC MODEL (trained on generated images): " + text
             return text + " " + DISCLAIMER
+        # "uncertain — refer" far below the threshold reads as a mistake unless the band is named.
+        band = (f"{pct:.1f}% lies in the uncertainty band {100 * self.band[0]:.1f}% to {100 * self.band[1]:.1f}%; "
+                if self.decision == UNCERTAIN_REFER else "")
         text = (
             f"Estimated probability that this lesion is malignant: {pct:.1f}%. "
-            f"Decision: {self.decision} (threshold {100 * self.threshold:.1f}%, chosen on validation "
+            f"Decision: {self.decision} ({band}threshold {100 * self.threshold:.1f}%, chosen on validation "
             f"data to catch about {100 * self.target_sensitivity:.0f}% of malignant lesions)."
         )
         if self.out_of_distribution:
