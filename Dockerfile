@@ -37,7 +37,7 @@ RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.tom
     && pip install --no-cache-dir -r requirements.txt \
     && rm requirements.txt
 # Then the package itself (seconds), without resolving the dependencies again.
-COPY README.md ./
+COPY README.md LICENSE ./
 COPY src ./src
 RUN pip install --no-cache-dir . --no-deps \
     && useradd --system --uid 10001 --gid 0 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin skinlesion

@@ -346,3 +346,13 @@ def test_lesion_boxes_that_are_not_boxes_are_refused(tmp_path):
         boxes.assign(**{k: [v, boxes[k][1]] for k, v in bad.items()}).to_csv(root / BOX_CSV, index=False)
         with pytest.raises(DataError, match="1 lesion boxes are not boxes.*ISIC_1"):
             ham10000_with_boxes(tmp_path, root=root)
+
+
+def test_data_sources_prints_each_sets_licence(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from skinlesion.cli import main
+
+    monkeypatch.setenv("SKINLESION_DATA_DIR", str(make_kaggle(tmp_path / "kaggle")))
+    out = CliRunner().invoke(main, ["data", "sources"]).output
+    assert "licence: see the Kaggle page (CC0 stated there)" in out

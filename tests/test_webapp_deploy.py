@@ -522,6 +522,14 @@ def test_container_files_follow_the_deployment_rules():
     assert "HEALTHCHECK" in dockerfile and "/readyz" in dockerfile
     assert "gunicorn.conf.py" in dockerfile and "pip install --no-cache-dir ." in dockerfile
     assert not re.search(r"^COPY\s+(\S+\s+)*models", dockerfile, re.M), "no model is baked in by default"
+    # `pip install .` reads the files pyproject.toml names: they must be in the image before it.
+    import tomllib
+
+    before = dockerfile[:dockerfile.index("pip install --no-cache-dir .")]
+    copied = {src for args in re.findall(r"^COPY\s+(.+)$", before, re.M) for src in args.split()[:-1]}
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    for needed in (project["readme"], *project.get("license-files", [])):
+        assert needed in copied, f"{needed} (named in pyproject.toml) is not copied before `pip install .`"
     ignored = {line.strip() for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()}
     assert {"data", "models", ".venv", ".cache", ".git"} <= ignored
     compose = yaml.safe_load((REPO_ROOT / "compose.yaml").read_text())

@@ -64,6 +64,7 @@ def data_sources(as_json) -> None:
         splits: dict[str, dict[str, int]] = d["splits"]  # type: ignore[assignment]
         for split, counts in splits.items():
             click.echo(f"{'':12s}   {split:6s} " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        click.echo(f"{'':12s}   licence: {d['licence']}")
         if d["problems"]:
             click.echo(f"{'':12s}   problems: {d['problems']}")
     for name, why in missing.items():
