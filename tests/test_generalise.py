@@ -202,7 +202,10 @@ def test_loso_of_an_ensemble_scores_each_folds_ensemble_as_served(fake_sources, 
     served = Predictor.from_bundle(fold).predict_batch(files)
     assert np.allclose(held["probability"], served["probability"], atol=1e-4)
     assert sum(row.startswith("| `ens` |") for row in (out / "experiments.md").read_text().splitlines()) == 1
-    assert "Leave-one-source-out (recipe `ens`)" in model_card(models / "loso-ens-all")
+    card = model_card(models / "loso-ens-all")
+    assert "Leave-one-source-out (recipe `ens`)" in card
+    training = card[card.index("## Training data"):card.index("## Evaluation")]
+    assert "Their licences (" in training and "isic2017: CC-0 or CC BY-NC per image" in training, training
     assert "Leave-one-source-out (recipe `mlp`)" in model_card(models / "loso-mlp-all")
     # A re-run reuses the fold ensembles; a training option or a single member is refused.
     assert runner.invoke(main, ["generalise", "--recipe", "ens", "--ensemble-of", "lin,mlp", *common]).exit_code == 0
