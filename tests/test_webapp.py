@@ -161,6 +161,7 @@ def test_get_predict_goes_back_to_the_form(client):
 def test_unknown_page_is_friendly(client):
     r = client.get("/no/such/page")
     assert r.status_code == 404 and r.mimetype == "text/html" and "Back to the upload form" in r.get_data(as_text=True)
+    assert "<title>Page not found (error 404) ·" in r.get_data(as_text=True)  # the heading names the tab too
     r = client.get("/api/v1/nothing")
     assert r.status_code == 404 and r.json["error"]["status"] == 404
 
