@@ -230,3 +230,16 @@ def test_summary_names_the_band_only_for_an_uncertain_decision():
             f"{100 * POLICY.threshold:.1f}%") in middle.summary
     for p in (_pred(0.99), _pred(0.0)):
         assert p.decision != "uncertain — refer" and "uncertainty band" not in p.summary
+
+
+def test_an_uncertain_combined_result_names_the_band_as_a_single_photo_does():
+    from skinlesion.serving.dashboard import GroupResult, UploadResult, render_group_html
+
+    low, high = POLICY.band_low, POLICY.band_high
+    preds = [_pred((low + high) / 2), _pred((low + high) / 2 + 0.001)]
+    combined = combine_predictions(preds, POLICY)
+    assert combined["decision"] == "uncertain — refer" and (combined["band_low"], combined["band_high"]) == (low, high)
+    page = render_group_html(GroupResult([UploadResult(prediction=p) for p in preds], combined))
+    assert f"lies in the uncertainty band {100 * low:.1f}% to {100 * high:.1f}%; threshold" in page
+    sure = combine_predictions([_pred(0.99)], POLICY)
+    assert "uncertainty band" not in render_group_html(GroupResult([UploadResult(prediction=_pred(0.99))], sure))

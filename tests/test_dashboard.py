@@ -82,7 +82,7 @@ def test_upload_shows_exactly_the_predictor_summary(dashboard, predictor, image)
     photo, overlay = dashboard.image.value, dashboard.overlay.value
     assert photo.startswith('<img src="data:image/jpeg;base64,/9j/') and f'alt="Your photo: {name}"' in photo
     assert overlay.startswith('<img src="data:image/png;base64,iVBORw0KGgo') and 'alt="Grad-CAM heat map over' in overlay
-    assert '<h2' in dashboard.status.value and 'role="status"' in dashboard.result.value
+    assert '<h2' in dashboard.status.value and 'role="alert"' in dashboard.result.value
     assert dashboard.images.layout.display == "flex"
 
 

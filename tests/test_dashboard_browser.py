@@ -152,10 +152,10 @@ def test_upload_shows_decision_summary_and_overlay(dash_page, tiny_bundle, dermo
     # Uploaded photo and heat map side by side.
     photo, heat = (dash_page.locator(".skinlesion-dashboard img").nth(i).bounding_box() for i in (0, 1))
     assert photo and heat and photo["x"] + photo["width"] <= heat["x"] and abs(photo["y"] - heat["y"]) < 5
-    # Both pictures have a text alternative; the result is a status region under a heading.
+    # Both pictures have a text alternative; the result is an alert under a heading.
     alts = dash_page.eval_on_selector_all(".skinlesion-dashboard img", "els => els.map(e => e.alt)")
     assert alts[0] == f"Your photo: {name}" and alts[1].startswith("Grad-CAM heat map"), alts
-    assert dash_page.locator(".skinlesion-dashboard [role=status]").count() >= 1
+    assert dash_page.locator(".skinlesion-dashboard [role=alert]").count() >= 1
     assert dash_page.get_by_role("heading", name=f"Result for {name}").is_visible()
     dash_page.screenshot(path=ARTIFACTS / "dashboard_result.png", full_page=True)
 

@@ -178,7 +178,7 @@ def test_budget_config_from_environment(monkeypatch):
     monkeypatch.setenv("SKINLESION_EXPLAIN_TIME_BUDGET_S", "2.5")
     assert config.explain_time_budget_s() == 2.5
     assert create_app({"TESTING": True}).config["EXPLAIN_TIME_BUDGET_S"] == 2.5
-    for bad in ("0", "-3", "soon"):
+    for bad in ("0", "-3", "soon", "inf", "nan"):
         monkeypatch.setenv("SKINLESION_EXPLAIN_TIME_BUDGET_S", bad)
         with pytest.raises(ValueError, match="SKINLESION_EXPLAIN_TIME_BUDGET_S"):
             config.explain_time_budget_s()

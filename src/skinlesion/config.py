@@ -5,6 +5,7 @@ the CLI, the web app and the tests agree without hard-coded paths.
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -146,7 +147,7 @@ def explain_time_budget_s() -> float:
         value = float(raw)
     except ValueError:
         value = float("nan")
-    if not value > 0:
+    if not (value > 0 and math.isfinite(value)):
         raise ValueError(f"SKINLESION_EXPLAIN_TIME_BUDGET_S must be a number of seconds > 0, got {raw!r}")
     return value
 

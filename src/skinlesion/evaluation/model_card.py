@@ -229,7 +229,7 @@ def _licences(sources: list[str]) -> str:
     from skinlesion.data.sources import INFO
 
     known = [f"{k}: {INFO[k].licence}" for k in sources if k in INFO]
-    return (f"Their licences ({'; '.join(known)}) carry over to what this model may be used for: check any "
+    return (f" Their licences ({'; '.join(known)}) carry over to what this model may be used for: check any "
             "non-commercial terms before using it outside research.") if known else ""
 
 
@@ -246,7 +246,7 @@ def _training_data(meta: BundleMeta) -> Section:
             f"{t.n_train} training and {t.n_val} validation images, split by lesion groups and duplicates so no "
             f"copy or lesion-mate of a test image was trained on (`splits.csv` in the bundle gives every image's "
             f"split and the reason). Source fingerprints: "
-            + ", ".join(f"{k} {v}" for k, v in t.sources.items()) + ". " + _licences(list(t.sources))
+            + ", ".join(f"{k} {v}" for k, v in t.sources.items()) + "." + _licences(list(t.sources))
         ).bullets(MULTI_SOURCE_QUIRKS)
     s.text(TRAINING_DATA_TEXT).bullets(TRAINING_DATA_QUIRKS)
     where = config.display_path(t.data_dir) if t.data_dir else "n/a"

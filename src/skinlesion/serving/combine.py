@@ -69,13 +69,15 @@ def combine_predictions(preds: Sequence[Prediction], policy: DecisionPolicy) -> 
 
     Photos the model does not assess (``pred.assessed`` is False: the image-type gate found no
     dermoscopic image) are skipped. Returns ``probability`` (None when no photo is assessed),
-    ``decision`` (the policy's decision for it, or ``"not assessed"``), ``threshold``,
-    ``n_images``, ``n_used``, ``n_skipped`` and ``out_of_distribution`` (any used photo flagged).
+    ``decision`` (the policy's decision for it, or ``"not assessed"``), ``threshold``, ``band_low`` and
+    ``band_high`` (the "uncertain — refer" band), ``n_images``, ``n_used``, ``n_skipped`` and ``out_of_distribution`` (any
+    used photo flagged).
     """
     used = [p for p in preds if p.assessed]
     out: dict[str, Any] = {
         "n_images": len(preds), "n_used": len(used), "n_skipped": len(preds) - len(used),
         "threshold": float(policy.threshold), "rule": RULE,
+        "band_low": float(policy.band_low), "band_high": float(policy.band_high),
     }
     if not used:
         return {**out, "probability": None, "decision": NOT_ASSESSED, "out_of_distribution": False}

@@ -31,6 +31,7 @@ from skinlesion import DISCLAIMER, config
 from skinlesion.bundle.format import BUNDLE_FILE, BundleError, parse_meta, resolve_default_bundle
 from skinlesion.data.intake import ImageRejected
 from skinlesion.explain.common import METHODS
+from skinlesion.metrics.calibration import UNCERTAIN_REFER
 from skinlesion.serving.budget import BudgetExceeded, BudgetRunner, Deadline
 from skinlesion.serving.combine import combine_predictions, repeat_refusal, repeated_photos
 from skinlesion.serving.explanation import ExplanationCaption, explanation_caption
@@ -328,7 +329,7 @@ def render_result_html(result: UploadResult) -> str:
     p = result.prediction
     if not p.assessed:
         return (
-            f'<div role="status"><div style="font-size:1.3em;margin:4px 0">Not assessed: <span class="skinlesion-decision" '
+            f'<div role="alert"><div style="font-size:1.3em;margin:4px 0">Not assessed: <span class="skinlesion-decision" '
             f'style="color:#fff;background:#555;padding:2px 10px;border-radius:4px">'
             f"{html.escape(p.decision, quote=False)}</span> "
             f'<span class="skinlesion-image-type" style="color:#555;font-size:0.8em">image type: '
@@ -347,8 +348,9 @@ def render_result_html(result: UploadResult) -> str:
     ]
     if result.explain_error:
         parts.append(error_html("Heat map unavailable:", result.explain_error))
-    # A status region: screen readers read the new result out when it arrives.
-    return '<div role="status">' + "\n".join(parts) + "</div>"
+    # role="alert": ipywidgets replaces the HTML widget's content whole, so a region inserted with its
+    # text is only read out reliably as an alert (a status region must exist before it changes).
+    return '<div role="alert">' + "\n".join(parts) + "</div>"
 
 
 # ------------------------------------------------------------------------------ several photos
@@ -425,8 +427,17 @@ def render_group_html(group: GroupResult) -> str:
     return "\n".join([
         headline,
         f'<p class="skinlesion-combined" style="max-width:60em">{html.escape("; ".join(counts))}. Rule: '
-        f'{html.escape(c["rule"])}; threshold {100 * c["threshold"]:.1f}%. {html.escape(DISCLAIMER)}</p>',
+        f'{html.escape(c["rule"])}; {_band_words(c)}threshold {100 * c["threshold"]:.1f}%. '
+        f'{html.escape(DISCLAIMER)}</p>',
     ])
+
+
+def _band_words(c: dict[str, Any]) -> str:
+    """As Prediction.summary says it: the band, when the combined decision is "uncertain — refer"."""
+    if c["decision"] != UNCERTAIN_REFER or c.get("probability") is None:
+        return ""
+    low, high = c["band_low"], c["band_high"]
+    return f"{100 * c['probability']:.1f}% lies in the uncertainty band {100 * low:.1f}% to {100 * high:.1f}%; "
 
 
 def image_html(data: bytes | None, mime: str, alt: str) -> str:
@@ -453,11 +464,12 @@ def _photo_widget(k: int, result: UploadResult) -> widgets.VBox:
         f"<h3 style='margin:12px 0 4px;font-size:1.1em'>Photo {k}: {html.escape(result.name)}</h3>"
         f"{render_result_html(result)}")]
     if result.ok:
-        pictures = [widgets.HTML(image_html(result.image, "image/jpeg", photo_alt(f"photo {k}, {result.name}")))]
+        pictures = [widgets.HTML(image_html(result.image, "image/jpeg", photo_alt(f"photo {k}, {result.name}")),
+                                 layout=widgets.Layout(margin="0 16px 0 0"))]
         if result.overlay:
             pictures.append(widgets.HTML(image_html(result.overlay, "image/png",
                                                     f"Photo {k}: {overlay_alt(result.method)}")))
-        parts.append(widgets.HBox(pictures, layout=widgets.Layout(flex_flow="row wrap", gap="16px")))
+        parts.append(widgets.HBox(pictures, layout=widgets.Layout(flex_flow="row wrap")))
     return widgets.VBox(parts).add_class("skinlesion-photo")
 
 
