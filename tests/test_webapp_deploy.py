@@ -430,6 +430,10 @@ def test_dashboard_combines_several_photos_and_keeps_going_past_a_bad_one():
     assert "1 could not be read" in dash.result.value and DISCLAIMER in dash.result.value
     assert len(dash.gallery.children) == 3 and dash.gallery.layout.display == "flex"
     assert dash.images.layout.display == "none"
+    # Each readable photo is captioned as the one-photo view is: "Your image", and what its heat map shows.
+    first_photo = dash.gallery.children[0].children[1].children
+    assert "<b>Your image</b>" in first_photo[0].value and 'alt="Your photo: photo 1' in first_photo[0].value
+    assert len(first_photo) == 2 and "The model sees the centre square" in first_photo[1].value
     # One photo afterwards is the single-photo view again, and stays so when a setting changes.
     dash.upload.value = upload_value(good[0][1], good[0][0])
     assert dash.last_result is not None and dash.last_result.ok and dash.last_group is None

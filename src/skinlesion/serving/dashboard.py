@@ -458,18 +458,34 @@ def overlay_alt(method: str) -> str:
             "that raised the estimated probability of malignancy most")
 
 
+def overlay_caption_html(result: UploadResult) -> str:
+    """What the heat map shows, for this decision and method ("" when the image was not assessed)."""
+    if result.prediction is None or not result.prediction.assessed:
+        return ""
+    caption = result.caption or explanation_caption(result.decision, result.method)
+    size = result.input_size
+    return (f"<b>{html.escape(caption.title)}</b> <span style='color:#555'>{html.escape(caption.text)} "
+            f"The model sees the centre square at {size}x{size} px. Model explained: "
+            f"{html.escape(result.explained_model or 'the served model')}.</span>")
+
+
 def _photo_widget(k: int, result: UploadResult) -> widgets.VBox:
-    """One photo of several: its name, its own result (or error) and its images."""
+    """One photo of several: its name, its own result (or error) and its images, captioned as one photo's are."""
     parts: list[widgets.Widget] = [widgets.HTML(
         f"<h3 style='margin:12px 0 4px;font-size:1.1em'>Photo {k}: {html.escape(result.name)}</h3>"
         f"{render_result_html(result)}")]
     if result.ok:
-        pictures = [widgets.HTML(image_html(result.image, "image/jpeg", photo_alt(f"photo {k}, {result.name}")),
-                                 layout=widgets.Layout(margin="0 16px 0 0"))]
+        column = widgets.Layout(width=IMAGE_WIDTH, margin="0 16px 0 0")
+        pictures = [widgets.HTML("<b>Your image</b>" + image_html(result.image, "image/jpeg",
+                                                                   photo_alt(f"photo {k}, {result.name}")),
+                                 layout=column)]
         if result.overlay:
-            pictures.append(widgets.HTML(image_html(result.overlay, "image/png",
-                                                    f"Photo {k}: {overlay_alt(result.method)}")))
-        parts.append(widgets.HBox(pictures, layout=widgets.Layout(flex_flow="row wrap")))
+            pictures.append(widgets.HTML(
+                f"<div style='font-size:0.9em'>{overlay_caption_html(result)}</div>"
+                + image_html(result.overlay, "image/png", f"Photo {k}: {overlay_alt(result.method)}"),
+                layout=widgets.Layout(width=IMAGE_WIDTH)))
+        # Bottom-aligned, as in the one-photo view: captions of different lengths keep the pictures level.
+        parts.append(widgets.HBox(pictures, layout=widgets.Layout(flex_flow="row wrap", align_items="flex-end")))
     return widgets.VBox(parts).add_class("skinlesion-photo")
 
 
@@ -689,14 +705,7 @@ class LesionDashboard(widgets.VBox):
             self.status.value = _result_heading(f"Result for <i>{html.escape(result.name)}</i>")
             self.image.value = image_html(result.image, "image/jpeg", photo_alt(result.name))
             self.overlay.value = image_html(result.overlay, "image/png", overlay_alt(result.method))
-            size = result.input_size
-            caption = result.caption or explanation_caption(result.decision, result.method)
-            assessed = result.prediction is not None and result.prediction.assessed
-            self.overlay_caption.value = "" if not assessed else (
-                f"<b>{html.escape(caption.title)}</b> <span style='color:#555'>{html.escape(caption.text)} "
-                f"The model sees the centre square at {size}x{size} px. Model explained: "
-                f"{html.escape(result.explained_model or 'the served model')}.</span>"
-            )
+            self.overlay_caption.value = overlay_caption_html(result)
             self.overlay.layout.display = "" if result.overlay else "none"
             self.images.layout.display = "flex"
         else:
