@@ -391,3 +391,16 @@ def test_package_logs_are_printed_once(runner):
     finally:
         logging.getLogger().removeHandler(root_handler)
     assert seen.getvalue() == ""
+
+
+def test_a_missing_bundle_is_one_line_without_tensorflows_start_up_lines(tmp_path):
+    """TensorFlow prints native start-up lines when it is imported; handling the error must not import
+    it (it did: the CLI's error handler imported Keras for BackboneError)."""
+    import subprocess
+    import sys
+
+    argv = ["evaluate", str(tmp_path / "no-bundle")]
+    r = subprocess.run([sys.executable, "-m", "skinlesion.cli", *argv], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [f"Error: no model bundle at {tmp_path / 'no-bundle'} (nothing there). "
+                                             "The default model is trained by `make run` (or `skinlesion run`)."]

@@ -44,11 +44,13 @@ def configure_logging(level: int = logging.INFO) -> None:
 
 # Errors a user can fix: printed as one clear line with a non-zero exit, never a traceback.
 def _user_errors() -> tuple[type[Exception], ...]:
+    # Called as an error propagates: none of these modules may import Keras (BackboneError comes from the
+    # registry, not models.backbones), or TensorFlow would start and print its lines before the error.
     from skinlesion.bundle.format import BundleError
     from skinlesion.data.datasets import DataError
     from skinlesion.data.intake import ImageRejected
     from skinlesion.data.synth import SynthError
-    from skinlesion.models.backbones import BackboneError
+    from skinlesion.models.registry import BackboneError
 
     return (BackboneError, BundleError, DataError, ImageRejected, SynthError)
 
