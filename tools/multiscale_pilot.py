@@ -280,6 +280,7 @@ def fit_all(cache: Path, transforms: list[str] | None = None, weightings: list[s
     for held, data, tr, va, te in _folds():
         x = {name: feats[[row[str(f)] for f in data.files(part)]] for name, part in (("tr", tr), ("va", va), ("te", te))}
         y_tr, y_va, y_te = (p["label"].to_numpy() for p in (tr, va, te))
+        tr_rows = tr.iloc[np.repeat(np.arange(len(tr)), len(VIEWS))]  # one per training view, in x_tr's order
         runs = ([(name, "top", TRANSFORMS[name], "class", "none") for name in transforms] if transforms else
                 [(name, "top", TRANSFORMS["none"], name, "none") for name in weightings] if weightings else
                 [(name, "top", TRANSFORMS["none"], "class", name) for name in projections] if projections else
@@ -298,7 +299,7 @@ def fit_all(cache: Path, transforms: list[str] | None = None, weightings: list[s
             x_tr = scaler.transform(x_tr)
             x_va, x_te = ([scaler.transform(xt[part][:, v]) for v in range(len(VIEWS))] for part in ("va", "te"))
             if projection != "none":
-                basis = source_directions(x_tr, tr.iloc[np.repeat(np.arange(len(tr)), len(VIEWS))], projection)
+                basis = source_directions(x_tr, tr_rows, projection)
                 x_tr, x_va, x_te = (x_tr - (x_tr @ basis.T) @ basis,
                                     *([xv - (xv @ basis.T) @ basis for xv in xs] for xs in (x_va, x_te)))
                 set_name = f"{projection} ({len(basis)} dirs)"
@@ -307,9 +308,8 @@ def fit_all(cache: Path, transforms: list[str] | None = None, weightings: list[s
                 return np.mean([clf.predict_proba(xv)[:, 1] for xv in views], axis=0)
 
             if objectives and set_name != "erm":  # at the C the plain fit picked (erm runs first)
-                rows = tr.iloc[np.repeat(np.arange(len(tr)), len(VIEWS))]
-                group = (rows["source"].astype(str) + ":" + rows["label"].astype(str)).to_numpy()
-                clf, q = fit_group_dro(x_tr, np.repeat(y_tr, len(VIEWS)), group, c_erm, OBJECTIVES[set_name] or 1.0)
+                group = (tr_rows["source"].astype(str) + ":" + tr_rows["label"].astype(str)).to_numpy()
+                clf, q = fit_group_dro(x_tr, tr_rows["label"].to_numpy(), group, c_erm, OBJECTIVES[set_name] or 1.0)
                 auc_va, c = roc_auc_score(y_va, p_mean(clf, x_va)), c_erm
                 set_name = f"{set_name} q={q}"
             else:

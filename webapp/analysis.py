@@ -204,8 +204,3 @@ def analyse(holder: ModelHolder, data: bytes, method: str | None, *, preview: bo
 def percent(value: float, digits: int = 1) -> str:
     """0.4203 -> "42.0%"."""
     return f"{100.0 * float(value):.{digits}f}%"
-
-
-def data_uri(mime: str, data: bytes) -> str:
-    """``data:`` URI for embedding bytes in a page (images are never stored server-side)."""
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"

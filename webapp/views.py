@@ -8,6 +8,7 @@ from flask import Blueprint, current_app, redirect, render_template, request, ur
 from skinlesion.data.intake import MAX_BYTES
 from skinlesion.serving.combine import combine_predictions
 from skinlesion.serving.inference import OOD_MESSAGE
+from skinlesion.serving.presentation import data_uri
 from webapp import modelcard
 from webapp.analysis import (
     MAX_IMAGES,
@@ -15,7 +16,6 @@ from webapp.analysis import (
     analyse,
     analyse_many,
     check_method,
-    data_uri,
     explain_deadline,
     none_analysed,
     public_text,

@@ -248,18 +248,19 @@ def load_or_run_audit(root: str | os.PathLike[str]) -> tuple[pd.DataFrame, pd.Da
     folder = config.reports_dir() / "audit"
     pairs_f, dedup_f, record_f = folder / "duplicates.csv", folder / "dedup_test.csv", folder / AUDIT_RECORD
     root = Path(root)
+    table = None  # the dataset's files, scanned once (after the audit's own files are read)
     if pairs_f.is_file() and dedup_f.is_file():
         made_by = "`skinlesion data audit` writes it"
         pairs = _read_csv(pairs_f, DUPLICATE_COLUMNS, made_by)
         dedup = _read_csv(dedup_f, ("path",), made_by)
         if record_f.is_file():
-            test_paths = list(file_table(root).query("split == 'test'")["path"])
-            covers = audit_record_problem(record_f, test_paths, root) is None
+            table = file_table(root)
+            covers = audit_record_problem(record_f, list(table.query("split == 'test'")["path"]), root) is None
         else:
             covers = all((root / p).exists() for p in dedup["path"].head(20))
         if len(dedup) and covers:
             return pairs, dedup, f"{show_path(folder)} (from `skinlesion data audit`)"
-    pairs, test = audit(root, file_table(root), progress=False)
+    pairs, test = audit(root, table if table is not None else file_table(root), progress=False)
     return pairs, test[~test["leaked"]].reset_index(drop=True), "computed now"
 
 

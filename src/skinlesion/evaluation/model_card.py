@@ -19,6 +19,8 @@ import pandas as pd
 from skinlesion import DISCLAIMER, config
 from skinlesion.bundle.format import Bundle, load, load_meta
 from skinlesion.bundle.meta import BundleMeta
+from skinlesion.data.audit import AUDIT_RECORD
+from skinlesion.data.sources import INFO
 from skinlesion.evaluation.common import (
     METRIC_LABELS,
     ReportError,
@@ -178,7 +180,7 @@ def _audit_summary() -> str | None:
         return None
     rule = ""
     try:  # audit.json (absent in audits written before it existed) names the near-duplicate rule
-        r = read_json(f.with_name("audit.json")).get("rule") or {}
+        r = read_json(f.with_name(AUDIT_RECORD)).get("rule") or {}
         rule = (f" (near: pHash distance ≤ {int(r['max_phash_distance'])} and thumbnail correlation "
                 f"≥ {float(r['min_thumb_correlation']):.2f})")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -226,8 +228,6 @@ def _details(meta: BundleMeta, bundle_path: Path) -> Section:
 
 def _licences(sources: list[str]) -> str:
     """The training sets' licences, as the model inherits their terms."""
-    from skinlesion.data.sources import INFO
-
     known = [f"{k}: {INFO[k].licence}" for k in sources if k in INFO]
     return (f" Their licences ({'; '.join(known)}) carry over to what this model may be used for: check any "
             "non-commercial terms before using it outside research.") if known else ""

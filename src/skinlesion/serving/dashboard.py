@@ -13,14 +13,13 @@ Pure helpers (no widgets): :func:`list_bundles`, :func:`handle_upload`, :func:`r
 """
 from __future__ import annotations
 
-import base64
 import html
 import json
 import logging
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,12 +30,11 @@ from skinlesion import DISCLAIMER, config
 from skinlesion.bundle.format import BUNDLE_FILE, BundleError, parse_meta, resolve_default_bundle
 from skinlesion.data.intake import ImageRejected
 from skinlesion.explain.common import METHODS
-from skinlesion.metrics.calibration import UNCERTAIN_REFER
 from skinlesion.serving.budget import BudgetExceeded, BudgetRunner, Deadline
 from skinlesion.serving.combine import combine_predictions, repeat_refusal, repeated_photos
 from skinlesion.serving.explanation import ExplanationCaption, explanation_caption
-from skinlesion.serving.inference import Prediction, Predictor
-from skinlesion.serving.presentation import MAX_PHOTOS, METHOD_LABELS, inline_html, preview_jpeg
+from skinlesion.serving.inference import Prediction, Predictor, band_words
+from skinlesion.serving.presentation import MAX_PHOTOS, METHOD_LABELS, data_uri, inline_html, preview_jpeg
 
 __all__ = [
     "BundleChoice",
@@ -176,6 +174,11 @@ class UploadResult:
         return self.error is None and self.prediction is not None
 
     @property
+    def assessed(self) -> bool:
+        """True when there is a decision (and so a heat map) to show: read, and not set aside by the gate."""
+        return self.ok and self.prediction is not None and self.prediction.assessed
+
+    @property
     def summary(self) -> str:
         return self.prediction.summary if self.prediction else ""
 
@@ -215,13 +218,23 @@ class ExplainBudget:
         return Deadline(self.budget_s if self.budget_s is not None else config.explain_time_budget_s())
 
 
+def _require_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"Unknown explanation method {method!r}; choose one of {METHODS}.")
+
+
+def _model_lock(budget: ExplainBudget | None) -> AbstractContextManager[Any]:
+    """The budget's model lock (nothing without a budget)."""
+    return budget.lock if budget is not None else nullcontext()
+
+
 def _predict_upload(predictor: Predictor, data: bytes, method: str, name: str,
                     budget: ExplainBudget | None) -> UploadResult:
     """The prediction part of :func:`handle_upload` (a refused image becomes ``error``)."""
     result = UploadResult(name=name, method=method, input_size=predictor.input_size)
     try:
         result.image = preview_jpeg(data, PREVIEW_SIDE)
-        with budget.lock if budget is not None else nullcontext():
+        with _model_lock(budget):
             result.prediction = predictor.predict(data)
     except ImageRejected as exc:
         result.image = None
@@ -232,14 +245,14 @@ def _predict_upload(predictor: Predictor, data: bytes, method: str, name: str,
 def _explain_upload(result: UploadResult, predictor: Predictor, data: bytes,
                     budget: ExplainBudget | None, deadline: Deadline | None) -> None:
     """The heat map of a predicted upload into ``result`` (``explain_error`` says why there is none)."""
-    if not result.ok or result.prediction is None or not result.prediction.assessed:
+    if not result.assessed:
         # Refused, or set aside by the gate: no decision, so no map of "malignant evidence" either.
         return
     method, prediction = result.method, result.prediction
     what = f"The {METHOD_LABELS[method]} heat map"
 
     def explain():
-        with budget.lock if budget is not None else nullcontext():
+        with _model_lock(budget):
             return predictor.explain(data, method, prediction=prediction)
 
     try:
@@ -272,7 +285,7 @@ def _explain_uploads(results: list[UploadResult], predictor: Predictor, datas: l
         deadline = budget.deadline(method) if budget is not None else None
     except ValueError as exc:
         for r in results:
-            if r.ok and r.prediction is not None and r.prediction.assessed:
+            if r.assessed:
                 r.explain_error = f"The {METHOD_LABELS[method]} heat map was not computed: {exc}"
         return
     for r, data in zip(results, datas):
@@ -290,8 +303,7 @@ def handle_upload(
     its lock and a slow explanation runs under its time budget: past it, the prediction is shown
     with a note that the heat map did not finish in time.
     """
-    if method not in METHODS:
-        raise ValueError(f"Unknown explanation method {method!r}; choose one of {METHODS}.")
+    _require_method(method)
     data = bytes(data)
     result = _predict_upload(predictor, data, method, name, budget)
     _explain_uploads([result], predictor, [data], method, budget)
@@ -381,8 +393,7 @@ def handle_uploads(predictor: Predictor, files: list[tuple[str, bytes]], method:
     if len(files) > MAX_PHOTOS:
         return GroupResult(error=f"Too many images: {len(files)} were uploaded, and at most {MAX_PHOTOS} photos of "
                                  f"one lesion are analysed together. Upload {MAX_PHOTOS} or fewer.")
-    if method not in METHODS:
-        raise ValueError(f"Unknown explanation method {method!r}; choose one of {METHODS}.")
+    _require_method(method)
     repeats = repeated_photos([data for _, data in files])
     results: list[UploadResult] = []
     for k, (name, data) in enumerate(files):
@@ -427,25 +438,18 @@ def render_group_html(group: GroupResult) -> str:
     return "\n".join([
         headline,
         f'<p class="skinlesion-combined" style="max-width:60em">{html.escape("; ".join(counts))}. Rule: '
-        f'{html.escape(c["rule"])}; {_band_words(c)}threshold {100 * c["threshold"]:.1f}%. '
+        f'{html.escape(c["rule"])}; {band_words(c["probability"], c["decision"], (c["band_low"], c["band_high"]))}'
+        f'threshold {100 * c["threshold"]:.1f}%. '
         f'{html.escape(DISCLAIMER)}</p>',
     ])
 
-
-def _band_words(c: dict[str, Any]) -> str:
-    """As Prediction.summary says it: the band, when the combined decision is "uncertain — refer"."""
-    if c["decision"] != UNCERTAIN_REFER or c.get("probability") is None:
-        return ""
-    low, high = c["band_low"], c["band_high"]
-    return f"{100 * c['probability']:.1f}% lies in the uncertainty band {100 * low:.1f}% to {100 * high:.1f}%; "
 
 
 def image_html(data: bytes | None, mime: str, alt: str) -> str:
     """An ``<img>`` with a text alternative (ipywidgets' Image widget cannot carry one), or "" without data."""
     if not data:
         return ""
-    src = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-    return (f'<img src="{src}" alt="{html.escape(alt)}" '
+    return (f'<img src="{data_uri(mime, data)}" alt="{html.escape(alt)}" '
             f'style="display:block;width:{IMAGE_WIDTH};max-width:100%;height:auto">')
 
 
@@ -460,7 +464,7 @@ def overlay_alt(method: str) -> str:
 
 def overlay_caption_html(result: UploadResult) -> str:
     """What the heat map shows, for this decision and method ("" when the image was not assessed)."""
-    if result.prediction is None or not result.prediction.assessed:
+    if not result.assessed:
         return ""
     caption = result.caption or explanation_caption(result.decision, result.method)
     size = result.input_size

@@ -36,6 +36,14 @@ OOD_MESSAGE = (
 )
 
 
+def band_words(probability: float, decision: str, band: Sequence[float]) -> str:
+    """"P lies in the uncertainty band L to H; " for an "uncertain — refer" decision, else "": that
+    decision far below the threshold reads as a mistake unless the band is named."""
+    if decision != UNCERTAIN_REFER:
+        return ""
+    return f"{100 * probability:.1f}% lies in the uncertainty band {100 * band[0]:.1f}% to {100 * band[1]:.1f}%; "
+
+
 @dataclass
 class Prediction:
     """One image's result, in numbers and in plain words."""
@@ -79,9 +87,7 @@ class Prediction:
             if self.synthetic:
                 text = "SYNTHETIC MODEL (trained on generated images): " + text
             return text + " " + DISCLAIMER
-        # "uncertain — refer" far below the threshold reads as a mistake unless the band is named.
-        band = (f"{pct:.1f}% lies in the uncertainty band {100 * self.band[0]:.1f}% to {100 * self.band[1]:.1f}%; "
-                if self.decision == UNCERTAIN_REFER else "")
+        band = band_words(self.probability, self.decision, self.band)
         text = (
             f"Estimated probability that this lesion is malignant: {pct:.1f}%. "
             f"Decision: {self.decision} ({band}threshold {100 * self.threshold:.1f}%, chosen on validation "

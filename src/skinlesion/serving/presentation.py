@@ -2,6 +2,7 @@
 names and the display copy of an upload."""
 from __future__ import annotations
 
+import base64
 import html
 import io
 import re
@@ -35,6 +36,11 @@ def inline_html(text: str) -> str:
     for pattern, repl in _INLINE:
         out = pattern.sub(repl, out)
     return out
+
+
+def data_uri(mime: str, data: bytes) -> str:
+    """``data:`` URI for embedding bytes in a page (images are never stored server-side)."""
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
 def method_label(method: str | None) -> str:
