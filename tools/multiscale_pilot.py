@@ -36,6 +36,12 @@ average loss: ``gdro`` is group DRO (Sagawa et al., 2020) over the four (trainin
 groups: the head minimises the worst group's mean training loss (a soft maximum, temperature 0.01;
 ``gdro-soft`` 0.1, between that and the group-balanced mean); ``erm`` is the plain fit, always run
 first (C is picked on it and kept for the others, so the objective is the only difference). Does a head that must fit every training collection equally well fit a new one better?
+``--c-selection`` fits the top features at every C of a wider grid (``C_GRID_WIDE``, down to 1e-5:
+the in-source rule picks the old grid's floor on every fold) and picks C two ways: ``insource`` the
+in-source validation AUC (as everywhere else), ``source-out`` the mean AUC over the training sources
+of a head fitted on the other training source (a nested leave-one-source-out: nothing of the held-out
+source is used). It also prints the held-out AUC at every C, for reading, not for picking. Does a
+rule that rewards transfer between the training collections pick a head that transfers to a new one?
 It also prints, per held-out source, the AUC of its malignant images against each benign diagnosis.
 
     python tools/multiscale_pilot.py --cache data/cache/multiscale_pilot.npz
@@ -44,6 +50,7 @@ It also prints, per held-out source, the AUC of its malignant images against eac
     python tools/multiscale_pilot.py --projections none,src-mean,inlp2,inlp8,inlp32
     python tools/multiscale_pilot.py --poolings gap,centre5,centre3,gauss,gem3,max,gap+ring
     python tools/multiscale_pilot.py --objectives erm,gdro,gdro-soft
+    python tools/multiscale_pilot.py --c-selection
 """
 from __future__ import annotations
 
@@ -67,6 +74,7 @@ FEATURE_SETS = {
     "b14+b10": ("lite_block14_add", "lite_block10_add"),
 }
 C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1)
+C_GRID_WIDE = (1e-5, 3e-5, 1e-4, 3e-4, *C_GRID)
 
 
 def _l2(x: np.ndarray) -> np.ndarray:
@@ -253,6 +261,61 @@ def fit_group_dro(x: np.ndarray, y: np.ndarray, group: np.ndarray, c: float, tem
     return LinearHead(w, b), {str(g): round(float(v), 3) for g, v in zip(names, softmax(losses / temperature))}
 
 
+def source_out_auc(x: np.ndarray, y: np.ndarray, w: np.ndarray, source: np.ndarray, c: float,
+                   views: int = 1) -> float:
+    """Mean over the sources in ``source`` of the ROC AUC, on that source's images, of a class-weighted
+    logistic regression (C = ``c``, standardised on its own training rows) fitted on the other sources'
+    rows. Rows come in groups of ``views`` per image (image-major); an image's score is its views' mean."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.preprocessing import StandardScaler
+
+    aucs = []
+    for s in np.unique(source):
+        fit, score = source != s, source == s
+        scaler = StandardScaler().fit(x[fit])
+        clf = LogisticRegression(C=c, max_iter=2000).fit(scaler.transform(x[fit]), y[fit], sample_weight=w[fit])
+        p = clf.predict_proba(scaler.transform(x[score]))[:, 1].reshape(-1, views).mean(axis=1)
+        aucs.append(roc_auc_score(y[score][::views], p))
+    return float(np.mean(aucs))
+
+
+def fit_c_selection(cache: Path) -> None:
+    """The top features' logistic regression at every C of ``C_GRID_WIDE``, C picked on the in-source
+    validation AUC and on the nested source-out AUC; prints every C's scores and each rule's pick."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.preprocessing import StandardScaler
+
+    from skinlesion.training.train import sample_weights
+
+    z = np.load(cache)
+    row = {f: i for i, f in enumerate(z["files"])}
+    cols = _columns(FEATURE_SETS["top"])
+    feats = z["features"][:, :, cols]
+    for held, data, tr, va, te in _folds():
+        x_tr, x_va, x_te = (feats[[row[str(f)] for f in data.files(part)]] for part in (tr, va, te))
+        y_tr, y_va, y_te = (p["label"].to_numpy() for p in (tr, va, te))
+        raw_tr = x_tr.reshape(-1, len(cols))  # both views as training rows, image-major
+        y_rows, w_rows = np.repeat(y_tr, len(VIEWS)), np.repeat(sample_weights(tr, "class"), len(VIEWS))
+        src_rows = np.repeat(tr["source"].astype(str).to_numpy(), len(VIEWS))
+        scaler = StandardScaler().fit(raw_tr)
+        scores = {}
+        for c in C_GRID_WIDE:
+            t0 = time.perf_counter()
+            clf = LogisticRegression(C=c, max_iter=2000).fit(scaler.transform(raw_tr), y_rows, sample_weight=w_rows)
+            va_auc, te_auc = (roc_auc_score(yy, np.mean([clf.predict_proba(scaler.transform(xx[:, v]))[:, 1]
+                                                        for v in range(len(VIEWS))], axis=0))
+                              for xx, yy in ((x_va, y_va), (x_te, y_te)))
+            so_auc = source_out_auc(raw_tr, y_rows, w_rows, src_rows, c, len(VIEWS))
+            scores[c] = (va_auc, so_auc, te_auc)
+            print(f"held out {held:9s} C={c:<7g} in-source val AUC {va_auc:.4f}, source-out AUC {so_auc:.4f}, "
+                  f"held-out AUC {te_auc:.4f} (for reading) [{time.perf_counter() - t0:.0f} s]", flush=True)
+        for rule, k in (("insource", 0), ("source-out", 1)):
+            c = max(scores, key=lambda c: scores[c][k])
+            print(f"held out {held:9s} rule {rule:10s} picks C={c:g}: held-out AUC {scores[c][2]:.4f}", flush=True)
+
+
 def _per_diagnosis(y, p, diagnosis) -> str:
     """AUC of the malignant images against each benign diagnosis (only where there are several)."""
     from sklearn.metrics import roc_auc_score
@@ -339,6 +402,8 @@ def main() -> None:
     ap.add_argument("--pool-cache", type=Path, default=Path("data/cache/pooling_pilot.npz"))
     ap.add_argument("--objectives", help=f"comma-separated, from {','.join(OBJECTIVES)}: top features only, "
                     "trained so (erm is added first)")
+    ap.add_argument("--c-selection", action="store_true", help="top features only: C picked in-source and "
+                    "source-out over a wider grid")
     args = ap.parse_args()
     projections = args.projections.split(",") if args.projections else None
     transforms = args.transforms.split(",") if args.transforms else None
@@ -357,9 +422,14 @@ def main() -> None:
         ap.error(f"--weightings: choose from {', '.join(WEIGHTINGS)}")
     if poolings and not set(poolings) <= set(POOLINGS):
         ap.error(f"--poolings: choose from {', '.join(POOLINGS)}")
+    if args.c_selection and any((transforms, weightings, projections, poolings, objectives)):
+        ap.error("--c-selection: on its own")
     cache, make = (args.pool_cache, extract_pooled) if poolings else (args.cache, extract)
     if not cache.exists():
         make(cache)
+    if args.c_selection:
+        fit_c_selection(cache)
+        return
     fit_all(cache, transforms, weightings, projections, poolings, objectives)
 
 if __name__ == "__main__":

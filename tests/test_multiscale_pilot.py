@@ -1,4 +1,4 @@
-"""The group DRO head of ``tools/multiscale_pilot.py --objectives``: the worst-fitted group gains weight."""
+"""Heads of `tools/multiscale_pilot.py`: group DRO (`--objectives`) and the source-out C rule (`--c-selection`)."""
 from __future__ import annotations
 
 import importlib.util
@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
@@ -62,3 +63,24 @@ def test_group_dro_lowers_the_worst_group_loss_and_weights_the_hard_source() -> 
     dro_worst = max(_group_losses(head, x, y, group).values())
     assert dro_worst < max(_group_losses(plain, x, y, group).values()) - 0.01
     assert abs(sum(q.values()) - 1) < 1e-6 and q["b:0"] + q["b:1"] > q["a:0"] + q["a:1"]
+
+
+def test_source_out_auc_scores_each_source_by_a_head_fitted_on_the_others() -> None:
+    pilot = _pilot()
+    rng = np.random.default_rng(1)
+    n = 200
+    y = np.tile([0, 1], n)
+    source = np.repeat(["a", "b"], n)
+    x = rng.normal(0.0, 1.0, (2 * n, 2))
+    # Feature 0 carries the label the same way in both sources, feature 1 in opposite ways.
+    x[:, 0] += 1.5 * y
+    x[:, 1] += np.where(source == "a", 3.0, -3.0) * y
+    w = np.ones(2 * n)
+    same = pilot.source_out_auc(x[:, :1], y, w, source, c=1.0)
+    opposite = pilot.source_out_auc(x[:, 1:], y, w, source, c=1.0)
+    assert same > 0.8
+    assert opposite < 0.1  # each source's head learned the other's direction
+    # Rows come in groups of views per image: identical views score as one row per image (each row
+    # adds its loss, so twice the rows at half the C is the same fit).
+    assert pilot.source_out_auc(np.repeat(x, 2, axis=0), np.repeat(y, 2), np.repeat(w, 2), np.repeat(source, 2),
+                                c=0.5, views=2) == pytest.approx(pilot.source_out_auc(x, y, w, source, c=1.0))
