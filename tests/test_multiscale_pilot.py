@@ -84,3 +84,48 @@ def test_source_out_auc_scores_each_source_by_a_head_fitted_on_the_others() -> N
     # adds its loss, so twice the rows at half the C is the same fit).
     assert pilot.source_out_auc(np.repeat(x, 2, axis=0), np.repeat(y, 2), np.repeat(w, 2), np.repeat(source, 2),
                                 c=0.5, views=2) == pytest.approx(pilot.source_out_auc(x, y, w, source, c=1.0))
+
+
+def test_softmax_head_with_one_group_per_class_is_sklearns_logistic_regression() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    pilot = _pilot()
+    x, y, _ = _toy()
+    allowed = np.stack([y == 0, y == 1], axis=1)
+    head = pilot.fit_partial_softmax(x, allowed, np.array([False, True]), np.ones(len(y)), c=0.05)
+    # Two groups, both columns penalised: the optimum splits the direction in halves, |w|^2 / 4, so
+    # it is sklearn's fit at twice the C.
+    ref = LogisticRegression(C=0.1, max_iter=5000, tol=1e-10).fit(x, y)
+    np.testing.assert_allclose(head.predict_proba(x), ref.predict_proba(x), atol=1e-4)
+
+
+def test_partial_labels_may_be_any_group_of_their_class() -> None:
+    pilot = _pilot()
+    allowed = pilot.allowed_groups(np.array(["nv", "seborrheic_keratosis", "benign", "malignant", "mel"]),
+                                   np.array([0, 0, 0, 1, 1]))
+    names = [g for g, _ in pilot.DX_GROUPS]
+    assert [names[i] for i in np.flatnonzero(allowed[0])] == ["nevus"]
+    assert [names[i] for i in np.flatnonzero(allowed[1])] == ["keratosis"]
+    assert [names[i] for i in np.flatnonzero(allowed[2])] == ["nevus", "keratosis", "other-benign"]
+    assert [names[i] for i in np.flatnonzero(allowed[3])] == ["melanoma", "bcc", "akiec"]
+    assert [names[i] for i in np.flatnonzero(allowed[4])] == ["melanoma"]
+
+
+def test_softmax_head_reads_two_benign_groups_a_single_direction_cannot() -> None:
+    """Malignant in the middle, one benign group on each side: no line separates them, two do."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    pilot = _pilot()
+    rng = np.random.default_rng(2)
+    centres = {"nv": -3.0, "bkl": 3.0, "mel": 0.0}
+    diagnosis = np.repeat(list(centres), 300)
+    x = rng.normal([centres[d] for d in diagnosis], 0.7)[:, None]
+    y = (diagnosis == "mel").astype(int)
+    # Half the benign rows are coarse ("benign"): they still pull the benign groups' mass.
+    coarse = np.where((y == 0) & (np.arange(len(y)) % 2 == 0), "benign", diagnosis)
+    head = pilot.fit_partial_softmax(x, pilot.allowed_groups(coarse, y),
+                                     np.array([c == 1 for _, c in pilot.DX_GROUPS]), np.ones(len(y)), c=1.0)
+    line = LogisticRegression(C=1.0).fit(x, y)
+    assert roc_auc_score(y, head.predict_proba(x)[:, 1]) > 0.95
+    assert roc_auc_score(y, line.predict_proba(x)[:, 1]) < 0.7

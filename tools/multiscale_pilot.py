@@ -36,6 +36,12 @@ average loss: ``gdro`` is group DRO (Sagawa et al., 2020) over the four (trainin
 groups: the head minimises the worst group's mean training loss (a soft maximum, temperature 0.01;
 ``gdro-soft`` 0.1, between that and the group-balanced mean); ``erm`` is the plain fit, always run
 first (C is picked on it and kept for the others, so the objective is the only difference). Does a head that must fit every training collection equally well fit a new one better?
+``dx`` is a softmax head over diagnosis groups (nevus, keratosis, other benign, melanoma, basal cell
+carcinoma, actinic keratosis) instead of one benign/malignant direction; its probability of malignancy is
+the sum over the malignant groups. The Kaggle set gives only benign or malignant, so its rows count as
+partial labels (the loss is minus the log of the summed probability of the groups of their class).
+One direction has to separate melanoma from nevi and from keratoses at once; do several (a piecewise
+linear boundary on the same features) separate the keratoses that every held-out source confuses?
 ``--c-selection`` fits the top features at every C of a wider grid (``C_GRID_WIDE``, down to 1e-5:
 the in-source rule picks the old grid's floor on every fold) and picks C two ways: ``insource`` the
 in-source validation AUC (as everywhere else), ``source-out`` the mean AUC over the training sources
@@ -50,6 +56,7 @@ It also prints, per held-out source, the AUC of its malignant images against eac
     python tools/multiscale_pilot.py --projections none,src-mean,inlp2,inlp8,inlp32
     python tools/multiscale_pilot.py --poolings gap,centre5,centre3,gauss,gem3,max,gap+ring
     python tools/multiscale_pilot.py --objectives erm,gdro,gdro-soft
+    python tools/multiscale_pilot.py --objectives erm,dx
     python tools/multiscale_pilot.py --c-selection
 """
 from __future__ import annotations
@@ -215,7 +222,68 @@ def source_directions(x: np.ndarray, frame, method: str) -> np.ndarray:
 PROJECTIONS = ("none", "src-mean", "inlp1", "inlp2", "inlp4", "inlp8", "inlp16", "inlp32")
 # name -> temperature of the soft maximum over group losses (None: the plain fit). Small: close to the
 # worst group alone; large: tends to the group-balanced mean (the source balance tried already).
-OBJECTIVES: dict[str, float | None] = {"erm": None, "gdro": 0.01, "gdro-soft": 0.1}
+OBJECTIVES: dict[str, float | None] = {"erm": None, "gdro": 0.01, "gdro-soft": 0.1, "dx": None}
+# Diagnosis groups of the ``dx`` head (benign first) and each source's diagnoses in them; a diagnosis
+# not listed (the Kaggle set's "benign" and "malignant") may be any group of its class.
+DX_GROUPS = (("nevus", 0), ("keratosis", 0), ("other-benign", 0), ("melanoma", 1), ("bcc", 1), ("akiec", 1))
+DX_OF = {"nv": "nevus", "nevus": "nevus", "bkl": "keratosis", "seborrheic_keratosis": "keratosis",
+         "vasc": "other-benign", "df": "other-benign", "mel": "melanoma", "melanoma": "melanoma", "bcc": "bcc",
+         "akiec": "akiec"}
+
+
+def allowed_groups(diagnosis: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """(n, len(DX_GROUPS)) bool: the diagnosis groups each row may belong to (one where its diagnosis
+    names one, else every group of its class)."""
+    names = [g for g, _ in DX_GROUPS]
+    cls = np.array([c for _, c in DX_GROUPS])
+    out = cls[None, :] == np.asarray(label)[:, None]
+    for i, d in enumerate(diagnosis):
+        if str(d) in DX_OF:
+            out[i] = np.array(names) == DX_OF[str(d)]
+    return out
+
+
+@dataclass
+class SoftmaxHead:
+    """A softmax head over groups; ``predict_proba`` gives (benign, malignant) as the summed group
+    probabilities of each class."""
+    coef: np.ndarray  # (features, groups)
+    intercept: np.ndarray  # (groups,)
+    malignant: np.ndarray  # (groups,) bool
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        from scipy.special import softmax
+
+        p = softmax(x @ self.coef + self.intercept, axis=1)[:, self.malignant].sum(axis=1)
+        return np.stack([1 - p, p], axis=1)
+
+
+def fit_partial_softmax(x: np.ndarray, allowed: np.ndarray, malignant: np.ndarray, weight: np.ndarray,
+                        c: float) -> SoftmaxHead:
+    """A softmax regression fitted on partial labels: row i's loss is -log of the summed probability
+    of the groups ``allowed[i]``, weighted by ``weight[i]``, with sklearn's penalty scale (C x weighted
+    loss + |W|^2 / 2, intercepts free). Groups no row is confined to alone are dropped (a fold without
+    HAM10000 has no basal cell carcinoma). With partial labels the loss is not convex (a difference of
+    log-sum-exps), so L-BFGS from zero finds a local optimum. scikit-learn has no partial-label softmax; the loss and its
+    gradient are a few lines, scipy does the rest."""
+    from scipy.optimize import minimize
+    from scipy.special import logsumexp, softmax
+
+    keep = (allowed & (allowed.sum(axis=1, keepdims=True) == 1)).any(axis=0)
+    allowed, malignant = allowed[:, keep], malignant[keep]
+    n, k = x.shape[1], allowed.shape[1]
+    scale = c * weight
+
+    def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        w, b = theta[: n * k].reshape(n, k), theta[n * k:]
+        z = x @ w + b
+        masked = np.where(allowed, z, -np.inf)
+        loss = logsumexp(z, axis=1) - logsumexp(masked, axis=1)
+        dz = scale[:, None] * (softmax(z, axis=1) - softmax(masked, axis=1))
+        return float(scale @ loss + 0.5 * np.sum(w * w)), np.concatenate([(x.T @ dz + w).ravel(), dz.sum(axis=0)])
+
+    res = minimize(objective, np.zeros(n * k + k), jac=True, method="L-BFGS-B", options={"maxiter": 2000})
+    return SoftmaxHead(res.x[: n * k].reshape(n, k), res.x[n * k:], malignant)
 
 
 @dataclass
@@ -370,7 +438,12 @@ def fit_all(cache: Path, transforms: list[str] | None = None, weightings: list[s
             def p_mean(clf, views: list[np.ndarray]) -> np.ndarray:
                 return np.mean([clf.predict_proba(xv)[:, 1] for xv in views], axis=0)
 
-            if objectives and set_name != "erm":  # at the C the plain fit picked (erm runs first)
+            if set_name == "dx":  # at the C the plain fit picked (erm runs first)
+                w_rows = np.repeat(w_tr, len(VIEWS))
+                clf = fit_partial_softmax(x_tr, allowed_groups(tr_rows["diagnosis"].to_numpy(), tr_rows["label"].to_numpy()),
+                                          np.array([c == 1 for _, c in DX_GROUPS]), w_rows, c_erm)
+                auc_va, c = roc_auc_score(y_va, p_mean(clf, x_va)), c_erm
+            elif objectives and set_name != "erm":  # at the C the plain fit picked (erm runs first)
                 group = (tr_rows["source"].astype(str) + ":" + tr_rows["label"].astype(str)).to_numpy()
                 clf, q = fit_group_dro(x_tr, tr_rows["label"].to_numpy(), group, c_erm, OBJECTIVES[set_name] or 1.0)
                 auc_va, c = roc_auc_score(y_va, p_mean(clf, x_va)), c_erm
