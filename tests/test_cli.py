@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from skinlesion.cli import main
 
@@ -404,3 +406,11 @@ def test_a_missing_bundle_is_one_line_without_tensorflows_start_up_lines(tmp_pat
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [f"Error: no model bundle at {tmp_path / 'no-bundle'} (nothing there). "
                                              "The default model is trained by `make run` (or `skinlesion run`)."]
+    # predict with no model at all: the default is resolved before anything imports TensorFlow.
+    image = tmp_path / "lesion.png"
+    Image.new("RGB", (32, 32), (180, 120, 110)).save(image)
+    env = {**os.environ, "SKINLESION_MODEL": "", "SKINLESION_MODELS_DIR": str(tmp_path / "models")}
+    r = subprocess.run([sys.executable, "-m", "skinlesion.cli", "predict", str(image)], capture_output=True,
+                       text=True, timeout=120, env=env)
+    assert r.returncode == 1
+    assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("Error: no trained model found at ")

@@ -131,6 +131,8 @@ def test_page_shows_notice_and_controls_but_not_the_hidden_cell(dash_page) -> No
     assert "Research tool, not a medical device." in dash_page.locator(".skinlesion-notice").inner_text()
     assert "Heat map:" in text and "Model:" in text
     assert "Reset" in text
+    # The tab names the tool (notebook metadata "title"), not the notebook's file name.
+    assert dash_page.title() == "Skin lesion uploader (research tool, not a medical device)"
     content = dash_page.content()
     # The stub-upload cell is removed by TagRemovePreprocessor, so neither its code nor its
     # output may reach the page.

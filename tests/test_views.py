@@ -1,4 +1,4 @@
-"""Dihedral, framing, degradation and aperture views of image batches (training augmentation and TTA)."""
+"""Dihedral, framing, degradation, aperture and colour views of image batches (training augmentation and TTA)."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,6 +6,7 @@ import numpy as np
 from skinlesion.models.features import (
     ALL_VIEWS,
     APERTURE_VIEWS,
+    COLOUR_VIEWS,
     DEGRADE_VIEWS,
     FRAMING_VIEWS,
     VIEWS,
@@ -28,7 +29,8 @@ def test_dihedral_views_are_the_8_distinct_symmetries():
 
 def test_framing_views_keep_shape_and_frame_the_lesion():
     b = _batch()
-    assert set(ALL_VIEWS) == set(VIEWS) | set(FRAMING_VIEWS) | set(DEGRADE_VIEWS) | set(APERTURE_VIEWS)
+    assert set(ALL_VIEWS) == set(VIEWS) | set(FRAMING_VIEWS) | set(DEGRADE_VIEWS) | set(APERTURE_VIEWS) | set(
+        COLOUR_VIEWS)
     zo = apply_view(b, "zo")
     assert zo.shape == b.shape and zo.dtype == np.uint8
     assert (zo[:, 0, :, :] == ZOOM_OUT_FILL).all() and (zo[:, :, -1, :] == ZOOM_OUT_FILL).all()
@@ -96,3 +98,13 @@ def test_extract_features_computes_only_missing_views(tmp_path):
                                 cache_root=tmp_path / "c", progress=False)
     assert ok.all() and Model.seen == 5 + 10
     assert np.array_equal(a[:, 0], b[:, 0])
+
+
+def test_colour_views_shift_the_white_balance_one_way_each():
+    flat = np.full((2, 8, 8, 3), 100, np.uint8)
+    warm, cool = apply_view(flat, "cw"), apply_view(flat, "cc")
+    assert (warm[..., 0] == 110).all() and (warm[..., 1] == 100).all() and (warm[..., 2] == 90).all()
+    assert (cool[..., 0] == 90).all() and (cool[..., 2] == 110).all()
+    bright = np.full((1, 4, 4, 3), 250, np.uint8)
+    assert apply_view(bright, "cw").max() == 255  # clipped, not wrapped
+    assert apply_view(flat[:0], "cc").shape == (0, 8, 8, 3)

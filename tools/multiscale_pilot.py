@@ -48,6 +48,11 @@ in-source validation AUC (as everywhere else), ``source-out`` the mean AUC over 
 of a head fitted on the other training source (a nested leave-one-source-out: nothing of the held-out
 source is used). It also prints the held-out AUC at every C, for reading, not for picking. Does a
 rule that rewards transfer between the training collections pick a head that transfers to a new one?
+``--extra-views`` trains the top features' head on the id and fh views and, beside them, on other views
+of ``skinlesion.models.features`` (their features in their own cache, ``--extra-cache``), scored on the id
+and fh views as always; it first prints how each source's red/blue balance goes with the label. With the
+colour views (``cw,cc``): does a head shown every training image under another white balance stop
+reading a colour cue that one collection's classes carry and another's do not?
 It also prints, per held-out source, the AUC of its malignant images against each benign diagnosis.
 
     python tools/multiscale_pilot.py --cache data/cache/multiscale_pilot.npz
@@ -58,6 +63,7 @@ It also prints, per held-out source, the AUC of its malignant images against eac
     python tools/multiscale_pilot.py --objectives erm,gdro,gdro-soft
     python tools/multiscale_pilot.py --objectives erm,dx
     python tools/multiscale_pilot.py --c-selection
+    python tools/multiscale_pilot.py --extra-views cw,cc
 """
 from __future__ import annotations
 
@@ -102,9 +108,11 @@ def _folds():
         yield held, data, data.part("train"), data.part("val"), held_out_frame(data.table, held)
 
 
-def _extract(cache: Path, outputs: Callable, width: tuple[int, ...], post: Callable = np.asarray) -> None:
-    """Features of every image any fold reads, for both views, into ``cache``: the Lite0 backbone's
-    ``outputs(backbone)`` per batch, through ``post``, ``width`` values per image and view."""
+def _extract(cache: Path, outputs: Callable, width: tuple[int, ...], post: Callable = np.asarray,
+             views: tuple[str, ...] = VIEWS) -> None:
+    """Features of every image any fold reads, for each of ``views``, into ``cache``: the Lite0 backbone's
+    ``outputs(backbone)`` per batch, through ``post``, ``width`` values per image and view; beside them
+    each image's mean R, G, B at the network's input size."""
     import keras
 
     from skinlesion.models import backbones
@@ -113,24 +121,27 @@ def _extract(cache: Path, outputs: Callable, width: tuple[int, ...], post: Calla
     files = sorted({str(f) for _h, data, tr, va, te in _folds() for part in (tr, va, te) for f in data.files(part)})
     backbone = backbones.build_feature_extractor("efficientnet_lite0", "imagenet")
     model = keras.Model(backbone.input, outputs(backbone))
-    out = np.zeros((len(files), len(VIEWS), *width), np.float32)
+    out = np.zeros((len(files), len(views), *width), np.float32)
+    rgb = np.zeros((len(files), 3), np.float32)
     t0 = time.perf_counter()
     for batch, idx, _keys, errors in iter_image_batches(files, int(backbone.input_shape[1])):
         if errors:
             raise SystemExit(f"unreadable images: {errors}")
-        for v, view in enumerate(VIEWS):
+        rgb[idx] = batch.mean(axis=(1, 2))
+        for v, view in enumerate(views):
             out[idx, v] = post(model.predict_on_batch(apply_view(batch, view)))
-    print(f"features of {len(files)} images x {len(VIEWS)} views in {time.perf_counter() - t0:.0f} s", flush=True)
+    print(f"features of {len(files)} images x {len(views)} views in {time.perf_counter() - t0:.0f} s", flush=True)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, files=np.array(files), features=out)
+    np.savez(cache, files=np.array(files), features=out, views=np.array(views), rgb=rgb)
 
 
-def extract(cache: Path) -> None:
-    """Pooled stage features (``LAYERS``, concatenated) into ``cache``."""
+def extract(cache: Path, views: tuple[str, ...] = VIEWS) -> None:
+    """Pooled stage features (``LAYERS``, concatenated) of ``views`` into ``cache``."""
     import keras
 
     _extract(cache, lambda backbone: keras.layers.Concatenate()(
-        [keras.layers.GlobalAveragePooling2D()(backbone.get_layer(n).output) for n in LAYERS]), (sum(LAYERS.values()),))
+        [keras.layers.GlobalAveragePooling2D()(backbone.get_layer(n).output) for n in LAYERS]), (sum(LAYERS.values()),),
+        views=views)
 
 
 def _pool_weights(side: int) -> dict[str, np.ndarray]:
@@ -384,6 +395,53 @@ def fit_c_selection(cache: Path) -> None:
             print(f"held out {held:9s} rule {rule:10s} picks C={c:g}: held-out AUC {scores[c][2]:.4f}", flush=True)
 
 
+def fit_extra_views(cache: Path, extra_cache: Path, extra: tuple[str, ...]) -> None:
+    """The top features' logistic regression trained on the id and fh views, then on those and the
+    ``extra`` views (their features in ``extra_cache``), scored on the id and fh views' mean; C picked on
+    the in-source validation AUC. First, per source, how the images' red/blue balance goes with the label."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.preprocessing import StandardScaler
+
+    from skinlesion.training.train import sample_weights
+
+    z, e = np.load(cache), np.load(extra_cache)
+    if tuple(e["views"]) != extra or not np.array_equal(z["files"], e["files"]):
+        raise SystemExit(f"{extra_cache} holds views {list(e['views'])} of other files; delete it to extract {list(extra)}")
+    row = {f: i for i, f in enumerate(z["files"])}
+    cols = _columns(FEATURE_SETS["top"])
+    feats = np.concatenate([z["features"][:, :, cols], e["features"][:, :, cols]], axis=1)
+    log_rb = np.log(np.maximum(e["rgb"][:, 0], 1) / np.maximum(e["rgb"][:, 2], 1))
+    for held, data, tr, va, te in _folds():
+        if held == SOURCES[0]:  # once: every source's images appear in the first fold's table
+            for source, part in data.table.groupby("source"):  # each source's images as it ships them
+                keep = [str(f) in row for f in data.files(part)]
+                part, r = part[keep], log_rb[[row[str(f)] for f in data.files(part[keep])]]
+                y = part["label"].to_numpy()
+                print(f"{source:9s} log(red/blue) benign {r[y == 0].mean():.3f} (SD {r[y == 0].std():.3f}), "
+                      f"malignant {r[y == 1].mean():.3f} (SD {r[y == 1].std():.3f}); AUC of red/blue for "
+                      f"malignancy {roc_auc_score(y, r):.3f} (n = {len(y)})", flush=True)
+        x_tr, x_va, x_te = (feats[[row[str(f)] for f in data.files(part)]] for part in (tr, va, te))
+        y_tr, y_va, y_te = (p["label"].to_numpy() for p in (tr, va, te))
+        for name, train_views in (("id,fh", 2), ("id,fh," + ",".join(extra), 2 + len(extra))):
+            rows = x_tr[:, :train_views].reshape(-1, len(cols))
+            scaler = StandardScaler().fit(rows)
+            views_va, views_te = ([scaler.transform(xx[:, v]) for v in range(len(VIEWS))] for xx in (x_va, x_te))
+            best = (-1.0, 0.0, None)
+            for c in C_GRID:
+                clf = LogisticRegression(C=c, max_iter=2000).fit(
+                    scaler.transform(rows), np.repeat(y_tr, train_views),
+                    sample_weight=np.repeat(sample_weights(tr, "class"), train_views))
+                auc_va = roc_auc_score(y_va, np.mean([clf.predict_proba(v)[:, 1] for v in views_va], axis=0))
+                if auc_va > best[0]:
+                    best = (auc_va, c, clf)
+            auc_va, c, clf = best
+            p_te = np.mean([clf.predict_proba(v)[:, 1] for v in views_te], axis=0)
+            print(f"held out {held:9s} trained on {name:14s} (C={c:g}): held-out AUC {roc_auc_score(y_te, p_te):.4f}, "
+                  f"in-source val AUC {auc_va:.4f}{_per_diagnosis(y_te, p_te, te['diagnosis'].astype(str).to_numpy())}",
+                  flush=True)
+
+
 def _per_diagnosis(y, p, diagnosis) -> str:
     """AUC of the malignant images against each benign diagnosis (only where there are several)."""
     from sklearn.metrics import roc_auc_score
@@ -475,6 +533,9 @@ def main() -> None:
     ap.add_argument("--pool-cache", type=Path, default=Path("data/cache/pooling_pilot.npz"))
     ap.add_argument("--objectives", help=f"comma-separated, from {','.join(OBJECTIVES)}: top features only, "
                     "trained so (erm is added first)")
+    ap.add_argument("--extra-views", help="comma-separated views of skinlesion.models.features (e.g. cw,cc): "
+                    "top features only, the head also trained on them")
+    ap.add_argument("--extra-cache", type=Path, default=Path("data/cache/extra_views_pilot.npz"))
     ap.add_argument("--c-selection", action="store_true", help="top features only: C picked in-source and "
                     "source-out over a wider grid")
     args = ap.parse_args()
@@ -495,13 +556,25 @@ def main() -> None:
         ap.error(f"--weightings: choose from {', '.join(WEIGHTINGS)}")
     if poolings and not set(poolings) <= set(POOLINGS):
         ap.error(f"--poolings: choose from {', '.join(POOLINGS)}")
-    if args.c_selection and any((transforms, weightings, projections, poolings, objectives)):
-        ap.error("--c-selection: on its own")
+    if sum(bool(a) for a in (transforms, weightings, projections, poolings, objectives, args.c_selection,
+                             args.extra_views)) > 1:
+        ap.error("--transforms, --weightings, --projections, --poolings, --objectives, --c-selection, --extra-views: "
+                 "one at a time")
     cache, make = (args.pool_cache, extract_pooled) if poolings else (args.cache, extract)
     if not cache.exists():
         make(cache)
     if args.c_selection:
         fit_c_selection(cache)
+        return
+    if args.extra_views:
+        from skinlesion.models.features import ALL_VIEWS
+
+        extra = tuple(args.extra_views.split(","))
+        if not set(extra) <= set(ALL_VIEWS) - set(VIEWS):
+            ap.error(f"--extra-views: choose from {', '.join(v for v in ALL_VIEWS if v not in VIEWS)}")
+        if not args.extra_cache.exists():
+            extract(args.extra_cache, extra)
+        fit_extra_views(cache, args.extra_cache, extra)
         return
     fit_all(cache, transforms, weightings, projections, poolings, objectives)
 

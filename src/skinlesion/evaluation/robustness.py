@@ -35,7 +35,7 @@ import pandas as pd
 
 from skinlesion.data.datasets import DataError
 from skinlesion.metrics.stats import mean_ci
-from skinlesion.models.features import WEBP_QUALITY, downscale
+from skinlesion.models.features import WEBP_QUALITY, downscale, scale_channels
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +87,6 @@ def zoom_out(img: np.ndarray, factor: float = ZOOM, fill: tuple[int, int, int] =
     top, left = (ph - h) // 2, (pw - w) // 2
     out[top:top + h, left:left + w] = img
     return out
-
-
-def scale_channels(img: np.ndarray, gains: Sequence[float]) -> np.ndarray:
-    """Multiply the R, G, B channels by ``gains``, rounded and clipped to uint8."""
-    out = img.astype(np.float32) * np.asarray(gains, np.float32)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def _transforms() -> dict[str, Callable[[np.ndarray], Transformed]]:

@@ -44,7 +44,19 @@ WEBP_QUALITY = 80
 # 0.50-0.55 x side over the image: the same cue, measured after training, not a held-out test of it.)
 APERTURE_VIEWS: dict[str, float] = {"ap": 0.47}
 APERTURE_SOFT = 0.03  # width of the soft edge, x side
-ALL_VIEWS: tuple[str, ...] = (*VIEWS, *FRAMING_VIEWS, *DEGRADE_VIEWS, *APERTURE_VIEWS)
+# Colour views (training augmentation only): the same lesion under a warmer (``cw``) or cooler (``cc``)
+# white balance, red and blue gains of 1.1 and 0.9 (log red/blue ratio +-0.2, the spread of one
+# source's images), as another dermatoscope's light and camera would give it. The sources disagree
+# on which class is redder (``python tools/multiscale_pilot.py --extra-views cw,cc`` prints it),
+# so a head trained on two of them can learn a white-balance cue that inverts on the third.
+COLOUR_VIEWS: dict[str, tuple[float, float, float]] = {"cw": (1.1, 1.0, 0.9), "cc": (0.9, 1.0, 1.1)}
+ALL_VIEWS: tuple[str, ...] = (*VIEWS, *FRAMING_VIEWS, *DEGRADE_VIEWS, *APERTURE_VIEWS, *COLOUR_VIEWS)
+
+
+def scale_channels(img: np.ndarray, gains: Sequence[float]) -> np.ndarray:
+    """Multiply the R, G, B channels of uint8 image(s) (last axis) by ``gains``, rounded and clipped."""
+    out = img.astype(np.float32) * np.asarray(gains, np.float32)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def _zoom(image: np.ndarray, factor: float) -> np.ndarray:
@@ -105,7 +117,9 @@ def _aperture(batch: np.ndarray, radius: float) -> np.ndarray:
 
 
 def apply_view(batch: np.ndarray, view: str) -> np.ndarray:
-    """Apply a dihedral, framing, degradation or aperture view to a batch (N, H, W, C) of square uint8 images."""
+    """Apply a dihedral, framing, degradation, aperture or colour view to a batch (N, H, W, C) of square uint8 images."""
+    if view in COLOUR_VIEWS:
+        return scale_channels(batch, COLOUR_VIEWS[view])
     if view in APERTURE_VIEWS:
         return _aperture(batch, APERTURE_VIEWS[view])
     if view in FRAMING_VIEWS:
