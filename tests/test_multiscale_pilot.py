@@ -129,3 +129,28 @@ def test_softmax_head_reads_two_benign_groups_a_single_direction_cannot() -> Non
     line = LogisticRegression(C=1.0).fit(x, y)
     assert roc_auc_score(y, head.predict_proba(x)[:, 1]) > 0.95
     assert roc_auc_score(y, line.predict_proba(x)[:, 1]) < 0.7
+
+
+def test_site_normalisation_takes_each_sites_own_offset_and_spread_out() -> None:
+    pilot = _pilot()
+    rng = np.random.default_rng(3)
+    x = np.vstack([rng.normal(5.0, 2.0, (300, 3)), rng.normal(-1.0, 0.5, (100, 3))])
+    label = np.r_[np.tile([0, 0, 1], 100), np.tile([0, 1], 50)]
+    x[label == 1] += 1.0
+    source = np.repeat(["a", "b"], [300, 100])
+
+    def normalised(mode: str, labelled: bool = True) -> np.ndarray:
+        stats = {s: pilot.site_stats(x[source == s], label[source == s] if labelled else None, mode) for s in "ab"}
+        return pilot.by_site(x, source, stats)
+
+    assert np.array_equal(normalised("none"), x)
+    for s in "ab":
+        rows = source == s
+        np.testing.assert_allclose(normalised("centre")[rows].mean(axis=0), 0.0, atol=1e-12)
+        np.testing.assert_allclose(normalised("standardise")[rows].std(axis=0), 1.0, atol=1e-12)
+        # Class-balanced: the two classes' means sit either side of zero, whatever the malignant share.
+        bal = normalised("centre-bal")[rows]
+        np.testing.assert_allclose(bal[label[rows] == 0].mean(axis=0) + bal[label[rows] == 1].mean(axis=0), 0.0,
+                                   atol=1e-12)
+    # A new site has no labels: its "-bal" statistics are its plain ones.
+    np.testing.assert_allclose(normalised("centre-bal", labelled=False), normalised("centre"))

@@ -53,6 +53,14 @@ of ``skinlesion.models.features`` (their features in their own cache, ``--extra-
 and fh views as always; it first prints how each source's red/blue balance goes with the label. With the
 colour views (``cw,cc``): does a head shown every training image under another white balance stop
 reading a colour cue that one collection's classes carry and another's do not?
+``--site-norms`` normalises the top features per site before the head: each training source by its own
+mean (``centre``) or mean and per-feature standard deviation (``standardise``), computed on its training
+images (``-bal``: the two classes weighed equally), and the held-out source by its own statistics from
+its images, unlabelled (a new site would take them from its first unlabelled images). It is the
+consistent form of ``tools/label_free_adaptation.py``, whose head was trained on pooled features. Does
+removing each device's offset and spread from the features leave what transfers, and does the
+threshold frozen on the training sources' validation images then keep its sensitivity and give a
+better specificity on the new site (printed for every mode)?
 It also prints, per held-out source, the AUC of its malignant images against each benign diagnosis.
 
     python tools/multiscale_pilot.py --cache data/cache/multiscale_pilot.npz
@@ -64,6 +72,7 @@ It also prints, per held-out source, the AUC of its malignant images against eac
     python tools/multiscale_pilot.py --objectives erm,dx
     python tools/multiscale_pilot.py --c-selection
     python tools/multiscale_pilot.py --extra-views cw,cc
+    python tools/multiscale_pilot.py --site-norms none,centre,centre-bal,standardise,standardise-bal
 """
 from __future__ import annotations
 
@@ -395,11 +404,98 @@ def fit_c_selection(cache: Path) -> None:
             print(f"held out {held:9s} rule {rule:10s} picks C={c:g}: held-out AUC {scores[c][2]:.4f}", flush=True)
 
 
+def fit_pick_c(x: np.ndarray, y: np.ndarray, w: np.ndarray, views_va: list[np.ndarray], y_va: np.ndarray):
+    """A class-weighted logistic regression on rows ``x`` at each C of ``C_GRID``; returns (validation AUC,
+    C, head) of the one whose mean probability over the validation views ``views_va`` ranks ``y_va`` best."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    best = (-1.0, 0.0, None)
+    for c in C_GRID:
+        clf = LogisticRegression(C=c, max_iter=2000).fit(x, y, sample_weight=w)
+        auc_va = roc_auc_score(y_va, np.mean([clf.predict_proba(v)[:, 1] for v in views_va], axis=0))
+        if auc_va > best[0]:
+            best = (auc_va, c, clf)
+    return best
+
+
+SITE_NORMS = ("none", "centre", "centre-bal", "standardise", "standardise-bal")
+
+
+def site_stats(x: np.ndarray, label: np.ndarray | None, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """Location and scale of one site's features ``x`` (rows) under ``mode``: its mean (``centre``), and
+    each feature's standard deviation too (``standardise``); a site harmonisation, ComBat's location and
+    scale step without its empirical-Bayes pooling. ``-bal`` modes weigh the two classes equally when
+    ``label`` is given (a training source), so a source's malignant share does not move its centre; a
+    new site has no labels and gets its plain statistics. ``none``: zero and one. scikit-learn scales
+    per feature, not per group; these few lines are the group part."""
+    zero, one = np.zeros(x.shape[1]), np.ones(x.shape[1])
+    if mode == "none":
+        return zero, one
+    w = np.ones(len(x))
+    if mode.endswith("-bal") and label is not None:
+        w = np.where(label == 1, 0.5 / max((label == 1).sum(), 1), 0.5 / max((label == 0).sum(), 1))
+    mean = np.average(x, axis=0, weights=w)
+    if not mode.startswith("standardise"):
+        return mean, one
+    return mean, np.maximum(np.sqrt(np.average((x - mean) ** 2, axis=0, weights=w)), 1e-6)
+
+
+def by_site(x: np.ndarray, source: np.ndarray, stats: dict[str, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Rows of ``x`` shifted and scaled by their own ``source``'s (mean, scale) from ``stats``."""
+    out = np.empty_like(x)
+    for s in np.unique(source):
+        mean, scale = stats[str(s)]
+        out[source == s] = (x[source == s] - mean) / scale
+    return out
+
+
+def fit_site_norm(cache: Path, modes: list[str]) -> None:
+    """The top features' logistic regression after each site normalisation of ``modes``: training and
+    validation images by their own source's statistics (from its training images' plain view), the
+    held-out source by its own (label-free: all of its images, unlabelled); then one standardisation
+    and C picked on the in-source validation AUC, as everywhere here."""
+    from sklearn.metrics import roc_auc_score
+    from sklearn.preprocessing import StandardScaler
+
+    from skinlesion.metrics.calibration import choose_threshold_for_sensitivity
+    from skinlesion.training.train import sample_weights
+
+    z = np.load(cache)
+    row = {f: i for i, f in enumerate(z["files"])}
+    cols = _columns(FEATURE_SETS["top"])
+    feats = z["features"][:, :, cols]
+    for held, data, tr, va, te in _folds():
+        x_tr, x_va, x_te = (feats[[row[str(f)] for f in data.files(part)]] for part in (tr, va, te))
+        y_tr, y_va, y_te = (p["label"].to_numpy() for p in (tr, va, te))
+        src_tr, src_va = (p["source"].astype(str).to_numpy() for p in (tr, va))
+        src_te = np.full(len(te), held)
+        for mode in modes:
+            stats = {s: site_stats(x_tr[src_tr == s, 0], y_tr[src_tr == s], mode) for s in np.unique(src_tr)}
+            stats[held] = site_stats(x_te[:, 0], None, mode)
+            views_tr, views_va, views_te = ([by_site(xx[:, v], src, stats) for v in range(len(VIEWS))]
+                                            for xx, src in ((x_tr, src_tr), (x_va, src_va), (x_te, src_te)))
+            rows = np.stack(views_tr, axis=1).reshape(-1, len(cols))  # image-major, as the labels repeat
+            scaler = StandardScaler().fit(rows)
+            auc_va, c, clf = fit_pick_c(scaler.transform(rows), np.repeat(y_tr, len(VIEWS)),
+                                        np.repeat(sample_weights(tr, "class"), len(VIEWS)),
+                                        [scaler.transform(v) for v in views_va], y_va)
+            p_va, p_te = (np.mean([clf.predict_proba(scaler.transform(v))[:, 1] for v in vs], axis=0)
+                          for vs in (views_va, views_te))
+            # The served rule: the threshold for 95 % sensitivity on the in-source validation images,
+            # frozen and applied to the new site (whose features the site normalisation has moved).
+            t = choose_threshold_for_sensitivity(y_va, p_va, 0.95)
+            sens, spec = (p_te[y_te == 1] >= t).mean(), (p_te[y_te == 0] < t).mean()
+            print(f"held out {held:9s} site norm {mode:15s} (C={c:g}): held-out AUC {roc_auc_score(y_te, p_te):.4f}, "
+                  f"sensitivity {sens:.2f} / specificity {spec:.2f} at the frozen threshold, "
+                  f"in-source val AUC {auc_va:.4f}{_per_diagnosis(y_te, p_te, te['diagnosis'].astype(str).to_numpy())}",
+                  flush=True)
+
+
 def fit_extra_views(cache: Path, extra_cache: Path, extra: tuple[str, ...]) -> None:
     """The top features' logistic regression trained on the id and fh views, then on those and the
     ``extra`` views (their features in ``extra_cache``), scored on the id and fh views' mean; C picked on
     the in-source validation AUC. First, per source, how the images' red/blue balance goes with the label."""
-    from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.preprocessing import StandardScaler
 
@@ -427,15 +523,8 @@ def fit_extra_views(cache: Path, extra_cache: Path, extra: tuple[str, ...]) -> N
             rows = x_tr[:, :train_views].reshape(-1, len(cols))
             scaler = StandardScaler().fit(rows)
             views_va, views_te = ([scaler.transform(xx[:, v]) for v in range(len(VIEWS))] for xx in (x_va, x_te))
-            best = (-1.0, 0.0, None)
-            for c in C_GRID:
-                clf = LogisticRegression(C=c, max_iter=2000).fit(
-                    scaler.transform(rows), np.repeat(y_tr, train_views),
-                    sample_weight=np.repeat(sample_weights(tr, "class"), train_views))
-                auc_va = roc_auc_score(y_va, np.mean([clf.predict_proba(v)[:, 1] for v in views_va], axis=0))
-                if auc_va > best[0]:
-                    best = (auc_va, c, clf)
-            auc_va, c, clf = best
+            auc_va, c, clf = fit_pick_c(scaler.transform(rows), np.repeat(y_tr, train_views),
+                                        np.repeat(sample_weights(tr, "class"), train_views), views_va, y_va)
             p_te = np.mean([clf.predict_proba(v)[:, 1] for v in views_te], axis=0)
             print(f"held out {held:9s} trained on {name:14s} (C={c:g}): held-out AUC {roc_auc_score(y_te, p_te):.4f}, "
                   f"in-source val AUC {auc_va:.4f}{_per_diagnosis(y_te, p_te, te['diagnosis'].astype(str).to_numpy())}",
@@ -536,6 +625,8 @@ def main() -> None:
     ap.add_argument("--extra-views", help="comma-separated views of skinlesion.models.features (e.g. cw,cc): "
                     "top features only, the head also trained on them")
     ap.add_argument("--extra-cache", type=Path, default=Path("data/cache/extra_views_pilot.npz"))
+    ap.add_argument("--site-norms", help=f"comma-separated, from {','.join(SITE_NORMS)}: top features only, "
+                    "each source (and the held-out one, label-free) normalised by its own statistics")
     ap.add_argument("--c-selection", action="store_true", help="top features only: C picked in-source and "
                     "source-out over a wider grid")
     args = ap.parse_args()
@@ -556,15 +647,21 @@ def main() -> None:
         ap.error(f"--weightings: choose from {', '.join(WEIGHTINGS)}")
     if poolings and not set(poolings) <= set(POOLINGS):
         ap.error(f"--poolings: choose from {', '.join(POOLINGS)}")
+    site_norms = args.site_norms.split(",") if args.site_norms else None
     if sum(bool(a) for a in (transforms, weightings, projections, poolings, objectives, args.c_selection,
-                             args.extra_views)) > 1:
-        ap.error("--transforms, --weightings, --projections, --poolings, --objectives, --c-selection, --extra-views: "
-                 "one at a time")
+                             args.extra_views, site_norms)) > 1:
+        ap.error("--transforms, --weightings, --projections, --poolings, --objectives, --c-selection, --extra-views, "
+                 "--site-norms: one at a time")
+    if site_norms and not set(site_norms) <= set(SITE_NORMS):
+        ap.error(f"--site-norms: choose from {', '.join(SITE_NORMS)}")
     cache, make = (args.pool_cache, extract_pooled) if poolings else (args.cache, extract)
     if not cache.exists():
         make(cache)
     if args.c_selection:
         fit_c_selection(cache)
+        return
+    if site_norms:
+        fit_site_norm(cache, site_norms)
         return
     if args.extra_views:
         from skinlesion.models.features import ALL_VIEWS
