@@ -331,7 +331,8 @@ def test_committed_notebook_is_clean_and_tagged() -> None:
     assert len(notes) == 1 and "make dashboard" in notes[0].source
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(not c.outputs and c.execution_count is None for c in code), "clear the notebook's outputs"
-    assert set(nb.metadata) <= {"kernelspec", "language_info"}
+    assert set(nb.metadata) <= {"kernelspec", "language_info", "title"}
+    assert "not a medical device" in nb.metadata["title"]  # Voila's page title
     parameters = [i for i, c in enumerate(nb.cells) if "parameters" in _tags(c)]
     assert parameters == [next(i for i, c in enumerate(nb.cells) if c.cell_type == "code")]
     assert "SKINLESION_MODEL" in nb.cells[parameters[0]].source

@@ -1,4 +1,4 @@
-"""Heads of `tools/multiscale_pilot.py`: group DRO (`--objectives`) and the source-out C rule (`--c-selection`)."""
+"""Pieces of `tools/multiscale_pilot.py`: its heads (group DRO, diagnosis-group softmax), the source-out C rule, site normalisation, its rows and its options."""
 from __future__ import annotations
 
 import importlib.util
@@ -154,3 +154,35 @@ def test_site_normalisation_takes_each_sites_own_offset_and_spread_out() -> None
                                    atol=1e-12)
     # A new site has no labels: its "-bal" statistics are its plain ones.
     np.testing.assert_allclose(normalised("centre-bal", labelled=False), normalised("centre"))
+    # standardise-bal: unit spread about the balanced centre, each class weighing half.
+    for s in "ab":
+        rows, y = source == s, label[source == s]
+        z = normalised("standardise-bal")[rows]
+        second = 0.5 * (z[y == 0] ** 2).mean(axis=0) + 0.5 * (z[y == 1] ** 2).mean(axis=0)
+        np.testing.assert_allclose(second, 1.0, atol=1e-12)
+
+
+def test_view_rows_line_up_with_per_image_arrays_repeated() -> None:
+    pilot = _pilot()
+    x = np.arange(3 * 2 * 4).reshape(3, 2, 4)  # 3 images, 2 views, 4 features
+    rows = pilot.view_rows(x)
+    image = np.repeat(np.arange(3), 2)
+    view = np.tile(np.arange(2), 3)
+    for r, (i, v) in enumerate(zip(image, view)):
+        assert np.array_equal(rows[r], x[i, v])
+
+
+@pytest.mark.parametrize("argv", [["--site-norms="], ["--extra-views", "cw,nope"], ["--objectives", "dx,nope"],
+                                  ["--c-selection", "--site-norms", "centre"], ["--poolings", "gap", "--transforms", "l2"]])
+def test_options_are_checked_before_any_feature_is_extracted(argv, monkeypatch, tmp_path) -> None:
+    pilot = _pilot()
+
+    def no_extraction(*_a, **_k):
+        raise AssertionError("extracted features before checking the options")
+
+    monkeypatch.setattr(pilot, "extract", no_extraction)
+    monkeypatch.setattr(pilot, "extract_pooled", no_extraction)
+    monkeypatch.setattr("sys.argv", ["multiscale_pilot.py", "--cache", str(tmp_path / "none.npz"), *argv])
+    with pytest.raises(SystemExit) as exc:
+        pilot.main()
+    assert exc.value.code == 2

@@ -56,7 +56,9 @@ reading a colour cue that one collection's classes carry and another's do not?
 ``--site-norms`` normalises the top features per site before the head: each training source by its own
 mean (``centre``) or mean and per-feature standard deviation (``standardise``), computed on its training
 images (``-bal``: the two classes weighed equally), and the held-out source by its own statistics from
-its images, unlabelled (a new site would take them from its first unlabelled images). It is the
+the images scored, unlabelled (transductive; a new site would take them from its first unlabelled
+images, and with ``-bal`` its malignant share, unknown there, moves its centre as the training
+sources' does not). It is the
 consistent form of ``tools/label_free_adaptation.py``, whose head was trained on pooled features. Does
 removing each device's offset and spread from the features leave what transfers, and does the
 threshold frozen on the training sources' validation images then keep its sensitivity and give a
@@ -115,6 +117,22 @@ def _folds():
         cfg = TrainConfig(sources=tuple(s for s in SOURCES if s != held), holdout=(held,), progress=False)
         data = load_training_data(cfg)
         yield held, data, data.part("train"), data.part("val"), held_out_frame(data.table, held)
+
+
+def fold_arrays(files: np.ndarray, feats: np.ndarray):
+    """Per LOSO fold: (held-out source, the fold's data, its (train, val, held-out) frames, the rows of
+    ``feats`` (one per entry of ``files``; (images, views, features)) of those three parts, and their labels)."""
+    row = {str(f): i for i, f in enumerate(files)}
+    for held, data, tr, va, te in _folds():
+        parts = (tr, va, te)
+        yield (held, data, parts, tuple(feats[[row[str(f)] for f in data.files(p)]] for p in parts),
+               tuple(p["label"].to_numpy() for p in parts))
+
+
+def view_rows(x: np.ndarray) -> np.ndarray:
+    """(images, views, features) -> one row per image and view, image-major: the rows of image i are
+    i x views ... i x views + views - 1, as ``np.repeat`` of a per-image array lines up with them."""
+    return x.reshape(-1, x.shape[-1])
 
 
 def _extract(cache: Path, outputs: Callable, width: tuple[int, ...], post: Callable = np.asarray,
@@ -378,13 +396,9 @@ def fit_c_selection(cache: Path) -> None:
     from skinlesion.training.train import sample_weights
 
     z = np.load(cache)
-    row = {f: i for i, f in enumerate(z["files"])}
-    cols = _columns(FEATURE_SETS["top"])
-    feats = z["features"][:, :, cols]
-    for held, data, tr, va, te in _folds():
-        x_tr, x_va, x_te = (feats[[row[str(f)] for f in data.files(part)]] for part in (tr, va, te))
-        y_tr, y_va, y_te = (p["label"].to_numpy() for p in (tr, va, te))
-        raw_tr = x_tr.reshape(-1, len(cols))  # both views as training rows, image-major
+    for held, _data, (tr, _va, _te), (x_tr, x_va, x_te), (y_tr, y_va, y_te) in fold_arrays(
+            z["files"], z["features"][:, :, _columns(FEATURE_SETS["top"])]):
+        raw_tr = view_rows(x_tr)  # both views as training rows
         y_rows, w_rows = np.repeat(y_tr, len(VIEWS)), np.repeat(sample_weights(tr, "class"), len(VIEWS))
         src_rows = np.repeat(tr["source"].astype(str).to_numpy(), len(VIEWS))
         scaler = StandardScaler().fit(raw_tr)
@@ -453,8 +467,9 @@ def by_site(x: np.ndarray, source: np.ndarray, stats: dict[str, tuple[np.ndarray
 def fit_site_norm(cache: Path, modes: list[str]) -> None:
     """The top features' logistic regression after each site normalisation of ``modes``: training and
     validation images by their own source's statistics (from its training images' plain view), the
-    held-out source by its own (label-free: all of its images, unlabelled); then one standardisation
-    and C picked on the in-source validation AUC, as everywhere here."""
+    held-out source by its own, taken label-free from the very images scored (its official test split
+    where it has one): transductive, the most a site could get from its unlabelled images; then one
+    standardisation and C picked on the in-source validation AUC, as everywhere here."""
     from sklearn.metrics import roc_auc_score
     from sklearn.preprocessing import StandardScaler
 
@@ -462,12 +477,8 @@ def fit_site_norm(cache: Path, modes: list[str]) -> None:
     from skinlesion.training.train import sample_weights
 
     z = np.load(cache)
-    row = {f: i for i, f in enumerate(z["files"])}
-    cols = _columns(FEATURE_SETS["top"])
-    feats = z["features"][:, :, cols]
-    for held, data, tr, va, te in _folds():
-        x_tr, x_va, x_te = (feats[[row[str(f)] for f in data.files(part)]] for part in (tr, va, te))
-        y_tr, y_va, y_te = (p["label"].to_numpy() for p in (tr, va, te))
+    for held, _data, (tr, va, te), (x_tr, x_va, x_te), (y_tr, y_va, y_te) in fold_arrays(
+            z["files"], z["features"][:, :, _columns(FEATURE_SETS["top"])]):
         src_tr, src_va = (p["source"].astype(str).to_numpy() for p in (tr, va))
         src_te = np.full(len(te), held)
         for mode in modes:
@@ -475,7 +486,7 @@ def fit_site_norm(cache: Path, modes: list[str]) -> None:
             stats[held] = site_stats(x_te[:, 0], None, mode)
             views_tr, views_va, views_te = ([by_site(xx[:, v], src, stats) for v in range(len(VIEWS))]
                                             for xx, src in ((x_tr, src_tr), (x_va, src_va), (x_te, src_te)))
-            rows = np.stack(views_tr, axis=1).reshape(-1, len(cols))  # image-major, as the labels repeat
+            rows = view_rows(np.stack(views_tr, axis=1))
             scaler = StandardScaler().fit(rows)
             auc_va, c, clf = fit_pick_c(scaler.transform(rows), np.repeat(y_tr, len(VIEWS)),
                                         np.repeat(sample_weights(tr, "class"), len(VIEWS)),
@@ -503,12 +514,13 @@ def fit_extra_views(cache: Path, extra_cache: Path, extra: tuple[str, ...]) -> N
 
     z, e = np.load(cache), np.load(extra_cache)
     if tuple(e["views"]) != extra or not np.array_equal(z["files"], e["files"]):
-        raise SystemExit(f"{extra_cache} holds views {list(e['views'])} of other files; delete it to extract {list(extra)}")
+        raise SystemExit(f"{extra_cache} holds views {list(e['views'])} (in that order) of the files it was made "
+                         f"for; name them so, or delete it to extract {list(extra)}")
     row = {f: i for i, f in enumerate(z["files"])}
     cols = _columns(FEATURE_SETS["top"])
     feats = np.concatenate([z["features"][:, :, cols], e["features"][:, :, cols]], axis=1)
     log_rb = np.log(np.maximum(e["rgb"][:, 0], 1) / np.maximum(e["rgb"][:, 2], 1))
-    for held, data, tr, va, te in _folds():
+    for held, data, (tr, _va, te), (x_tr, x_va, x_te), (y_tr, y_va, y_te) in fold_arrays(z["files"], feats):
         if held == SOURCES[0]:  # once: every source's images appear in the first fold's table
             for source, part in data.table.groupby("source"):  # each source's images as it ships them
                 keep = [str(f) in row for f in data.files(part)]
@@ -517,10 +529,8 @@ def fit_extra_views(cache: Path, extra_cache: Path, extra: tuple[str, ...]) -> N
                 print(f"{source:9s} log(red/blue) benign {r[y == 0].mean():.3f} (SD {r[y == 0].std():.3f}), "
                       f"malignant {r[y == 1].mean():.3f} (SD {r[y == 1].std():.3f}); AUC of red/blue for "
                       f"malignancy {roc_auc_score(y, r):.3f} (n = {len(y)})", flush=True)
-        x_tr, x_va, x_te = (feats[[row[str(f)] for f in data.files(part)]] for part in (tr, va, te))
-        y_tr, y_va, y_te = (p["label"].to_numpy() for p in (tr, va, te))
         for name, train_views in (("id,fh", 2), ("id,fh," + ",".join(extra), 2 + len(extra))):
-            rows = x_tr[:, :train_views].reshape(-1, len(cols))
+            rows = view_rows(x_tr[:, :train_views])
             scaler = StandardScaler().fit(rows)
             views_va, views_te = ([scaler.transform(xx[:, v]) for v in range(len(VIEWS))] for xx in (x_va, x_te))
             auc_va, c, clf = fit_pick_c(scaler.transform(rows), np.repeat(y_tr, train_views),
@@ -587,9 +597,11 @@ def fit_all(cache: Path, transforms: list[str] | None = None, weightings: list[s
 
             if set_name == "dx":  # at the C the plain fit picked (erm runs first)
                 w_rows = np.repeat(w_tr, len(VIEWS))
+                # Half the plain fit's C: with one group per class the softmax head at C is the logistic
+                # regression at 2 C (both columns are penalised), so this is the same regularisation.
                 clf = fit_partial_softmax(x_tr, allowed_groups(tr_rows["diagnosis"].to_numpy(), tr_rows["label"].to_numpy()),
-                                          np.array([c == 1 for _, c in DX_GROUPS]), w_rows, c_erm)
-                auc_va, c = roc_auc_score(y_va, p_mean(clf, x_va)), c_erm
+                                          np.array([c == 1 for _, c in DX_GROUPS]), w_rows, c_erm / 2)
+                auc_va, c = roc_auc_score(y_va, p_mean(clf, x_va)), c_erm / 2
             elif objectives and set_name != "erm":  # at the C the plain fit picked (erm runs first)
                 group = (tr_rows["source"].astype(str) + ":" + tr_rows["label"].astype(str)).to_numpy()
                 clf, q = fit_group_dro(x_tr, tr_rows["label"].to_numpy(), group, c_erm, OBJECTIVES[set_name] or 1.0)
@@ -630,50 +642,35 @@ def main() -> None:
     ap.add_argument("--c-selection", action="store_true", help="top features only: C picked in-source and "
                     "source-out over a wider grid")
     args = ap.parse_args()
-    projections = args.projections.split(",") if args.projections else None
-    transforms = args.transforms.split(",") if args.transforms else None
-    weightings = args.weightings.split(",") if args.weightings else None
-    poolings = args.poolings.split(",") if args.poolings else None
-    objectives = (["erm"] + [o for o in args.objectives.split(",") if o != "erm"]) if args.objectives else None
-    if sum(bool(a) for a in (transforms, weightings, projections, poolings, objectives)) > 1:
-        ap.error("--transforms, --weightings, --projections, --poolings, --objectives: one at a time")
-    if objectives and not set(objectives) <= set(OBJECTIVES):
-        ap.error(f"--objectives: choose from {', '.join(OBJECTIVES)}")
-    if projections and not set(projections) <= set(PROJECTIONS):
-        ap.error(f"--projections: choose from {', '.join(PROJECTIONS)}")
-    if transforms and not set(transforms) <= set(TRANSFORMS):
-        ap.error(f"--transforms: choose from {', '.join(TRANSFORMS)}")
-    if weightings and not set(weightings) <= set(WEIGHTINGS):
-        ap.error(f"--weightings: choose from {', '.join(WEIGHTINGS)}")
-    if poolings and not set(poolings) <= set(POOLINGS):
-        ap.error(f"--poolings: choose from {', '.join(POOLINGS)}")
-    site_norms = args.site_norms.split(",") if args.site_norms else None
-    if sum(bool(a) for a in (transforms, weightings, projections, poolings, objectives, args.c_selection,
-                             args.extra_views, site_norms)) > 1:
-        ap.error("--transforms, --weightings, --projections, --poolings, --objectives, --c-selection, --extra-views, "
-                 "--site-norms: one at a time")
-    if site_norms and not set(site_norms) <= set(SITE_NORMS):
-        ap.error(f"--site-norms: choose from {', '.join(SITE_NORMS)}")
+    from skinlesion.models.features import ALL_VIEWS
+
+    choices = {"transforms": TRANSFORMS, "weightings": WEIGHTINGS, "projections": PROJECTIONS, "poolings": POOLINGS,
+               "objectives": OBJECTIVES, "site_norms": SITE_NORMS, "extra_views": [v for v in ALL_VIEWS if v not in VIEWS]}
+    given = {k: getattr(args, k).split(",") for k in choices if getattr(args, k) is not None}
+    if len(given) + args.c_selection > 1:
+        ap.error(f"{', '.join('--' + k.replace('_', '-') for k in choices)}, --c-selection: one at a time")
+    for k, names in given.items():
+        if not set(names) <= set(choices[k]):
+            ap.error(f"--{k.replace('_', '-')}: comma-separated, from {', '.join(choices[k])}")
+    if "objectives" in given:  # erm first: the others run at the C it picks
+        given["objectives"] = ["erm"] + [o for o in given["objectives"] if o != "erm"]
+    poolings = given.get("poolings")
     cache, make = (args.pool_cache, extract_pooled) if poolings else (args.cache, extract)
     if not cache.exists():
         make(cache)
     if args.c_selection:
         fit_c_selection(cache)
-        return
-    if site_norms:
-        fit_site_norm(cache, site_norms)
-        return
-    if args.extra_views:
-        from skinlesion.models.features import ALL_VIEWS
-
-        extra = tuple(args.extra_views.split(","))
-        if not set(extra) <= set(ALL_VIEWS) - set(VIEWS):
-            ap.error(f"--extra-views: choose from {', '.join(v for v in ALL_VIEWS if v not in VIEWS)}")
+    elif "site_norms" in given:
+        fit_site_norm(cache, given["site_norms"])
+    elif "extra_views" in given:
+        extra = tuple(given["extra_views"])
         if not args.extra_cache.exists():
             extract(args.extra_cache, extra)
         fit_extra_views(cache, args.extra_cache, extra)
-        return
-    fit_all(cache, transforms, weightings, projections, poolings, objectives)
+    else:
+        fit_all(cache, given.get("transforms"), given.get("weightings"), given.get("projections"), poolings,
+                given.get("objectives"))
+
 
 if __name__ == "__main__":
     main()
