@@ -186,3 +186,12 @@ def test_options_are_checked_before_any_feature_is_extracted(argv, monkeypatch, 
     with pytest.raises(SystemExit) as exc:
         pilot.main()
     assert exc.value.code == 2
+
+
+def test_cross_source_copies_are_the_kaggle_images_of_a_group_another_source_has() -> None:
+    import pandas as pd
+
+    pilot = _pilot()
+    frame = pd.DataFrame({"source": ["kaggle", "ham10000", "kaggle", "kaggle", "isic2017", "kaggle"],
+                          "group": ["g1", "g1", "g2", "g3", "g4", "g4"]})
+    assert pilot.cross_source_copies(frame).tolist() == [True, False, False, False, False, True]

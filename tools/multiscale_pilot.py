@@ -503,6 +503,52 @@ def fit_site_norm(cache: Path, modes: list[str]) -> None:
                   flush=True)
 
 
+TRAIN_DEDUPS = ("none", "kaggle-copies")
+
+
+def cross_source_copies(frame) -> np.ndarray:
+    """Bool per row of ``frame``: a Kaggle image whose group (lesion or duplicate cluster) also has an
+    image of another source in ``frame``: the same lesion counted twice, once under each source."""
+    other = frame.loc[frame["source"] != "kaggle", "group"]
+    return ((frame["source"] == "kaggle") & frame["group"].isin(set(other))).to_numpy()
+
+
+def fit_train_dedup(cache: Path, modes: list[str]) -> None:
+    """The top features' logistic regression on all training images (``none``) or without the Kaggle copies
+    of the other training source's images (``kaggle-copies``, :func:`cross_source_copies`); C picked on the
+    in-source validation AUC; each mode after the first is compared with it on the same held-out images
+    (paired bootstrap CI and DeLong p of the AUC difference)."""
+    from sklearn.metrics import roc_auc_score
+    from sklearn.preprocessing import StandardScaler
+
+    from skinlesion.metrics.stats import paired_auc_test
+    from skinlesion.training.train import sample_weights
+
+    z = np.load(cache)
+    for held, _data, (tr, _va, te), (x_tr, x_va, x_te), (y_tr, y_va, y_te) in fold_arrays(
+            z["files"], z["features"][:, :, _columns(FEATURE_SETS["top"])]):
+        first = None
+        for mode in modes:
+            keep = ~cross_source_copies(tr) if mode == "kaggle-copies" else np.ones(len(tr), bool)
+            sub = tr[keep]
+            counts = sub.groupby(["source", "label"]).size().to_dict()
+            rows = view_rows(x_tr[keep])
+            scaler = StandardScaler().fit(rows)
+            auc_va, c, clf = fit_pick_c(scaler.transform(rows), np.repeat(y_tr[keep], len(VIEWS)),
+                                        np.repeat(sample_weights(sub, "class"), len(VIEWS)),
+                                        [scaler.transform(x_va[:, v]) for v in range(len(VIEWS))], y_va)
+            p_te = np.mean([clf.predict_proba(scaler.transform(x_te[:, v]))[:, 1] for v in range(len(VIEWS))], axis=0)
+            print(f"held out {held:9s} training {mode:13s} ({len(sub)} images, {counts}; C={c:g}): held-out AUC "
+                  f"{roc_auc_score(y_te, p_te):.4f}, in-source val AUC {auc_va:.4f}"
+                  f"{_per_diagnosis(y_te, p_te, te['diagnosis'].astype(str).to_numpy())}", flush=True)
+            if first is None:
+                first = p_te
+            else:
+                t = paired_auc_test(y_te, p_te, first)
+                print(f"held out {held:9s} {mode} - {modes[0]}: {t['diff']:+.4f} [{t['ci_low']:+.4f}, "
+                      f"{t['ci_high']:+.4f}], DeLong p = {t['p_value']:.3g}", flush=True)
+
+
 def fit_extra_views(cache: Path, extra_cache: Path, extra: tuple[str, ...]) -> None:
     """The top features' logistic regression trained on the id and fh views, then on those and the
     ``extra`` views (their features in ``extra_cache``), scored on the id and fh views' mean; C picked on
@@ -639,13 +685,15 @@ def main() -> None:
     ap.add_argument("--extra-cache", type=Path, default=Path("data/cache/extra_views_pilot.npz"))
     ap.add_argument("--site-norms", help=f"comma-separated, from {','.join(SITE_NORMS)}: top features only, "
                     "each source (and the held-out one, label-free) normalised by its own statistics")
+    ap.add_argument("--train-dedups", help=f"comma-separated, from {','.join(TRAIN_DEDUPS)}: top features only, "
+                    "training images as they are or without the Kaggle copies of the other training source's")
     ap.add_argument("--c-selection", action="store_true", help="top features only: C picked in-source and "
                     "source-out over a wider grid")
     args = ap.parse_args()
     from skinlesion.models.features import ALL_VIEWS
 
     choices = {"transforms": TRANSFORMS, "weightings": WEIGHTINGS, "projections": PROJECTIONS, "poolings": POOLINGS,
-               "objectives": OBJECTIVES, "site_norms": SITE_NORMS, "extra_views": [v for v in ALL_VIEWS if v not in VIEWS]}
+               "objectives": OBJECTIVES, "site_norms": SITE_NORMS, "train_dedups": TRAIN_DEDUPS, "extra_views": [v for v in ALL_VIEWS if v not in VIEWS]}
     given = {k: getattr(args, k).split(",") for k in choices if getattr(args, k) is not None}
     if len(given) + args.c_selection > 1:
         ap.error(f"{', '.join('--' + k.replace('_', '-') for k in choices)}, --c-selection: one at a time")
@@ -660,6 +708,8 @@ def main() -> None:
         make(cache)
     if args.c_selection:
         fit_c_selection(cache)
+    elif "train_dedups" in given:
+        fit_train_dedup(cache, given["train_dedups"])
     elif "site_norms" in given:
         fit_site_norm(cache, given["site_norms"])
     elif "extra_views" in given:
