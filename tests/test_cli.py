@@ -152,6 +152,18 @@ def test_train_options_reach_the_recipe(runner, monkeypatch):
     assert (seen[0].harmonise, seen[0].l2) == (150, 0.01)
     assert (seen[1].harmonise, seen[1].l2) == (None, train_mod.TrainConfig().l2)
 
+    r = runner.invoke(main, ["train", "--sources", "kaggle,ham10000", "--drop-copies-from", "kaggle"])
+    assert r.exit_code == 0, r.output
+    assert seen[2].drop_copies_from == ("kaggle",) and seen[2].to_dict()["drop_copies_from"] == ["kaggle"]
+    assert seen[1].drop_copies_from == ()
+    r = runner.invoke(main, ["train", "--sources", "kaggle", "--drop-copies-from", "kagle"])
+    assert r.exit_code != 0 and "unknown data source" in r.output and "Traceback" not in r.output
+
+
+def test_drop_copies_from_needs_sources(runner, tmp_path):
+    r = runner.invoke(main, ["train", "--data-dir", str(tmp_path), "--drop-copies-from", "kaggle"])
+    assert r.exit_code != 0 and "--drop-copies-from needs --sources" in r.output and "Traceback" not in r.output
+
 
 # --- bad input: one clear line, nothing lost ------------------------------------------------
 

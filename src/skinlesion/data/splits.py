@@ -17,6 +17,8 @@ diagnosis, group, split, reason`` for every image.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 
@@ -77,6 +79,7 @@ def make_split_table(
     train_sources: list[str] | None = None,
     val_fraction: float = 0.15,
     seed: int = 42,
+    drop_copies_from: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Assign train / val / test / excluded to every record.
 
@@ -87,6 +90,12 @@ def make_split_table(
     them. Official validation splits are kept (minus images that share a group with training);
     sources without one get a grouped validation carve-out, drawn jointly across sources and
     stratified by source and label.
+
+    ``drop_copies_from`` names sources whose training-side images are ``excluded`` when another
+    training source holds the same lesion or a duplicate (the Kaggle set repackages HAM10000 and
+    ISIC 2017 images: trained on together, those lesions would count twice, nearly all of them
+    melanomas). It acts after the validation draw, so every other image keeps its split; a source
+    named there that is not trained on (held out, in leave-one-source-out) is left as it is.
     """
     rec = records.reset_index(drop=True).copy()
     if rec.empty:
@@ -132,6 +141,12 @@ def make_split_table(
     # An official validation image that shares a group with training is dropped (val is for selection).
     clash = (split == "val") & np.isin(groups, list(set(groups[split == "train"])))
     split[clash], reason[clash] = "excluded", "same lesion or duplicate of a training image (was val)"
+    if drop_copies_from:
+        side = np.isin(split, ["train", "val"])
+        derived = np.isin(source, list(drop_copies_from))
+        copy = side & derived & np.isin(groups, list(set(groups[side & ~derived])))
+        reason[copy] = [f"copy of a lesion another training source holds (was {s})" for s in split[copy]]
+        split[copy] = "excluded"
     rec["split"], rec["reason"] = split, reason
     y = rec.loc[rec["split"] == "train", "label"]
     if y.nunique() < 2:

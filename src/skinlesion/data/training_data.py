@@ -59,8 +59,10 @@ def multi_source_data(
     val_fraction: float = 0.15,
     seed: int = 42,
     progress: bool = True,
+    drop_copies_from: list[str] | tuple[str, ...] = (),
 ) -> TrainingData:
-    """Read ``names`` (+ ``holdout``), audit duplicates across all of them, split by groups."""
+    """Read ``names`` (+ ``holdout``), audit duplicates across all of them, split by groups
+    (``drop_copies_from``: :func:`~skinlesion.data.splits.make_split_table`)."""
     from skinlesion.data.audit import find_pairs, hash_images
     from skinlesion.data.sources import combined_records, load_source
 
@@ -76,7 +78,8 @@ def multi_source_data(
     roots = {s.name: s.root for s in sources}
     table = hash_images([roots[s] / p for s, p in zip(records["source"], records["path"])], progress=progress)
     pairs = find_pairs(table)
-    split = make_split_table(records, pairs, train_sources=names, val_fraction=val_fraction, seed=seed)
+    split = make_split_table(records, pairs, train_sources=names, val_fraction=val_fraction, seed=seed,
+                             drop_copies_from=drop_copies_from)
     check_no_leak(split)
     fps = {s.name: s.fingerprint() for s in sources}
     import hashlib

@@ -48,6 +48,9 @@ class TrainConfig:
     # sources are read and de-duplicated against, but only ever evaluated on.
     sources: tuple[str, ...] = ()
     holdout: tuple[str, ...] = ()
+    # Sources whose training images are left out when another training source holds the same lesion
+    # (data.splits.make_split_table): ("kaggle",) trains on one copy of each HAM10000 / ISIC 2017 image.
+    drop_copies_from: tuple[str, ...] = ()
     # Sample weighting: "class" (both classes weigh the same) or "source" (every source, and
     # each class within it, weighs the same).
     balance: str = "class"
@@ -94,7 +97,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        for k in ("views", "sources", "holdout", "augment"):
+        for k in ("views", "sources", "holdout", "augment", "drop_copies_from"):
             d[k] = list(d[k])
         return d
 
@@ -173,7 +176,9 @@ def load_training_data(cfg: TrainConfig) -> TrainingData:
         if cfg.data_dir or cfg.splits_file:
             raise DataError("give either data sources or a data folder / splits file, not both")
         return multi_source_data(list(cfg.sources), holdout=list(cfg.holdout), val_fraction=cfg.val_fraction,
-                                 seed=cfg.seed, progress=cfg.progress)
+                                 seed=cfg.seed, progress=cfg.progress, drop_copies_from=cfg.drop_copies_from)
+    if cfg.drop_copies_from:
+        raise DataError("--drop-copies-from needs --sources (copies are found across sources)")
     if cfg.holdout:
         raise DataError("held-out sources need --sources for the training side")
     return single_root_data(cfg.data_dir, cfg.splits_file, val_fraction=cfg.val_fraction, seed=cfg.seed)
