@@ -270,35 +270,49 @@ def test_grouped_split_never_leaks_a_group_property(seed):
         assert part.loc[~part["split"].isin(["excluded", "unused"]), "split"].nunique() <= 1
 
 
+def _copy_records(rows):
+    return pd.DataFrame({"source": [r[0] for r in rows], "image_id": [f"i{i}" for i in range(len(rows))],
+                         "path": [f"p{i}.jpg" for i in range(len(rows))], "label": [r[2] for r in rows],
+                         "diagnosis": "x", "group": [r[3] for r in rows], "split": [r[1] for r in rows]})
+
+
 def test_copies_are_dropped_from_the_named_source_only_when_another_training_source_holds_the_lesion():
-    """The Kaggle set repackages HAM10000 images: trained on together, one copy of each lesion is kept."""
+    """The Kaggle set repackages HAM10000 and ISIC 2017 images: trained on together, one copy of each lesion is kept."""
     rows = [  # source, official split, label, group
-        ("kaggle", "train", 1, "k-copy-of-h1"), ("ham10000", "train", 1, "h1"),  # a copy: dropped from kaggle
-        ("kaggle", "train", 0, "k-own"),                                         # kaggle's own: kept
-        ("kaggle", "train", 1, "k-copy-of-i1"), ("isic2017", "test", 1, "i1"),   # twin scored: the usual clash
-        ("kaggle", "train", 1, "k-copy-of-h2"), ("ham10000", "train", 1, "h2"),
+        ("kaggle", "train", 1, "k-copy-of-h1"), ("ham10000", "train", 1, "h1"),  # 0, 1: a copy, dropped from kaggle
+        ("kaggle", "train", 0, "k-own"),                                         # 2: kaggle's own, kept
+        ("kaggle", "train", 1, "k-copy-of-i1"), ("isic2017", "test", 1, "i1"),   # 3, 4: twin scored, the usual clash
+        ("kaggle", "train", 1, "k-copy-of-h2"), ("ham10000", "train", 1, "h2"),  # 5, 6: a second copy
         ("ham10000", "train", 0, "h3"), ("ham10000", "train", 0, "h4"), ("kaggle", "train", 0, "k-own2"),
         ("kaggle", "test", 1, "k-test"), ("ham10000", "train", 1, "h5"), ("kaggle", "train", 1, "k-own3"),
+        ("kaggle", "train", 1, "k-copy-of-i2"), ("isic2017", "val", 1, "i2"),    # 13, 14: twin an official val image
+        ("isic2017", "train", 0, "i3"), ("isic2017", "train", 1, "i4"),
     ]
-    rec = pd.DataFrame({"source": [r[0] for r in rows], "image_id": [f"i{i}" for i in range(len(rows))],
-                        "path": [f"p{i}.jpg" for i in range(len(rows))], "label": [r[2] for r in rows],
-                        "diagnosis": "x", "group": [r[3] for r in rows], "split": [r[1] for r in rows]})
+    rec = _copy_records(rows)
     # Image-level duplicates (audit pairs) join the groups: copy -> original.
-    pairs = pd.DataFrame({"a": [0, 3, 5], "b": [1, 4, 6]})
-    kw = dict(train_sources=["kaggle", "ham10000"], val_fraction=0.2, seed=3)
+    pairs = pd.DataFrame({"a": [0, 3, 5, 13], "b": [1, 4, 6, 14]})
+    kw = dict(train_sources=["kaggle", "ham10000", "isic2017"], val_fraction=0.2, seed=3)
     plain = make_split_table(rec, pairs, **kw)
     dropped = make_split_table(rec, pairs, **kw, drop_copies_from=["kaggle"])
     check_no_leak(dropped)
     changed = plain["split"] != dropped["split"]
-    assert set(plain.loc[changed, "path"]) <= {"p0.jpg", "p5.jpg"}
-    assert changed.any() and (dropped.loc[changed, "split"] == "excluded").all()
-    assert dropped.loc[changed, "reason"].str.startswith("copy of a lesion another training source holds (was ").all()
-    # Their originals, kaggle's own images and the usual clash are as before.
-    assert (plain.loc[~changed, "split"] == dropped.loc[~changed, "split"]).all()
+    # Exactly the copies whose original another training source holds go, and the original of the
+    # official-validation pair stays in validation (without the option it was the one dropped).
+    assert set(dropped.loc[dropped["reason"].str.startswith("copy of a lesion"), "path"]) == {
+        "p0.jpg", "p5.jpg", "p13.jpg"}
+    assert (dropped.loc[[0, 5, 13], "split"] == "excluded").all()
+    assert plain.loc[14, "split"] == "excluded" and dropped.loc[14, "split"] == "val"
+    assert set(plain.loc[changed, "path"]) == {"p0.jpg", "p5.jpg", "p13.jpg", "p14.jpg"}
     assert dropped.loc[3, "split"] == "excluded" and "evaluation image" in dropped.loc[3, "reason"]
     # A named source that is not trained on (held out) is left as it is.
     held = make_split_table(rec, pairs, train_sources=["ham10000"], seed=3, drop_copies_from=["kaggle"])
     assert held.equals(make_split_table(rec, pairs, train_sources=["ham10000"], seed=3))
+    # A twin in a held-out source's unused part holds nothing for training: the copy stays.
+    unused = make_split_table(rec, pairs, train_sources=["kaggle", "ham10000"], seed=3, drop_copies_from=["kaggle"])
+    assert unused.loc[14, "split"] == "unused" and unused.loc[13, "split"] in {"train", "val"}
+    # Both sources named: no source holds the lesion but named ones, so nothing is dropped.
+    both = make_split_table(rec, pairs, **kw, drop_copies_from=["kaggle", "ham10000", "isic2017"])
+    assert both.equals(plain)
 
 
 def test_carve_out_is_stratified_and_grouped():

@@ -27,7 +27,7 @@ def _train_options(fn):
         click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="One dataset root (else SKINLESION_DATA_DIR, else data/raw/...)."),
         click.option("--sources", default=",".join(d.sources), help="Train on these registered sources instead of one root, e.g. kaggle,ham10000,isic2017 (`skinlesion data sources` lists them)."),
         click.option("--holdout", default=",".join(d.holdout), help="Sources read only to be held out (never trained on); their images are de-duplicated against training."),
-        click.option("--drop-copies-from", default="", help="Comma-separated sources (e.g. kaggle) whose training images are left out when another training source holds the same lesion or a duplicate (the Kaggle set repackages HAM10000 and ISIC 2017 images). Needs --sources; a held-out source is left as it is."),
+        click.option("--drop-copies-from", default="", help="Comma-separated sources (e.g. kaggle) whose training images are left out when a training source not named here holds the same lesion or a duplicate (the Kaggle set repackages HAM10000 and ISIC 2017 images). Needs --sources; a source not trained on (held out) is left as it is."),
         click.option("--balance", type=click.Choice(BALANCE_MODES), default=d.balance, show_default=True, help="Sample weights: equal classes, or equal sources (and classes within each)."),
         click.option("--tta/--no-tta", default=d.tta, show_default=True, help="Serve the mean over the 8 dihedral views (threshold fitted the same way)."),
         click.option("--colour-constancy/--no-colour-constancy", default=d.colour_constancy, show_default=True, help="Shades-of-Gray colour constancy as the model's first layer."),

@@ -91,8 +91,8 @@ def make_split_table(
     sources without one get a grouped validation carve-out, drawn jointly across sources and
     stratified by source and label.
 
-    ``drop_copies_from`` names sources whose training-side images are ``excluded`` when another
-    training source holds the same lesion or a duplicate (the Kaggle set repackages HAM10000 and
+    ``drop_copies_from`` names sources whose training-side images are ``excluded`` when a training
+    source not named there holds the same lesion or a duplicate (the Kaggle set repackages HAM10000 and
     ISIC 2017 images: trained on together, those lesions would count twice, nearly all of them
     melanomas). It acts after the validation draw, so every other image keeps its split; a source
     named there that is not trained on (held out, in leave-one-source-out) is left as it is.
@@ -138,19 +138,22 @@ def make_split_table(
         val = grouped_carve_out(strata, groups[idx], val_fraction, seed)
         split[idx[val]], reason[idx[val]] = "val", f"grouped validation carve-out ({val_fraction:.0%})"
         split[idx[~val]], reason[idx[~val]] = "train", "training"
-    # An official validation image that shares a group with training is dropped (val is for selection).
-    clash = (split == "val") & np.isin(groups, list(set(groups[split == "train"])))
-    split[clash], reason[clash] = "excluded", "same lesion or duplicate of a training image (was val)"
     if drop_copies_from:
+        # Before the validation clash below: a copy in training whose original is an official
+        # validation image goes, and the original stays in validation (not the other way round).
         side = np.isin(split, ["train", "val"])
         derived = np.isin(source, list(drop_copies_from))
         copy = side & derived & np.isin(groups, list(set(groups[side & ~derived])))
         reason[copy] = [f"copy of a lesion another training source holds (was {s})" for s in split[copy]]
         split[copy] = "excluded"
+    # An official validation image that shares a group with training is dropped (val is for selection).
+    clash = (split == "val") & np.isin(groups, list(set(groups[split == "train"])))
+    split[clash], reason[clash] = "excluded", "same lesion or duplicate of a training image (was val)"
     rec["split"], rec["reason"] = split, reason
     y = rec.loc[rec["split"] == "train", "label"]
     if y.nunique() < 2:
-        raise DataError(f"the train split has {y.nunique()} class(es) after grouping; both classes are needed")
+        hint = " (--drop-copies-from left out the copies of other sources' lesions)" if drop_copies_from else ""
+        raise DataError(f"the train split has {y.nunique()} class(es) after grouping{hint}; both classes are needed")
     return rec[SPLIT_TABLE_COLUMNS]
 
 

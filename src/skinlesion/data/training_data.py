@@ -10,6 +10,7 @@ Two ways in, one shape out (:class:`TrainingData`):
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,8 @@ from skinlesion.data.datasets import (
     resolve_training_data,
 )
 from skinlesion.data.splits import SPLIT_TABLE_COLUMNS, check_no_leak, make_split_table
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -66,6 +69,9 @@ def multi_source_data(
     from skinlesion.data.audit import find_pairs, hash_images
     from skinlesion.data.sources import combined_records, load_source
 
+    not_trained = sorted(set(drop_copies_from) - set(names))
+    if not_trained:
+        log.info("--drop-copies-from: %s not trained on here, left as it is", ", ".join(not_trained))
     overlap = set(names) & set(holdout)
     if overlap:
         raise DataError(f"source(s) {sorted(overlap)} cannot be both trained on and held out")

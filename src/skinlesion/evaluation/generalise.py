@@ -223,7 +223,10 @@ def leave_one_source_out(
         entry, preds = score_held_out(bundle, frame, roots, n_resamples=n_resamples)
         entry["trained_on"] = train_on
         # Training-side images dropped because they share a lesion or a duplicate with a scored image.
-        entry["excluded_as_duplicates"] = int((table["split"] == "excluded").sum())
+        copies = table["reason"].astype(str).str.startswith("copy of a lesion")
+        entry["excluded_as_duplicates"] = int(((table["split"] == "excluded") & ~copies).sum())
+        # Training-side copies of a lesion another training source holds (--drop-copies-from).
+        entry["excluded_as_copies"] = int(copies.sum())
         summary["held_out"][held] = entry
         all_preds.append(preds.assign(held_out=held))
         log.info("held out %s: AUC %.3f [%.3f, %.3f], sens %.3f, spec %.3f (n=%d)", held, entry["roc_auc"],
@@ -335,6 +338,12 @@ def _fmt_entry(v: dict[str, Any]) -> str:
     return f"{v['roc_auc']:.3f} [{v['roc_auc_ci'][0]:.3f}, {v['roc_auc_ci'][1]:.3f}]"
 
 
+def _copies(entry: dict[str, Any]) -> str:
+    """", and N copies of other sources' lesions" where ``--drop-copies-from`` left training images out."""
+    n = entry.get("excluded_as_copies", 0)
+    return f", and {n} copies of other training sources' lesions (--drop-copies-from)" if n else ""
+
+
 def report_markdown(summary: dict[str, Any]) -> str:
     """The LOSO summary as a Markdown report."""
     lines = [f"# Leave-one-source-out: recipe `{summary['recipe']}`", "",
@@ -346,7 +355,7 @@ def report_markdown(summary: dict[str, Any]) -> str:
              "sensitivity | specificity | threshold |", "|---|---|---|---|---|---|---|---|"]
     for src, v in summary["held_out"].items():
         lines.append(f"| {src} | {', '.join(v['trained_on'])} | {v['n']} ({v['n_malignant']}) | "
-                     f"{v['excluded_as_duplicates']} | {_fmt_entry(v)} | {v['sensitivity']:.3f} | "
+                     f"{v['excluded_as_duplicates']}{_copies(v)} | {_fmt_entry(v)} | {v['sensitivity']:.3f} | "
                      f"{v['specificity']:.3f} | {v['threshold']:.3f} |")
     lines += ["", f"Mean LOSO AUC {summary['mean_roc_auc']:.3f}; worst {summary['worst_roc_auc']:.3f}.", ""]
     if summary.get("reference"):
