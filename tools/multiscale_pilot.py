@@ -601,19 +601,16 @@ def _per_diagnosis(y, p, diagnosis) -> str:
 def fit_all(cache: Path, transforms: list[str] | None = None, weightings: list[str] | None = None,
             projections: list[str] | None = None, poolings: list[str] | None = None,
             objectives: list[str] | None = None) -> None:
-    from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.preprocessing import StandardScaler
 
     from skinlesion.training.train import sample_weights
 
     z = np.load(cache)
-    row = {f: i for i, f in enumerate(z["files"])}
     feats = z["features"]
     feats = feats.reshape(*feats.shape[:2], -1)  # pooled cache: (n, views, poolings x channels)
-    for held, data, tr, va, te in _folds():
-        x = {name: feats[[row[str(f)] for f in data.files(part)]] for name, part in (("tr", tr), ("va", va), ("te", te))}
-        y_tr, y_va, y_te = (p["label"].to_numpy() for p in (tr, va, te))
+    for held, _data, (tr, _va, te), parts, (y_tr, y_va, y_te) in fold_arrays(z["files"], feats):
+        x = dict(zip(("tr", "va", "te"), parts))
         tr_rows = tr.iloc[np.repeat(np.arange(len(tr)), len(VIEWS))]  # one per training view, in x_tr's order
         runs = ([(name, "top", TRANSFORMS[name], "class", "none") for name in transforms] if transforms else
                 [(name, "top", TRANSFORMS["none"], name, "none") for name in weightings] if weightings else
@@ -654,14 +651,7 @@ def fit_all(cache: Path, transforms: list[str] | None = None, weightings: list[s
                 auc_va, c = roc_auc_score(y_va, p_mean(clf, x_va)), c_erm
                 set_name = f"{set_name} q={q}"
             else:
-                best = (-1.0, 0.0, None)
-                for c in C_GRID:
-                    clf = LogisticRegression(C=c, max_iter=2000).fit(
-                        x_tr, np.repeat(y_tr, len(VIEWS)), sample_weight=np.repeat(w_tr, len(VIEWS)))
-                    auc_va = roc_auc_score(y_va, p_mean(clf, x_va))
-                    if auc_va > best[0]:
-                        best = (auc_va, c, clf)
-                auc_va, c, clf = best
+                auc_va, c, clf = fit_pick_c(x_tr, np.repeat(y_tr, len(VIEWS)), np.repeat(w_tr, len(VIEWS)), x_va, y_va)
                 c_erm = c
             p_te = p_mean(clf, x_te)
             print(f"held out {held:9s} {set_name:16s} ({len(cols):4d} features, C={c:g}): held-out AUC "

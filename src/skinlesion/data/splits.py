@@ -25,6 +25,8 @@ import pandas as pd
 from skinlesion.data.datasets import DataError
 
 SPLIT_TABLE_COLUMNS = ["source", "image_id", "path", "label", "diagnosis", "group", "split", "reason"]
+# Reason of a training-side image left out by ``drop_copies_from`` (reports count them apart).
+COPY_REASON = "copy of a lesion another training source holds"
 
 
 def duplicate_groups(records: pd.DataFrame, pairs: pd.DataFrame | None = None) -> np.ndarray:
@@ -144,7 +146,7 @@ def make_split_table(
         side = np.isin(split, ["train", "val"])
         derived = np.isin(source, list(drop_copies_from))
         copy = side & derived & np.isin(groups, list(set(groups[side & ~derived])))
-        reason[copy] = [f"copy of a lesion another training source holds (was {s})" for s in split[copy]]
+        reason[copy] = [f"{COPY_REASON} (was {s})" for s in split[copy]]
         split[copy] = "excluded"
     # An official validation image that shares a group with training is dropped (val is for selection).
     clash = (split == "val") & np.isin(groups, list(set(groups[split == "train"])))

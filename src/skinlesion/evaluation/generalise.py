@@ -24,6 +24,7 @@ import pandas as pd
 
 from skinlesion import config
 from skinlesion.data.datasets import DataError
+from skinlesion.data.splits import COPY_REASON
 from skinlesion.io import atomic_write_text, write_json
 from skinlesion.metrics.stats import N_BOOTSTRAP
 
@@ -223,7 +224,7 @@ def leave_one_source_out(
         entry, preds = score_held_out(bundle, frame, roots, n_resamples=n_resamples)
         entry["trained_on"] = train_on
         # Training-side images dropped because they share a lesion or a duplicate with a scored image.
-        copies = table["reason"].astype(str).str.startswith("copy of a lesion")
+        copies = table["reason"].astype(str).str.startswith(COPY_REASON)
         entry["excluded_as_duplicates"] = int(((table["split"] == "excluded") & ~copies).sum())
         # Training-side copies of a lesion another training source holds (--drop-copies-from).
         entry["excluded_as_copies"] = int(copies.sum())

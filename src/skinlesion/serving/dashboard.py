@@ -444,7 +444,6 @@ def render_group_html(group: GroupResult) -> str:
     ])
 
 
-
 def image_html(data: bytes | None, mime: str, alt: str) -> str:
     """An ``<img>`` with a text alternative (ipywidgets' Image widget cannot carry one), or "" without data."""
     if not data:
