@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -170,3 +171,22 @@ def test_report_pilots_without_the_predictions_name_the_command_that_writes_them
     line = _one_line_failure(_run(*command, models_dir=tmp_path))
     assert "no LOSO predictions of 'no-such-recipe'" in line
     assert "skinlesion generalise --recipe no-such-recipe" in line
+
+
+def test_the_ensemble_pilot_reads_a_pilots_predictions_file(tmp_path: Path) -> None:
+    # A pilot's held-out outputs in a LOSO report's columns, here the recipe's own: the "ensemble"
+    # of a model with itself is that model, so every difference is zero.
+    recipe = "lite0-s1-idfhzio-linear-tta"
+    own = tmp_path / "pilot.csv"
+    own.write_bytes((REPO_ROOT / "reports" / "generalisation" / recipe / "predictions.csv").read_bytes())
+    r = _run("tools/loso_ensemble_pilot.py", recipe, str(own), models_dir=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f"{recipe} + {own}" in r.stdout and "mean 0.793 -> 0.793; worst 0.696 -> 0.696" in r.stdout
+    line = _one_line_failure(_run("tools/loso_ensemble_pilot.py", recipe, str(tmp_path / "missing.csv"),
+                                  models_dir=tmp_path))
+    assert "missing.csv" in line
+    elsewhere = tmp_path / "absolute.csv"  # the same images under paths no report writes
+    frame = pd.read_csv(own)
+    frame.assign(path="/" + frame["path"]).to_csv(elsewhere, index=False)
+    line = _one_line_failure(_run("tools/loso_ensemble_pilot.py", recipe, str(elsewhere), models_dir=tmp_path))
+    assert "none of the held-out images" in line

@@ -53,8 +53,8 @@ def main() -> None:
     for held in SOURCES:
         b = load(config.models_dir() / "loso" / f"loso-{args.recipe}-{held}")
         name, size, cfg = str(b.meta.backbone), int(b.meta.input_size or 224), b.meta.training.config
-        if b.meta.stage != "head" or cfg.get("colour_constancy") or b.meta.decision is None:
-            raise SystemExit("this check is written for stage-1 bundles without colour constancy")
+        if b.meta.stage != "head" or cfg.get("colour_constancy") or cfg.get("lesion_crop") or b.meta.decision is None:
+            raise SystemExit("this check is written for stage-1 bundles without colour constancy or a lesion crop")
         extractor = backbones.build_feature_extractor(name, "imagenet", size)
         table = pd.read_csv(b.path / "splits.csv")
         test = table[(table["source"] == held) & (table["split"] == "test")]

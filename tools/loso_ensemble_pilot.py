@@ -20,18 +20,29 @@ import pandas as pd
 KEYS = ["held_out", "source", "path"]
 
 
+def predictions_file(report_dir: Path, recipe: str) -> Path:
+    """A recipe's LOSO predictions: ``report_dir/<recipe>/predictions.csv``, or ``recipe`` itself when it
+    names a ``.csv`` file in that layout (a pilot's held-out outputs, e.g. ``tools/lesion_crop_pilot.py``)."""
+    return Path(recipe) if recipe.endswith(".csv") else report_dir / recipe / "predictions.csv"
+
+
 def ensemble(report_dir: Path, recipes: list[str]) -> None:
     from skinlesion.metrics.stats import paired_auc_test
     from skinlesion.serving.combine import combine_probabilities
 
     frames = []
     for r in recipes:
-        f = pd.read_csv(report_dir / r / "predictions.csv")
+        f = pd.read_csv(predictions_file(report_dir, r))
         f = f[~f["held_out"].str.startswith("reference:") & f["error"].isna()]
         frames.append(f[[*KEYS, "y_true", "raw_probability"]].rename(columns={"raw_probability": r}))
     m = frames[0]
     for f in frames[1:]:
         m = m.merge(f.drop(columns="y_true"), on=KEYS)
+    if m.empty:  # e.g. a file of absolute paths: nothing to pair
+        raise SystemExit(f"{Path(__file__).name}: none of the held-out images of {recipes[0]} is in every one of "
+                         f"{', '.join(recipes[1:])} (paths relative to each source's root, as the reports write them)")
+    if len(m) != len(frames[0]):  # a subsampled recipe scored fewer images: say so, never silently
+        print(f"scored on the {len(m)} of {len(frames[0])} held-out images of {recipes[0]} that every member has")
     m["ensemble"] = m[recipes].apply(combine_probabilities, axis=1)  # the lesion-group rule: mean logit
     rows = []
     for held, s in m.groupby("held_out", sort=False):
@@ -47,7 +58,10 @@ def ensemble(report_dir: Path, recipes: list[str]) -> None:
 def require_predictions(report_dir: Path, recipes: list[str]) -> None:
     """Exit with one line when a recipe has no LOSO predictions, naming the command that writes them."""
     for recipe in recipes:
-        if not (report_dir / recipe / "predictions.csv").is_file():
+        if recipe.endswith(".csv") and not Path(recipe).is_file():
+            raise SystemExit(f"{Path(__file__).name}: no predictions file {recipe} (a pilot writes one, e.g. "
+                             f"`python tools/lesion_crop_pilot.py --predictions {recipe}`)")
+        if not predictions_file(report_dir, recipe).is_file():
             raise SystemExit(f"{Path(__file__).name}: no LOSO predictions of {recipe!r} (no {report_dir / recipe}"
                              f"/predictions.csv): run `skinlesion generalise --recipe {recipe}` with that recipe's "
                              f"training options (README, \"Reproduce\"); the committed recipes are the folders of "
@@ -58,7 +72,8 @@ def main() -> None:
     from skinlesion import config
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("recipes", nargs="+", help="recipe names (folders under the report dir); the first is the baseline")
+    ap.add_argument("recipes", nargs="+", help="recipe names (folders under the report dir) or "
+                    "predictions files (.csv); the first is the baseline")
     ap.add_argument("--pairs", action="store_true", help="the first recipe with each other one, in turn")
     # The project's reports folder, not the working directory's: the script runs from anywhere.
     ap.add_argument("--report-dir", type=Path, default=config.reports_dir() / "generalisation",

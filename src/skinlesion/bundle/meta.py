@@ -203,10 +203,18 @@ class BundleMeta:
     @property
     def served_views(self) -> tuple[str, ...]:
         """The views a served prediction computes: the 8 dihedral views with dihedral TTA, else
-        the plain view (``models.features.VIEWS`` names)."""
+        the plain view (``models.features.VIEWS`` names), each behind the lesion crop
+        (``lc_<view>``, ``models.lesion``) for a bundle trained on crops."""
         from skinlesion.models.features import VIEWS
+        from skinlesion.models.lesion import crop_views
 
-        return tuple(VIEWS) if self.dihedral_tta else ("id",)
+        return crop_views(tuple(VIEWS) if self.dihedral_tta else ("id",), self.lesion_crop)
+
+    @property
+    def lesion_crop(self) -> bool:
+        """Whether this bundle reads each image cropped to its lesion (``TrainConfig.lesion_crop``). An
+        ensemble does not (its members say for themselves; it copies its first member's training record)."""
+        return self.kind != "ensemble" and bool(self.training.config.get("lesion_crop"))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], default_run_id: str = "model") -> BundleMeta:

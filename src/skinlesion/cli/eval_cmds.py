@@ -160,8 +160,9 @@ def run(data_dir, backbone, quiet) -> None:
         try:
             members = [run_train(replace(c, out_dir=str(staging)))
                        for c in default_members(sources=cfg.sources, progress=cfg.progress).values()]
-            # The ensemble is screened by its first member's gate; fitted before the ensemble records
-            # its members' checksums.
+            # The ensemble is screened by its first member's gate (a member that reads whole images:
+            # a lesion crop hides what the gate looks at); fitted before the ensemble records its
+            # members' checksums.
             _fit_gate(members[0], quiet)
             make_ensemble(members, out_dir=staging, run_id=config.DEFAULT_MODEL)
             for staged in [*members, staging / config.DEFAULT_MODEL]:

@@ -32,6 +32,7 @@ def _train_options(fn):
         click.option("--tta/--no-tta", default=d.tta, show_default=True, help="Serve the mean over the 8 dihedral views (threshold fitted the same way)."),
         click.option("--colour-constancy/--no-colour-constancy", default=d.colour_constancy, show_default=True, help="Shades-of-Gray colour constancy as the model's first layer."),
         click.option("--harmonise", type=click.IntRange(min=0), default=d.harmonise or 0, show_default=True, help="Resolution harmonisation as the model's first layer: every image low-passed to this many pixels and back (150 = HAM10000's, the lowest source). 0 = off."),
+        click.option("--lesion-crop/--no-lesion-crop", default=d.lesion_crop, show_default=True, help="Crop each image to its lesion (a classical Otsu rule, skinlesion.models.lesion) before its views, in training and when served. Stage 1 only."),
         click.option("--l2", type=click.FloatRange(min=0), default=d.l2, show_default=True, help="L2 penalty on the head's weights."),
         click.option("--seed", type=click.IntRange(min=0), default=d.seed, show_default=True,
                      help="Seeds the validation split, initialisation and shuffling."),
@@ -66,6 +67,8 @@ def _config(**kw):
     bad = [a for a in augment if a not in AUGMENTATIONS]
     if bad:
         raise click.BadParameter(f"unknown augmentation(s) {bad}; choose from {list(AUGMENTATIONS)}", param_hint="--augment")
+    if kw["lesion_crop"] and kw["fine_tune"]:
+        raise click.BadParameter("the lesion crop is for stage 1 only; leave out --fine-tune", param_hint="--lesion-crop")
     if 0 < kw["harmonise"] < 8:
         raise click.BadParameter("give 0 (off) or a resolution of at least 8 pixels", param_hint="--harmonise")
     weights = None if str(weights).lower() in {"none", "random"} else weights
@@ -77,7 +80,7 @@ def _config(**kw):
         holdout=tuple(parse_sources(kw["holdout"])) if kw["holdout"] else (), balance=kw["balance"],
         drop_copies_from=tuple(parse_sources(kw["drop_copies_from"])) if kw["drop_copies_from"] else (),
         views=views, head_units=kw["head_units"], augment=augment, colour_constancy=kw["colour_constancy"], tta=kw["tta"],
-        harmonise=kw["harmonise"] or None, l2=kw["l2"],
+        harmonise=kw["harmonise"] or None, lesion_crop=kw["lesion_crop"], l2=kw["l2"],
         fine_tune=kw["fine_tune"], fine_tune_epochs=kw["fine_tune_epochs"], fine_tune_lr=kw["fine_tune_lr"],
         max_train_per_class=kw["max_train_per_class"], max_eval_per_class=kw["max_eval_per_class"],
         out_dir=str(kw["out_dir"]) if kw["out_dir"] else None, run_id=kw["run_id"], progress=not kw["quiet"],

@@ -51,13 +51,17 @@ def stage1_view_outputs(
     equals the head applied to the cached features of the same decoded image (the same intake
     function feeds both; a test checks the equality against the Predictor). Recipe searches
     score tens of thousands of held-out images per run; this makes that seconds instead of
-    minutes on a CPU. Anything else (fine-tuned, ensembles, random weights) returns None.
+    minutes on a CPU. Anything else (fine-tuned, ensembles, random weights) returns None. A bundle
+    that crops each image to its lesion sees every view behind its crop (``id`` is read as ``lc_id``).
     """
     from skinlesion.bundle.format import load
     from skinlesion.models import backbones
     from skinlesion.models.features import extract_features
+    from skinlesion.models.lesion import PREFIX, is_crop_view
 
     b = load(bundle_path)
+    if b.meta.lesion_crop:
+        views = [v if is_crop_view(v) else PREFIX + v for v in views]
     meta = b.meta
     cfg = meta.training.config
     if b.kind != "single" or meta.stage != "head" or not meta.weights or meta.weights == "random":

@@ -310,6 +310,7 @@ def run_sanity(bundle_path: str | os.PathLike[str], *, n: int = 50, method: str 
     from skinlesion.data.intake import load_for_model
     from skinlesion.explain.sanity import sanity_check
     from skinlesion.io import write_json
+    from skinlesion.models.lesion import lesion_crop
     from skinlesion.serving.inference import Predictor
 
     t0 = time.perf_counter()
@@ -320,6 +321,8 @@ def run_sanity(bundle_path: str | os.PathLike[str], *, n: int = 50, method: str 
     layers: dict[str, int] = {}
     for rec in tqdm(list(frame.itertuples()), disable=not progress, desc="sanity"):
         image = load_for_model(rec.file, member.input_size)
+        if member.meta.lesion_crop:  # the image as this member sees it
+            image = lesion_crop(image[None])[0]
         check = sanity_check(member.model, image, method, layer_name=member.meta.last_conv_layer,
                              target="malignant", seed=seed)
         for step, entry in check.items():

@@ -209,7 +209,10 @@ def _recipe(meta: BundleMeta) -> str:
     return (f"{meta.backbone} ({meta.weights or 'n/a'} weights) + dense head (hidden units: {t.head_units}); "
             + ("head trained on the frozen backbone's features" if meta.stage == "head" else meta.stage or "n/a")
             + (f" with augmentation {augment}" if fine_tuned else "")
-            + f"; training views {', '.join(t.views) or 'n/a'}; seed {t.seed}")
+            + f"; training views {', '.join(t.views) or 'n/a'}"
+            + ("; each image cropped to its lesion first (an Otsu rule, skinlesion.models.lesion), in training "
+               "and when served" if meta.lesion_crop else "")
+            + f"; seed {t.seed}")
 
 
 def _details(meta: BundleMeta, bundle_path: Path) -> Section:

@@ -117,7 +117,12 @@ def _aperture(batch: np.ndarray, radius: float) -> np.ndarray:
 
 
 def apply_view(batch: np.ndarray, view: str) -> np.ndarray:
-    """Apply a dihedral, framing, degradation, aperture or colour view to a batch (N, H, W, C) of square uint8 images."""
+    """Apply a dihedral, framing, degradation, aperture or colour view to a batch (N, H, W, C) of square uint8 images;
+    ``lc_<view>`` crops each image to its lesion first (``skinlesion.models.lesion``)."""
+    from skinlesion.models import lesion
+
+    if lesion.is_crop_view(view):
+        return apply_view(lesion.lesion_crop(batch), lesion.base_view(view))
     if view in COLOUR_VIEWS:
         return scale_channels(batch, COLOUR_VIEWS[view])
     if view in APERTURE_VIEWS:
@@ -252,6 +257,8 @@ def extract_features(
     """
     from tqdm.auto import tqdm
 
+    from skinlesion.models import lesion
+
     size = int(model.input_shape[1])
     dim = int(model.output_shape[-1])
     n = len(paths)
@@ -294,11 +301,15 @@ def extract_features(
                 errors[todo[j]] = msg
             if len(batch):
                 rows = np.array([todo[j] for j in idx])
+                # Each image cropped to its lesion once, not once per crop view (it is the costlier step).
+                cropped = lesion.lesion_crop(batch) if any(map(lesion.is_crop_view, views)) else batch
                 for v, (view, cache) in enumerate(zip(views, caches)):
                     need = missing[rows, v]
                     if not need.any():
                         continue
-                    feats = np.asarray(model.predict_on_batch(apply_view(batch[need], view)), dtype=np.float32)
+                    seen = (apply_view(cropped[need], lesion.base_view(view)) if lesion.is_crop_view(view)
+                            else apply_view(batch[need], view))
+                    feats = np.asarray(model.predict_on_batch(seen), dtype=np.float32)
                     out[rows[need], v] = feats
                     cache.put_many([keys_all[r] for r in rows[need]], feats)
                 ok[rows] = True

@@ -107,6 +107,18 @@ def unview_map(heatmap: np.ndarray, view: str) -> np.ndarray:
     return np.ascontiguousarray(out[:, ::-1] if flip else out)
 
 
+def uncrop_map(heatmap: np.ndarray, crop: tuple[int, int, int], size: int) -> np.ndarray:
+    """A 2-D map computed on a lesion crop (``skinlesion.models.lesion``: (top, left, side) in a
+    ``size`` frame), resized to the crop's side and put back where the crop was; zero outside it,
+    where that member did not look."""
+    from skinlesion.explain.common import resize_map
+
+    y0, x0, side = crop
+    out = np.zeros((size, size), np.float32)
+    out[y0:y0 + side, x0:x0 + side] = resize_map(np.asarray(heatmap, np.float32), (side, side))
+    return out
+
+
 def combine_maps(maps: Sequence[np.ndarray], weights: Sequence[float], size: int) -> np.ndarray:
     """``sum_i weights[i] * maps[i]`` with every map resized (bilinear) to ``size`` x ``size``.
 

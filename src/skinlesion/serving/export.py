@@ -146,6 +146,7 @@ def parity_check(bundle: Bundle, runner: Any, files: Sequence[Path], *, toleranc
     from skinlesion.data.intake import ImageRejected, load_for_model, read_file_bytes
     from skinlesion.metrics.calibration import apply_temperature
     from skinlesion.models.features import apply_view
+    from skinlesion.models.lesion import base_view, lesion_crop
 
     keras_run = reference or KerasBackend(bundle)
     size = bundle.input_size
@@ -167,13 +168,16 @@ def parity_check(bundle: Bundle, runner: Any, files: Sequence[Path], *, toleranc
         if not arrays:
             continue
         batch = np.stack(arrays)
+        if bundle.meta.lesion_crop:  # once, as the Predictor does; the views below are then the base ones
+            batch = lesion_crop(batch)
         rk, re_ = [], []
         for v in views:
-            fk, pk = keras_run(apply_view(batch, v))
-            fe, pe = runner(apply_view(batch, v))
+            seen = apply_view(batch, base_view(v))
+            fk, pk = keras_run(seen)
+            fe, pe = runner(seen)
             rk.append(pk)
             re_.append(pe)
-            if v == "id":
+            if v == views[0]:  # the plain view ("id", or "lc_id" behind a lesion crop)
                 feat_k.append(np.asarray(fk, np.float64))
                 feat_e.append(np.asarray(fe, np.float64))
         raw_k.append(np.stack(rk, axis=1))
@@ -298,7 +302,10 @@ def export_bundle(bundle_path: str | os.PathLike[str], fmt: str, *, quantize: st
             "format": fmt, "quantize": quantize, "variant": variant, "signature": SIGNATURE,
             "input": {"name": INPUT_NAME, "dtype": "float32", "shape": [None, bundle.input_size, bundle.input_size, 3],
                       "values": "raw RGB 0..255 (uint8 images cast to float32), centre-cropped and resized by "
-                                "skinlesion.data.intake"},
+                                "skinlesion.data.intake" + (", then cropped to the lesion and resized back by "
+                                                            "skinlesion.models.lesion.lesion_crop"
+                                                            if bundle.meta.lesion_crop else ""),
+                      "lesion_crop": bundle.meta.lesion_crop},
             "outputs": {OUTPUT_FEATURES: f"the {bundle.meta.feature_layer!r} layer (pooled features)",
                         OUTPUT_PROBABILITY: "raw P(malignant) before calibration"},
             "bundle": bundle.meta.run_id, "bundle_path": config.display_path(bundle.path),

@@ -283,6 +283,7 @@ class Predictor:
         tta = self.default_tta if tta is None else tta
         from skinlesion.metrics.calibration import apply_temperature
         from skinlesion.models.features import VIEWS, apply_view
+        from skinlesion.models.lesion import lesion_crop
 
         views = list(VIEWS) if tta else ["id"]
         probs, raws, dists, thresholds = [], [], [], []
@@ -292,6 +293,8 @@ class Predictor:
         type_probs: list[dict[str, float]] = [{} for _ in range(n)]
         for m in self.members:
             batch = batch_by_size[m.bundle.input_size]
+            if m.bundle.meta.lesion_crop:  # once, before the views (models.lesion): "lc_<view>" as trained
+                batch = lesion_crop(batch)
             member_raw, member_feats = [], {}
             for v in views:
                 feats, p = m.infer(apply_view(batch, v))
@@ -459,12 +462,14 @@ class Predictor:
         from skinlesion.explain.gradcam import compute_heatmap
         from skinlesion.explain.overlay import overlay_png_bytes
         from skinlesion.models.features import apply_view
+        from skinlesion.models.lesion import apply_crop, crop_of
         from skinlesion.serving.explanation import (
             SCORE_BY_HEAD,
             SCORECAM_SCORE,
             Explanation,
             combine_maps,
             explanation_caption,
+            uncrop_map,
             unview_map,
         )
 
@@ -494,12 +499,16 @@ class Predictor:
             # A TFLite-served Predictor loads the Keras model only now; the layer comes from bundle.json.
             check_model_layout(m.bundle, m.bundle.model, ("last_conv_layer",))
             arr = arrays[m.bundle.input_size]
+            crop = crop_of(arr) if m.bundle.meta.lesion_crop else None
+            seen = arr if crop is None else apply_crop(arr, crop)
             per_view = [
-                unview_map(compute_heatmap(m.bundle.model, apply_view(arr[None], v)[0], method,
+                unview_map(compute_heatmap(m.bundle.model, apply_view(seen[None], v)[0], method,
                                            layer_name=m.bundle.meta.last_conv_layer, target=resolved, **kwargs), v)
                 for v in views
             ]
-            maps.append(np.mean(per_view, axis=0).astype(np.float32))
+            heat_m = np.mean(per_view, axis=0).astype(np.float32)
+            # A crop member's map is drawn back where its crop lies in the frame (zero outside).
+            maps.append(heat_m if crop is None else uncrop_map(heat_m, crop, arr.shape[0]))
             scores.add(SCORECAM_SCORE if method == "scorecam" else SCORE_BY_HEAD[sigmoid_head(m.bundle.model)[0]])
         heat = combine_maps(maps, weights, self.input_size)
         shown = arrays[self.input_size]

@@ -128,6 +128,10 @@ def attach_gate(bundle_path: str | os.PathLike[str], *, settings: str = GATE_SET
     from skinlesion.data.training_data import roots_for
 
     b = load(bundle_path)
+    if b.meta.lesion_crop:
+        # The gate tells dermoscopy from other pictures by the whole image; a crop hides that.
+        raise BundleError(f"{b.path} reads lesion crops; fit the image-type gate on a bundle that reads whole "
+                          "images (an ensemble's first such member)")
     if b.kind != "single":
         raise BundleError(f"{b.path} is an ensemble; fit the gate on its first member (the ensemble uses it)")
     splits = b.path / "splits.csv"

@@ -62,6 +62,9 @@ class TrainConfig:
     # Resolution harmonisation (pixels) as the model's first layer: every image low-passed to the
     # detail of the lowest-resolution source (models.resolution). None = off.
     harmonise: int | None = None
+    # Each image cropped to its lesion before its views, in training and when served
+    # (models.lesion): one framing for every collection. Stage 1 only.
+    lesion_crop: bool = False
     # Stage-2 augmentation kinds (training.train.AUGMENTATIONS).
     augment: tuple[str, ...] = ("dihedral", "colour")
     val_fraction: float = 0.15
@@ -198,9 +201,13 @@ def train(cfg: TrainConfig) -> Path:
     from skinlesion.metrics.classification import roc_auc
     from skinlesion.models import backbones
     from skinlesion.models.features import VIEWS, extract_features
+    from skinlesion.models.lesion import crop_views
     from skinlesion.models.ood import MIN_TRAIN_FEATURES, fit_ood
     from skinlesion.seeds import set_seeds
 
+    if cfg.lesion_crop and cfg.fine_tune > 0:
+        # Fine-tuning reads whole images (its augmentation pipeline has no crop); not built.
+        raise ValueError("lesion_crop is for stage 1 only: give fine_tune=0 (--fine-tune 0) or leave the crop out")
     cap, level = _capture_logs()
     t0 = time.perf_counter()
     try:
@@ -234,8 +241,9 @@ def train(cfg: TrainConfig) -> Path:
         extract = extract_features if dist is None else dist.extract_features
         Xtr, ok_tr, err_tr = extract(
             extractor, data.files(tr), backbone=feat_key, weights_tag=wtag,
-            views=cfg.views, batch_size=cfg.batch_size, progress=cfg.progress)
-        val_views = tuple(VIEWS) if cfg.tta else ("id",)
+            views=crop_views(cfg.views, cfg.lesion_crop), batch_size=cfg.batch_size, progress=cfg.progress)
+        # The views a served prediction averages (BundleMeta.served_views).
+        val_views = crop_views(tuple(VIEWS) if cfg.tta else ("id",), cfg.lesion_crop)
         Xva, ok_va, err_va = extract(
             extractor, data.files(va), backbone=feat_key, weights_tag=wtag,
             views=val_views, batch_size=cfg.batch_size, progress=cfg.progress)
