@@ -59,6 +59,7 @@ def test_float_tflite_export_matches_keras(exported):
     assert parity["max_abs_dp_raw"] <= FLOAT_TOLERANCE and parity["max_rel_dfeature"] < 1e-3
     assert parity["decision_disagreements"] == 0 and parity["ood_flag_disagreements"] == 0
     assert manifest["input"]["dtype"] == "float32" and manifest["input"]["shape"] == [None, 96, 96, 3]
+    assert manifest["input"]["lesion_crop"] is False  # a whole-image bundle (a crop bundle says so here)
     assert set(manifest["outputs"]) == {"features", "probability"}
     assert manifest["source_model_sha256"] == read_json(exported / "bundle.json")["files"]["model.keras"]
     assert manifest["files"][TFLITE_FILE] and 0.5 < manifest["size_ratio_vs_keras"] < 1.5

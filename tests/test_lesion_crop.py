@@ -204,3 +204,26 @@ def test_cached_crop_view_features_are_the_crop_then_the_view(synth_root, tmp_pa
     batch = np.stack([load_for_model(f.read_bytes(), 64) for f in files])
     for v, view in enumerate(views):
         np.testing.assert_allclose(feats[:, v], model.predict(apply_view(batch, view), verbose=0), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_crop_bundles_tflite_export_crops_as_the_predictor_does(crop_bundle, synth_root, tmp_path):
+    import json
+    import shutil
+
+    from skinlesion.serving.backends import MANIFEST_FILE, PARITY_FILE, export_folder
+    from skinlesion.serving.export import export_bundle
+    from skinlesion.serving.inference import Predictor
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(crop_bundle, copy)
+    export_bundle(copy, "tflite", parity_data=synth_root / "test", parity_n=8)
+    folder = export_folder(copy, "tflite")
+    parity = json.loads((folder / PARITY_FILE).read_text())
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    assert parity["passed"] is True and manifest["input"]["lesion_crop"] is True
+    assert "cropped to the lesion" in manifest["input"]["values"]
+    files = sorted((synth_root / "test").rglob("*.jpg"))[:4]
+    keras = Predictor.from_bundle(copy).predict_batch(files)["probability"].to_numpy()
+    lite = Predictor.from_bundle(copy, backend="tflite").predict_batch(files)["probability"].to_numpy()
+    np.testing.assert_allclose(lite, keras, atol=1e-4)

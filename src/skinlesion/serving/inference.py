@@ -294,6 +294,7 @@ class Predictor:
         for m in self.members:
             batch = batch_by_size[m.bundle.input_size]
             if m.bundle.meta.lesion_crop:  # once, before the views (models.lesion): "lc_<view>" as trained
+                # (such a member never owns the gate below, which reads whole images: attach_gate refuses it)
                 batch = lesion_crop(batch)
             member_raw, member_feats = [], {}
             for v in views:
