@@ -97,6 +97,7 @@ def test_crop_views_are_the_crop_then_the_view(rule):
     for view in ("id", "fh", "r90", "fh_r270", "zi"):
         np.testing.assert_array_equal(apply_view(batch, "lc_" + view), apply_view(rule.lesion_crop(batch), view))
     assert rule.crop_views(("id", "fh"), True) == ("lc_id", "lc_fh") and rule.crop_views(["id"], False) == ("id",)
+    assert rule.crop_views(("lc_id", "fh"), True) == ("lc_id", "lc_fh")  # already behind the crop: kept
     assert rule.base_view("lc_fh_r90") == "fh_r90" and rule.base_view("fh") == "fh" and not rule.is_crop_view("id")
 
 

@@ -57,11 +57,10 @@ def stage1_view_outputs(
     from skinlesion.bundle.format import load
     from skinlesion.models import backbones
     from skinlesion.models.features import extract_features
-    from skinlesion.models.lesion import PREFIX, is_crop_view
+    from skinlesion.models.lesion import crop_views
 
     b = load(bundle_path)
-    if b.meta.lesion_crop:
-        views = [v if is_crop_view(v) else PREFIX + v for v in views]
+    views = crop_views(views, b.meta.lesion_crop)
     meta = b.meta
     cfg = meta.training.config
     if b.kind != "single" or meta.stage != "head" or not meta.weights or meta.weights == "random":

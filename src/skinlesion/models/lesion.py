@@ -15,6 +15,8 @@ the pieces (Gaussian filter, Otsu, connected components) are scipy's and scikit-
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 SMOOTH_SIGMA = 2.0   # px at 224 (scaled with the side): hair and pores below this do not split the lesion
@@ -106,6 +108,7 @@ def base_view(view: str) -> str:
     return view[len(PREFIX):] if is_crop_view(view) else view
 
 
-def crop_views(views: tuple[str, ...] | list[str], lesion_crop: bool) -> tuple[str, ...]:
-    """``views`` as a member serves or trains on them: each behind the crop when ``lesion_crop``."""
-    return tuple(PREFIX + v for v in views) if lesion_crop else tuple(views)
+def crop_views(views: Sequence[str], lesion_crop: bool) -> tuple[str, ...]:
+    """``views`` as a member serves or trains on them: each behind the crop when ``lesion_crop`` (a name
+    already behind it stays as it is)."""
+    return tuple(PREFIX + v if lesion_crop and not is_crop_view(v) else v for v in views)
