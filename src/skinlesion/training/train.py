@@ -113,9 +113,9 @@ class TrainConfig:
 DEFAULT_RECIPE: dict[str, Any] = {"views": ("id", "fh", "zi", "zo"), "head_units": 0, "tta": True}
 DEFAULT_MEMBERS: dict[str, dict[str, Any]] = {
     "lite0-s1-idfhzio-linear-tta": DEFAULT_RECIPE,
-    # The same head, then the top 60 layers fine-tuned (BatchNorm frozen) with augmentation.
-    "lite0-ft60-idfhzio-linear-tta": {**DEFAULT_RECIPE, "fine_tune": 60, "fine_tune_epochs": 2,
-                                      "augment": ("dihedral", "colour", "scale", "blur")},
+    # A second stage-1 head that reads each image cropped to its lesion (models.lesion): it cannot
+    # see the framing, vignette and ruler that differ between collections. Views id+fh of the crop.
+    "lite0-s1-idfh-linear-tta-lc": {"views": ("id", "fh"), "head_units": 0, "tta": True, "lesion_crop": True},
 }
 
 
