@@ -190,3 +190,53 @@ def test_the_ensemble_pilot_reads_a_pilots_predictions_file(tmp_path: Path) -> N
     frame.assign(path="/" + frame["path"]).to_csv(elsewhere, index=False)
     line = _one_line_failure(_run("tools/loso_ensemble_pilot.py", recipe, str(elsewhere), models_dir=tmp_path))
     assert "none of the held-out images" in line
+
+
+def test_the_vignette_strata_tool_splits_by_dark_corners(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    # Six images, three with a dark vignette; model A ranks by the label, B by the corners.
+    rows = []
+    for i, (label, vignette) in enumerate([(0, False), (1, False), (0, True), (1, True), (0, False), (1, True)]):
+        pixels = np.full((40, 40, 3), 180, np.uint8)
+        if vignette:
+            for sl in ((slice(0, 6), slice(0, 6)), (slice(0, 6), slice(-6, None)), (slice(-6, None), slice(0, 6)),
+                       (slice(-6, None), slice(-6, None))):
+                pixels[sl] = 5
+        Image.fromarray(pixels).save(tmp_path / f"{i}.png")
+        rows.append({"path": f"{i}.png", "y_true": label, "error": None,
+                     "a": 0.2 + 0.6 * label + 0.01 * i, "b": 0.1 + 0.8 * vignette + 0.01 * i})
+    frame = pd.DataFrame(rows)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        frame.rename(columns={name: "probability"})[["path", "probability", "y_true", "error"]].to_csv(
+            tmp_path / name / "predictions_test_kaggle.csv", index=False)
+    r = _run("tools/vignette_strata.py", str(tmp_path / "a"), str(tmp_path / "b"), "--images", str(tmp_path),
+             models_dir=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "AUC of the dark-corner fraction alone: 0.667" in r.stdout
+    table = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in r.stdout.splitlines()
+             if line.split()[:1] in (["a"], ["b"])}
+    assert table["a"] == [1.0, 1.0, 1.0, 1.0]  # AUC, no vignette, vignette, within strata
+    assert table["b"][0] < 1.0 and table["b"][3] < table["b"][0]  # B ranks by the corners: less left within
+    assert "A - B (no vignette): too few images of a class to compare" in r.stdout  # 1 malignant there
+    line = _one_line_failure(_run("tools/vignette_strata.py", str(tmp_path / "a"), str(tmp_path / "nowhere"),
+                                  models_dir=tmp_path))
+    assert "no predictions_test_kaggle.csv in" in line and "skinlesion evaluate" in line
+
+
+def test_stratified_auc_counts_only_pairs_within_a_stratum() -> None:
+    import numpy as np
+
+    sys.path.insert(0, str(REPO_ROOT / "tools"))
+    try:
+        from vignette_strata import stratified_auc
+    finally:
+        sys.path.remove(str(REPO_ROOT / "tools"))
+    y = np.array([0, 1, 0, 1])
+    # Across strata the ranking is wrong (stratum 1's benign above stratum 0's malignant), within right.
+    score = np.array([0.1, 0.2, 0.8, 0.9])
+    assert stratified_auc(y, score, np.array([0, 0, 1, 1])) == 1.0
+    assert stratified_auc(y, score, np.array([0, 0, 0, 0])) == 0.75
+    assert np.isnan(stratified_auc(y, score, np.array([0, 1, 0, 1])))  # no stratum holds both classes

@@ -154,7 +154,7 @@ def run(data_dir, backbone, quiet) -> None:
         check_report_dir(config.reports_dir() / config.DEFAULT_MODEL)  # before training, not after
         models = Path(cfg.out_dir) if cfg.out_dir else config.models_dir()
         # Members and ensemble are made in a hidden staging folder and moved in together, so a
-        # failure anywhere (a fine-tuning run stopped halfway) leaves the served default as it was.
+        # failure anywhere (a member's training stopped halfway) leaves the served default as it was.
         staging = models / f".staging-{config.DEFAULT_MODEL}"
         shutil.rmtree(staging, ignore_errors=True)
         try:
