@@ -192,7 +192,7 @@ def test_the_ensemble_pilot_reads_a_pilots_predictions_file(tmp_path: Path) -> N
     assert "none of the held-out images" in line
 
 
-def test_the_vignette_strata_tool_splits_by_dark_corners(tmp_path: Path) -> None:
+def test_the_strata_tool_splits_by_dark_corners(tmp_path: Path) -> None:
     import numpy as np
     from PIL import Image
 
@@ -212,16 +212,16 @@ def test_the_vignette_strata_tool_splits_by_dark_corners(tmp_path: Path) -> None
         (tmp_path / name).mkdir()
         frame.rename(columns={name: "probability"})[["path", "probability", "y_true", "error"]].to_csv(
             tmp_path / name / "predictions_test_kaggle.csv", index=False)
-    r = _run("tools/vignette_strata.py", str(tmp_path / "a"), str(tmp_path / "b"), "--images", str(tmp_path),
+    r = _run("tools/auc_strata.py", str(tmp_path / "a"), str(tmp_path / "b"), "--images", str(tmp_path),
              models_dir=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "AUC of the dark-corner fraction alone: 0.667" in r.stdout
     table = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in r.stdout.splitlines()
              if line.split()[:1] in (["a"], ["b"])}
-    assert table["a"] == [1.0, 1.0, 1.0, 1.0]  # AUC, no vignette, vignette, within strata
+    assert table["a"] == [1.0, 1.0, 1.0, 1.0]  # all, no vignette, vignette, within strata
     assert table["b"][0] < 1.0 and table["b"][3] < table["b"][0]  # B ranks by the corners: less left within
     assert "A - B (no vignette): too few images of a class to compare" in r.stdout  # 1 malignant there
-    line = _one_line_failure(_run("tools/vignette_strata.py", str(tmp_path / "a"), str(tmp_path / "nowhere"),
+    line = _one_line_failure(_run("tools/auc_strata.py", str(tmp_path / "a"), str(tmp_path / "nowhere"),
                                   models_dir=tmp_path))
     assert "no predictions_test_kaggle.csv in" in line and "skinlesion evaluate" in line
 
@@ -231,7 +231,7 @@ def test_stratified_auc_counts_only_pairs_within_a_stratum() -> None:
 
     sys.path.insert(0, str(REPO_ROOT / "tools"))
     try:
-        from vignette_strata import stratified_auc
+        from auc_strata import stratified_auc
     finally:
         sys.path.remove(str(REPO_ROOT / "tools"))
     y = np.array([0, 1, 0, 1])
@@ -240,3 +240,30 @@ def test_stratified_auc_counts_only_pairs_within_a_stratum() -> None:
     assert stratified_auc(y, score, np.array([0, 0, 1, 1])) == 1.0
     assert stratified_auc(y, score, np.array([0, 0, 0, 0])) == 0.75
     assert np.isnan(stratified_auc(y, score, np.array([0, 1, 0, 1])))  # no stratum holds both classes
+
+
+def test_the_strata_tool_splits_by_the_lesion_crop(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    # A small dark disc in the middle is cropped at the floor; a flat image has no lesion (whole image).
+    rows = []
+    yy, xx = np.mgrid[:224, :224]
+    for i, (label, lesion) in enumerate([(0, True), (1, True), (0, True), (0, False), (1, False), (1, False)]):
+        pixels = np.full((224, 224, 3), 200, np.uint8)
+        if lesion:
+            pixels[(yy - 112) ** 2 + (xx - 112) ** 2 < 20 ** 2] = 60
+        Image.fromarray(pixels).save(tmp_path / f"{i}.png")
+        rows.append({"path": f"{i}.png", "y_true": label, "error": None, "a": 0.3 + 0.4 * label, "b": 0.5})
+    frame = pd.DataFrame(rows)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        frame.rename(columns={name: "probability"})[["path", "probability", "y_true", "error"]].to_csv(
+            tmp_path / name / "predictions_test_kaggle.csv", index=False)
+    r = _run("tools/auc_strata.py", str(tmp_path / "a"), str(tmp_path / "b"), "--by", "crop", "--images",
+             str(tmp_path), models_dir=tmp_path)
+    assert r.returncode == 0, r.stderr
+    counts = {line.rsplit(None, 2)[0].strip(): line.split()[-2:] for line in r.stdout.splitlines()
+              if line.startswith(("floor", "whole image"))}
+    assert counts == {"floor (0.4)": ["2", "1"], "whole image": ["1", "2"]}, r.stdout
+    assert "A - B (all): +0.5000" in r.stdout and "dark-corner" not in r.stdout
