@@ -173,6 +173,11 @@ def test_cached_scores_and_an_ensemble_with_a_crop_member_match_the_predictor(cr
     served = Predictor.from_bundle(ens).predict_batch(files)
     cached = cached_probabilities(ens, files)
     np.testing.assert_allclose(cached["probability"], served["probability"], atol=1e-5)
+    # Its card names the crop's weakness; a model without a crop member has no such line.
+    from skinlesion.evaluation.model_card import CROP_LIMITATION, model_card
+
+    assert CROP_LIMITATION in model_card(ens) and CROP_LIMITATION in model_card(crop_bundle)
+    assert CROP_LIMITATION not in model_card(plain)
 
 
 def test_the_crop_is_refused_with_fine_tuning_and_for_the_gate(crop_bundle, tmp_path):

@@ -368,7 +368,12 @@ def _gate(meta: BundleMeta, bundle_path: Path) -> Section:
     return s
 
 
-def _limitations(meta: BundleMeta) -> Section:
+CROP_LIMITATION = ("A member reads each image cropped to its lesion by a classical rule on the 224-px input: a small "
+                   "lesion is cut from a few dozen pixels and scaled up (blurred), and where the rule finds no lesion "
+                   "it reads the whole image (README, goals: Kaggle test AUC; `tools/auc_strata.py --by crop`).")
+
+
+def _limitations(meta: BundleMeta, bundle_path: Path) -> Section:
     items = list(LIMITATIONS)
     if meta.training.sources and not meta.training.data_dir:
         items[:2] = ["Three public dermoscopic collections that overlap and share a few devices; no external "
@@ -381,6 +386,8 @@ def _limitations(meta: BundleMeta) -> Section:
     if meta.synthetic:
         items.insert(0, "SYNTHETIC MODEL: it was trained on generated images, not real lesions; its output says "
                         "nothing about skin cancer.")
+    if any(b.meta.lesion_crop for b in _member_bundles(bundle_path)):
+        items.append(CROP_LIMITATION)
     return Section("Limitations").bullets(items + list(meta.limitations))
 
 
@@ -512,7 +519,7 @@ def build_model_card(meta: BundleMeta, bundle_path: str | os.PathLike[str],
     sections = [
         _details(meta, bundle_path), intended, _training_data(meta), _evaluation(meta, bundle_path, report, results),
         _generalisation(meta, bundle_path), _calibration(meta, results), _skin_tone(results), _policy(meta), _gate(meta, bundle_path), _ood(meta),
-        _limitations(meta),
+        _limitations(meta, bundle_path),
         _leakage(results), versions,
     ]
     return ModelCard(meta.run_id, meta.synthetic, banners, sections)
