@@ -94,3 +94,32 @@ def test_a_model_that_cannot_be_converted_falls_back_to_keras(tmp_path, monkeypa
         feats, ok, _ = extract_features(NotKeras(), _images(tmp_path, n=2), backbone="x", weights_tag=None,
                                         progress=False)
     assert ok.all() and feats.shape == (2, 1, 3)
+
+
+def test_the_conversion_does_not_log_its_temporary_folder():
+    # TensorFlow's logger announces the SavedModel it writes to /tmp during conversion; in a notebook
+    # that line (a path of this machine) would land in the committed outputs.
+    import logging
+
+    import tensorflow as tf
+
+    from skinlesion.models.tflite_features import TFLiteFeatureModel
+
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    log = tf.get_logger()
+    level, keep = log.level, Keep()
+    log.setLevel(logging.INFO)
+    log.addHandler(keep)
+    try:
+        model = tf.keras.Sequential([tf.keras.Input((8, 8, 3)), tf.keras.layers.GlobalAveragePooling2D()])
+        TFLiteFeatureModel(model)
+        assert log.level == logging.INFO  # restored
+    finally:
+        log.removeHandler(keep)
+        log.setLevel(level)
+    assert not [r for r in records if "Assets written" in r], records

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import threading
 import weakref
 from typing import Any
@@ -37,10 +38,18 @@ class TFLiteFeatureModel:
         self.output_shape = tuple(model.output_shape)
         # from_keras_model (a SavedModel export underneath): a concrete function of the model
         # captured here converts with unread variables and computes NaN.
-        with contextlib.redirect_stdout(io.StringIO()):  # the export prints every captured tensor
-            converter = tf.lite.TFLiteConverter.from_keras_model(model)
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-            blob = converter.convert()
+        # The export prints every captured tensor, and TensorFlow's logger announces the temporary
+        # folder it writes ("Assets written to" a temporary path), which would land in notebook outputs.
+        tf_log = tf.get_logger()
+        level = tf_log.level
+        tf_log.setLevel(logging.WARNING)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                converter = tf.lite.TFLiteConverter.from_keras_model(model)
+                converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+                blob = converter.convert()
+        finally:
+            tf_log.setLevel(level)
         self._interpreter = Interpreter(model_content=blob, num_threads=num_threads or config.cpu_threads())
         self._in = self._interpreter.get_input_details()[0]["index"]
         self._out = self._interpreter.get_output_details()[0]["index"]
