@@ -246,7 +246,7 @@ def test_the_strata_tool_splits_by_the_lesion_crop(tmp_path: Path) -> None:
     import numpy as np
     from PIL import Image
 
-    # A small dark disc in the middle is cropped at the floor; a flat image has no lesion (whole image).
+    # A small dark disc in the middle is cropped at the floor; a flat image has no lesion.
     rows = []
     yy, xx = np.mgrid[:224, :224]
     for i, (label, lesion) in enumerate([(0, True), (1, True), (0, True), (0, False), (1, False), (1, False)]):
@@ -264,6 +264,6 @@ def test_the_strata_tool_splits_by_the_lesion_crop(tmp_path: Path) -> None:
              str(tmp_path), models_dir=tmp_path)
     assert r.returncode == 0, r.stderr
     counts = {line.rsplit(None, 2)[0].strip(): line.split()[-2:] for line in r.stdout.splitlines()
-              if line.startswith(("floor", "whole image"))}
-    assert counts == {"floor (0.4)": ["2", "1"], "whole image": ["1", "2"]}, r.stdout
+              if line.startswith(("floor", "no lesion found"))}
+    assert counts == {"floor (0.4)": ["2", "1"], "no lesion found": ["1", "2"]}, r.stdout
     assert "A - B (all): +0.5000" in r.stdout and "dark-corner" not in r.stdout

@@ -8,8 +8,9 @@ This reads two ``skinlesion evaluate`` report folders' predictions of one set
 
 * ``--by vignette``: the dark-corner fraction of ``skinlesion.data.profile.image_profile`` (the
   exploration notebook's definition), vignette when over half the corner pixels are dark;
-* ``--by crop``: the side of the lesion crop (``skinlesion.models.lesion.crop_of`` on the 224-px model
-  input, as the crop member reads it): no lesion found (whole image), the 0.4 floor, up to 0.7, over 0.7.
+* ``--by crop``: the side of the lesion crop (``skinlesion.models.lesion`` on the 224-px model input, as the
+  crop member reads it): the 0.4 floor, up to 0.7, over 0.7, the whole frame (the lesion and its margin fill
+  it), or no lesion found (the whole frame too).
 
 It prints the strata by class, the AUC of the property alone (vignette), each model's AUC overall,
 per stratum and over benign–malignant pairs of the same stratum only (what is left once the property
@@ -68,13 +69,16 @@ def vignette_strata(paths: pd.Series, root: Path) -> tuple[pd.Series, pd.Series]
 def crop_strata(paths: pd.Series, root: Path) -> pd.Series:
     """Stratum label per image path: how large a square the lesion-crop rule cuts from its 224-px input."""
     from skinlesion.data.intake import load_for_model
-    from skinlesion.models.lesion import MIN_SIDE, crop_of
+    from skinlesion.models.lesion import MIN_SIDE, crop_square, lesion_box
 
     def label(path: str) -> str:
         size = 224
-        side = crop_of(load_for_model(root / path, size))[2] / size
+        box = lesion_box(load_for_model(root / path, size))
+        if box is None:
+            return "no lesion found"
+        side = crop_square(box, size)[2] / size
         if side >= 1:
-            return "whole image"
+            return "fills the frame"
         if side <= MIN_SIDE + 1 / size:
             return f"floor ({MIN_SIDE:g})"
         return f"<= {CROP_BINS[0]:g}" if side <= CROP_BINS[0] else f"> {CROP_BINS[0]:g}"
