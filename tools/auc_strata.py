@@ -29,19 +29,22 @@ import numpy as np
 import pandas as pd
 
 VIGNETTE = 0.5  # an image has a vignette when more than half of its corner pixels are dark (notebook 01)
-CROP_BINS = (0.7,)  # crop side / image side: the floor (MIN_SIDE), up to 0.7, over 0.7 (below 1), whole image
+CROP_SPLIT = 0.7  # crop side / image side: the floor (MIN_SIDE), up to this, over it (below the whole frame)
 
 
 def read_predictions(report: Path, eval_set: str) -> pd.DataFrame:
-    """The scored rows (no error) of ``report/predictions_<set>.csv``; exits with one line when missing."""
-    from skinlesion.evaluation.common import set_file_stem
+    """The scored rows of ``report/predictions_<set>.csv`` (as ``skinlesion compare`` keeps them); exits with
+    one line when the file is missing or is not a predictions table."""
+    from skinlesion.evaluation.common import ReportError, scored_rows, set_file_stem
 
     path = report / f"predictions_{set_file_stem(eval_set)}.csv"
     if not path.is_file():
         raise SystemExit(f"{Path(__file__).name}: no {path.name} in {report} (run `skinlesion evaluate` on that "
                          "bundle first; `ls` the folder for the sets it scored)")
-    df = pd.read_csv(path)
-    return df[df["error"].isna()] if "error" in df else df
+    try:
+        return scored_rows(pd.read_csv(path))
+    except ReportError as exc:
+        raise SystemExit(f"{Path(__file__).name}: {path}: {exc}") from None
 
 
 def stratified_auc(y: np.ndarray, score: np.ndarray, stratum: np.ndarray) -> float:
@@ -81,7 +84,7 @@ def crop_strata(paths: pd.Series, root: Path) -> pd.Series:
             return "fills the frame"
         if side <= MIN_SIDE + 1 / size:
             return f"floor ({MIN_SIDE:g})"
-        return f"<= {CROP_BINS[0]:g}" if side <= CROP_BINS[0] else f"> {CROP_BINS[0]:g}"
+        return f"<= {CROP_SPLIT:g}" if side <= CROP_SPLIT else f"> {CROP_SPLIT:g}"
 
     return pd.Series([label(p) for p in paths], index=paths.index)
 
