@@ -123,3 +123,18 @@ def test_the_conversion_does_not_log_its_temporary_folder():
         log.removeHandler(keep)
         log.setLevel(level)
     assert not [r for r in records if "Assets written" in r], records
+
+
+def test_quiet_tensorflow_restores_the_level_when_the_block_raises():
+    import logging
+
+    import tensorflow as tf
+
+    from skinlesion.models.quiet import quiet_tensorflow
+
+    log = tf.get_logger()
+    before = log.level
+    with pytest.raises(RuntimeError), quiet_tensorflow(logging.ERROR):
+        assert log.level == logging.ERROR
+        raise RuntimeError("inside")
+    assert log.level == before

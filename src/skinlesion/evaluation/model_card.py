@@ -215,13 +215,12 @@ def _recipe(meta: BundleMeta) -> str:
             + f"; seed {t.seed}")
 
 
-def _details(meta: BundleMeta, bundle_path: Path) -> Section:
+def _details(meta: BundleMeta, members: list[Bundle]) -> Section:
     rows = [["Run id", meta.run_id], ["Created", meta.created or "n/a"]]
     if meta.kind == "ensemble":
-        members = [b.meta for b in _member_bundles(bundle_path)]
         rows.append(["Kind", f"ensemble of {len(members)} models: the mean of their calibrated P(malignant), "
                              "calibrated again with the ensemble's own temperature and threshold"])
-        rows += [[f"Member `{m.run_id}`", _recipe(m)] for m in members]
+        rows += [[f"Member `{m.meta.run_id}`", _recipe(m.meta)] for m in members]
     else:
         rows += [["Kind", meta.kind], ["Architecture", _recipe(meta)]]
     rows += [["Task", "binary classification of a dermoscopic image: benign vs malignant; output P(malignant)"],
@@ -334,7 +333,7 @@ def _ood(meta: BundleMeta) -> Section:
                   "probability must be ignored, no flag does not mean the image is fit for the model.")
 
 
-def _gate(meta: BundleMeta, bundle_path: Path) -> Section:
+def _gate(meta: BundleMeta, members: list[Bundle]) -> Section:
     """The image-type gate and its measured rates (``reports/gate/<run>/gate.json``); an ensemble's is
     its first member's that has one, as the Predictor uses it."""
     from skinlesion.io import read_json
@@ -344,7 +343,7 @@ def _gate(meta: BundleMeta, bundle_path: Path) -> Section:
     if not g and meta.kind == "ensemble":
         from skinlesion.serving.inference import Predictor
 
-        owner = Predictor.gate_owner(_member_bundles(bundle_path))
+        owner = Predictor.gate_owner(members)
         if owner is not None:
             s.text(f"The ensemble's images are screened by its member `{owner.meta.run_id}`'s gate.")
             meta, g = owner.meta, owner.meta.raw["gate"]
@@ -373,7 +372,7 @@ CROP_LIMITATION = ("A member reads each image cropped to its lesion by a classic
                    "it reads the whole image (README, goals: Kaggle test AUC; `tools/auc_strata.py --by crop`).")
 
 
-def _limitations(meta: BundleMeta, bundle_path: Path) -> Section:
+def _limitations(meta: BundleMeta, members: list[Bundle]) -> Section:
     items = list(LIMITATIONS)
     if meta.training.sources and not meta.training.data_dir:
         items[:2] = ["Three public dermoscopic collections that overlap and share a few devices; no external "
@@ -386,7 +385,7 @@ def _limitations(meta: BundleMeta, bundle_path: Path) -> Section:
     if meta.synthetic:
         items.insert(0, "SYNTHETIC MODEL: it was trained on generated images, not real lesions; its output says "
                         "nothing about skin cancer.")
-    if any(b.meta.lesion_crop for b in _member_bundles(bundle_path)):
+    if any(b.meta.lesion_crop for b in members):
         items.append(CROP_LIMITATION)
     return Section("Limitations").bullets(items + list(meta.limitations))
 
@@ -431,28 +430,28 @@ def _loso_runs() -> list[dict[str, Any]]:
     return [read_json(f, ReportError) for f in sorted((config.reports_dir() / "generalisation").glob("*/details.json"))]
 
 
-def _loso_run(meta: BundleMeta, bundle_path: Path, runs: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
+def _loso_run(meta: BundleMeta, members: list[Bundle], runs: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
     """The LOSO run of this bundle's recipe: the same training config; for an ensemble, the run of
     ``generalise --ensemble-of`` whose member recipes are, in order, those of its members."""
     runs = _loso_runs() if runs is None else runs
     if meta.kind != "ensemble":
         return next((d for d in runs if _same_recipe(d.get("config", {}), meta.training.config)), None)
     recipes = []
-    for member in _member_bundles(bundle_path):
-        found = _loso_run(member.meta, member.path, runs)
+    for member in members:
+        found = _loso_run(member.meta, [member], runs)
         if found is None:
             return None
         recipes.append(found["recipe"])
     return next((d for d in runs if d.get("config", {}).get("ensemble_of") == recipes), None)
 
 
-def _generalisation(meta: BundleMeta, bundle_path: Path) -> Section:
+def _generalisation(meta: BundleMeta, members: list[Bundle]) -> Section:
     """Leave-one-source-out results of this bundle's recipe, its robustness and site-calibration curves."""
     from skinlesion.io import read_json
 
     s = Section("Generalisation and robustness")
     root = config.reports_dir()
-    recipe = _loso_run(meta, bundle_path)
+    recipe = _loso_run(meta, members)
     if recipe is None:
         s.text("No leave-one-source-out run of this recipe found (`skinlesion generalise --recipe NAME` with the "
                "same training options); expect lower performance on dermatoscopes and collections it never saw.")
@@ -516,10 +515,11 @@ def build_model_card(meta: BundleMeta, bundle_path: str | os.PathLike[str],
         versions.table(["Package", "Version"], [[k, v] for k, v in meta.versions.items()])
     else:
         versions.text("not recorded")
+    members = _member_bundles(bundle_path)  # opened (and checksummed) once, for every section that needs them
     sections = [
-        _details(meta, bundle_path), intended, _training_data(meta), _evaluation(meta, bundle_path, report, results),
-        _generalisation(meta, bundle_path), _calibration(meta, results), _skin_tone(results), _policy(meta), _gate(meta, bundle_path), _ood(meta),
-        _limitations(meta, bundle_path),
+        _details(meta, members), intended, _training_data(meta), _evaluation(meta, bundle_path, report, results),
+        _generalisation(meta, members), _calibration(meta, results), _skin_tone(results), _policy(meta),
+        _gate(meta, members), _ood(meta), _limitations(meta, members),
         _leakage(results), versions,
     ]
     return ModelCard(meta.run_id, meta.synthetic, banners, sections)

@@ -2,8 +2,8 @@
 a faithful explanation must change when the model's weights are re-drawn."""
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -18,6 +18,7 @@ from skinlesion.explain.common import (
     top_index,
 )
 from skinlesion.explain.gradcam import compute_heatmap
+from skinlesion.models.quiet import quiet_tensorflow
 
 if TYPE_CHECKING:
     import keras
@@ -152,21 +153,6 @@ def compare_maps(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     ssim = float(structural_similarity(a, b, data_range=1.0, win_size=win))
     return {"spearman": rho, "ssim": ssim}
 
-@contextmanager
-def _quiet_tf_retracing() -> Iterator[None]:
-    """Silence TensorFlow's "triggered tf.function retracing" warning for expected retraces."""
-    import logging
-
-    import tensorflow as tf
-
-    logger = tf.get_logger()
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
 def sanity_check(
     model: keras.Model,
     image: np.ndarray,
@@ -207,7 +193,7 @@ def sanity_check(
         results["original"] = {"spearman": 1.0, "ssim": 1.0, "layers": [], "heatmap": original}
     for label, scope, n in runs:
         randomized = randomize_model(model, scope, n, seed=seed)
-        with _quiet_tf_retracing():  # every randomised copy is a new model, so a new trace
+        with quiet_tensorflow(logging.ERROR):  # every randomised copy is a new model, so a new trace: no retracing warning
             heatmap = compute_heatmap(
                 randomized, image, method, layer_name=layer_name, target=resolved, **kwargs
             )

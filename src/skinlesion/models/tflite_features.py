@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from skinlesion import config
+from skinlesion.models.quiet import quiet_tensorflow
 
 _CONVERTED: weakref.WeakKeyDictionary[Any, tuple[TFLiteFeatureModel, str]] = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
@@ -40,16 +41,10 @@ class TFLiteFeatureModel:
         # captured here converts with unread variables and computes NaN.
         # The export prints every captured tensor, and TensorFlow's logger announces the temporary
         # folder it writes ("Assets written to" a temporary path), which would land in notebook outputs.
-        tf_log = tf.get_logger()
-        level = tf_log.level
-        tf_log.setLevel(logging.WARNING)
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):
-                converter = tf.lite.TFLiteConverter.from_keras_model(model)
-                converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-                blob = converter.convert()
-        finally:
-            tf_log.setLevel(level)
+        with quiet_tensorflow(logging.WARNING), contextlib.redirect_stdout(io.StringIO()):
+            converter = tf.lite.TFLiteConverter.from_keras_model(model)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+            blob = converter.convert()
         self._interpreter = Interpreter(model_content=blob, num_threads=num_threads or config.cpu_threads())
         self._in = self._interpreter.get_input_details()[0]["index"]
         self._out = self._interpreter.get_output_details()[0]["index"]
