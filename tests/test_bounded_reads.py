@@ -184,7 +184,7 @@ def test_parity_check_skips_a_too_large_file_unread(folder, opened, caplog):
     from skinlesion.serving.export import parity_check
 
     bundle = SimpleNamespace(input_size=SIZE, ood_detector=lambda: None,
-                             meta=SimpleNamespace(served_views=("id",), lesion_crop=False, temperature=1.0,
+                             meta=SimpleNamespace(served_views=("id",), lesion_crop=False, crop_rule=0, temperature=1.0,
                                                   decision=None))
 
     def run(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -95,10 +95,10 @@ def test_crop_views_are_the_crop_then_the_view(rule):
 
     batch = np.stack([_skin(lesion=(100, 120, 30)), _skin(lesion=(112, 112, 20), seed=1)])
     for view in ("id", "fh", "r90", "fh_r270", "zi"):
-        np.testing.assert_array_equal(apply_view(batch, "lc_" + view), apply_view(rule.lesion_crop(batch), view))
-    assert rule.crop_views(("id", "fh"), True) == ("lc_id", "lc_fh") and rule.crop_views(["id"], False) == ("id",)
-    assert rule.crop_views(("lc_id", "fh"), True) == ("lc_id", "lc_fh")  # already behind the crop: kept
-    assert rule.base_view("lc_fh_r90") == "fh_r90" and rule.base_view("fh") == "fh" and not rule.is_crop_view("id")
+        np.testing.assert_array_equal(apply_view(batch, "lc2_" + view), apply_view(rule.lesion_crop(batch), view))
+    assert rule.crop_views(("id", "fh"), True) == ("lc2_id", "lc2_fh") and rule.crop_views(["id"], False) == ("id",)
+    assert rule.crop_views(("lc2_id", "fh"), True) == ("lc2_id", "lc2_fh")  # already behind the crop: kept
+    assert rule.base_view("lc2_fh_r90") == "fh_r90" and rule.base_view("fh") == "fh" and not rule.is_crop_view("id")
 
 
 def test_uncrop_map_puts_the_map_where_the_crop_was():
@@ -122,16 +122,18 @@ def crop_bundle(synth_root, tmp_path_factory):
 
 def test_a_crop_bundle_serves_the_mean_of_its_crop_views(crop_bundle, synth_root):
     from skinlesion.bundle.format import load
-    from skinlesion.data.intake import load_for_model
+    from skinlesion.data.intake import read_image
     from skinlesion.models.features import VIEWS, apply_view
+    from skinlesion.models.lesion import RULE, base_view, crop_from
     from skinlesion.serving.inference import Predictor
 
     b = load(crop_bundle)
-    assert b.meta.lesion_crop and b.meta.served_views == tuple("lc_" + v for v in VIEWS)
+    assert b.meta.lesion_crop and b.meta.served_views == tuple("lc2_" + v for v in VIEWS)
+    assert b.meta.crop_rule == RULE and b.meta.training.config["lesion_crop"] == RULE
     predictor = Predictor.from_bundle(crop_bundle)
     files = sorted((synth_root / "test").rglob("*.jpg"))[:3]
-    batch = np.stack([load_for_model(f.read_bytes(), b.input_size) for f in files])
-    by_view = np.stack([np.asarray(b.model.predict(apply_view(batch, v), verbose=0)).ravel()
+    crops = np.stack([crop_from(read_image(f.read_bytes()), b.input_size)[0] for f in files])
+    by_view = np.stack([np.asarray(b.model.predict(apply_view(crops, base_view(v)), verbose=0)).ravel()
                         for v in b.meta.served_views], axis=1)
     served = [p.raw_probability for p in predictor.predict_many([str(f) for f in files])]
     np.testing.assert_allclose(served, by_view.mean(axis=1), atol=1e-5)
@@ -197,19 +199,22 @@ def test_the_crop_is_refused_with_fine_tuning_and_for_the_gate(crop_bundle, tmp_
 
 
 def test_cached_crop_view_features_are_the_crop_then_the_view(synth_root, tmp_path):
-    from skinlesion.data.intake import load_for_model
+    from skinlesion.data.intake import load_for_model, read_image
     from skinlesion.models.backbones import build_feature_extractor
     from skinlesion.models.features import apply_view, extract_features
+    from skinlesion.models.lesion import base_view, crop_from, is_crop_view
 
     model = build_feature_extractor("efficientnet_lite0", None, 64)
     files = sorted((synth_root / "test").rglob("*.jpg"))[:4]
-    views = ("id", "lc_id", "lc_fh_r90")
+    views = ("id", "lc2_id", "lc2_fh_r90")
     feats, ok, _ = extract_features(model, files, backbone="lite0-test", weights_tag=None, views=views,
                                     cache_root=tmp_path / "cache", progress=False)
     assert ok.all()
     batch = np.stack([load_for_model(f.read_bytes(), 64) for f in files])
+    crops = np.stack([crop_from(read_image(f.read_bytes()), 64)[0] for f in files])  # cut from the decoded files
     for v, view in enumerate(views):
-        np.testing.assert_allclose(feats[:, v], model.predict(apply_view(batch, view), verbose=0), atol=1e-5)
+        seen = apply_view(crops, base_view(view)) if is_crop_view(view) else apply_view(batch, view)
+        np.testing.assert_allclose(feats[:, v], model.predict(seen, verbose=0), atol=1e-5)
 
 
 @pytest.mark.slow
@@ -228,8 +233,69 @@ def test_a_crop_bundles_tflite_export_crops_as_the_predictor_does(crop_bundle, s
     parity = json.loads((folder / PARITY_FILE).read_text())
     manifest = json.loads((folder / MANIFEST_FILE).read_text())
     assert parity["passed"] is True and manifest["input"]["lesion_crop"] is True
-    assert "cropped to the lesion" in manifest["input"]["values"]
+    assert "cut from the decoded image" in manifest["input"]["values"]
     files = sorted((synth_root / "test").rglob("*.jpg"))[:4]
     keras = Predictor.from_bundle(copy).predict_batch(files)["probability"].to_numpy()
     lite = Predictor.from_bundle(copy, backend="tflite").predict_batch(files)["probability"].to_numpy()
     np.testing.assert_allclose(lite, keras, atol=1e-4)
+
+
+def _striped(size: int, period: int) -> np.ndarray:
+    """Light skin, a dark central disc of radius size / 8 striped every ``period`` pixels: detail a small
+    reading blurs away."""
+    y, x = np.ogrid[:size, :size]
+    img = np.full((size, size, 3), (210, 170, 150), np.uint8)
+    disc = (y + 0.5 - size / 2) ** 2 + (x + 0.5 - size / 2) ** 2 <= (size / 8) ** 2
+    stripes = (x // (period // 2)) % 2 == 0
+    img[disc & stripes] = (90, 55, 40)
+    img[disc & ~stripes] = (60, 35, 25)
+    return img
+
+
+def test_the_crop_is_found_at_model_size_and_cut_from_the_decoded_pixels(rule):
+    from PIL import Image
+
+    from skinlesion.data.intake import square_crop, to_model_array
+
+    big = Image.fromarray(_striped(896, 4))
+    small = to_model_array(big, 224)
+    fine, crop = rule.crop_from(big, 224)
+    assert crop == rule.crop_of(small) and crop[2] < 224
+    np.testing.assert_array_equal(fine, rule.cut(square_crop(big), crop, 224))
+    coarse = rule.apply_crop(small, crop)  # the same square cut from the 224-px reading (rule 1)
+    # 4-px stripes are 1 px at 224 (averaged away), 2.5 px in the crop of the decoded image.
+    assert coarse[92:132, 92:132, 0].std() < 1 < 5 < fine[92:132, 92:132, 0].std()
+    # Not square: the centre square is read, as the whole image would be.
+    wide = Image.fromarray(_striped(896, 4)).crop((0, 98, 896, 798))
+    out, where = rule.crop_from(wide, 224)
+    assert where == rule.crop_of(to_model_array(wide, 224))
+    np.testing.assert_array_equal(out, rule.cut(square_crop(wide), where, 224))
+    # An image already at model size is its own original: the array and the decoded image crop alike.
+    same = _skin(lesion=(100, 120, 30))
+    np.testing.assert_array_equal(rule.crop_from(Image.fromarray(same), 224)[0], rule.lesion_crop(same[None])[0])
+    # No lesion: the reading itself.
+    flat = Image.new("RGB", (300, 300), (128, 128, 128))
+    out, where = rule.crop_from(flat, 224)
+    assert where == (0, 0, 224)
+    np.testing.assert_array_equal(out, to_model_array(flat, 224))
+
+
+def test_a_bundle_of_the_older_crop_rule_is_refused_when_served(crop_bundle, synth_root, tmp_path):
+    import json
+    import shutil
+
+    from skinlesion.bundle.format import BUNDLE_FILE, BundleError
+    from skinlesion.evaluation.generalise import stage1_probabilities
+    from skinlesion.serving.inference import Predictor
+    from skinlesion.training.train import TrainConfig
+
+    assert TrainConfig(lesion_crop=True).lesion_crop == 2 and TrainConfig().lesion_crop is False
+    old = tmp_path / "rule1"
+    shutil.copytree(crop_bundle, old)
+    meta = json.loads((old / BUNDLE_FILE).read_text())
+    meta["training"]["config"]["lesion_crop"] = True  # what a bundle of rule 1 records
+    (old / BUNDLE_FILE).write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="rule 1.*Retrain it"):
+        Predictor.from_bundle(old)
+    with pytest.raises(BundleError, match="rule 1"):
+        stage1_probabilities(old, sorted((synth_root / "test").rglob("*.jpg"))[:2])

@@ -72,6 +72,50 @@ def extract(cache: Path, files: np.ndarray) -> None:
     np.savez(cache, files=files, features=out, crops=crops)
 
 
+def _original_crop(path: str, size: int) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """One file's lesion crop cut from its decoded original (centre square, as ``to_model_array``) instead
+    of from the ``size`` input: the box is found on the ``size`` input as served, then mapped back."""
+    from PIL import Image
+
+    from skinlesion.data.intake import read_image, square_crop, to_model_array
+    from skinlesion.models.lesion import crop_of
+
+    img = read_image(path)
+    small = to_model_array(img, size)
+    y0, x0, side = crop_of(small)
+    square = square_crop(img)
+    s = square.size[0] / size
+    # Pillow's box resize: the same square, resampled from the original's pixels (antialiased when it shrinks).
+    cut = square.resize((size, size), Image.Resampling.BILINEAR, box=(x0 * s, y0 * s, (x0 + side) * s, (y0 + side) * s))
+    return np.asarray(cut), (y0, x0, side)
+
+
+def extract_original(cache: Path, files: np.ndarray, batch: int = 64) -> None:
+    """As :func:`extract`, with each crop cut from the decoded original (``_original_crop``)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from skinlesion.models import backbones
+
+    model = backbones.build_feature_extractor("efficientnet_lite0", "imagenet")
+    size = int(model.input_shape[1])
+    out = np.zeros((len(files), len(CROP_VIEWS), int(model.output_shape[-1])), np.float32)
+    crops = np.zeros((len(files), 3), np.int32)
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for start in range(0, len(files), batch):
+            done = list(pool.map(lambda f: _original_crop(str(f), size), files[start:start + batch]))
+            cropped = np.stack([d[0] for d in done])
+            crops[start:start + len(done)] = [d[1] for d in done]
+            out[start:start + len(done), 0] = model.predict_on_batch(cropped)
+            out[start:start + len(done), 1] = model.predict_on_batch(cropped[:, :, ::-1])
+            if start % 2048 == 0:
+                print(f"{start + len(done)} / {len(files)} images, {time.perf_counter() - t0:.0f} s", flush=True)
+    print(f"lesion crops from the originals of {len(files)} images x {len(CROP_VIEWS)} views in "
+          f"{time.perf_counter() - t0:.0f} s", flush=True)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, files=files, features=out, crops=crops)
+
+
 def check_boxes(n: int, seed: int = 0) -> None:
     """The rule's boxes against HAM10000's on ``n`` random images (boxes only): IoU and kept share."""
     import pandas as pd
@@ -178,13 +222,18 @@ def main() -> None:
                     help="write the crop head's held-out outputs here (tools/loso_ensemble_pilot.py reads them)")
     ap.add_argument("--plain-predictions", type=Path, metavar="CSV",
                     help="write the plain (id, fh) head's held-out outputs here: the ensemble pilot's control")
+    ap.add_argument("--from-original", action="store_true",
+                    help="cut each crop from the decoded original instead of the 224 input (same box); give it "
+                         "its own --crop-cache")
     args = ap.parse_args()
+    if args.from_original and args.crop_cache == ap.get_default("crop_cache"):
+        raise SystemExit("--from-original needs its own --crop-cache (the default one holds the 224-input crops)")
     if args.check_boxes:
         check_boxes(args.check_boxes)
     if not args.cache.exists():
         msp.extract(args.cache)
     if not args.crop_cache.exists():
-        extract(args.crop_cache, np.load(args.cache)["files"])
+        (extract_original if args.from_original else extract)(args.crop_cache, np.load(args.cache)["files"])
     fit(args.cache, args.crop_cache, args.predictions, args.plain_predictions)
 
 

@@ -216,6 +216,12 @@ class BundleMeta:
         ensemble does not (its members say for themselves; it copies its first member's training record)."""
         return self.kind != "ensemble" and bool(self.training.config.get("lesion_crop"))
 
+    @property
+    def crop_rule(self) -> int:
+        """The lesion-crop rule this bundle was trained with (``models.lesion.RULE``; a bundle whose
+        training record says only ``true`` predates rule 2: rule 1); 0 without a crop."""
+        return int(self.training.config.get("lesion_crop") or 0) if self.lesion_crop else 0
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], default_run_id: str = "model") -> BundleMeta:
         """Parse a ``bundle.json`` dict; raises ValueError or TypeError when a present field is malformed."""

@@ -52,14 +52,16 @@ def stage1_view_outputs(
     function feeds both; a test checks the equality against the Predictor). Recipe searches
     score tens of thousands of held-out images per run; this makes that seconds instead of
     minutes on a CPU. Anything else (fine-tuned, ensembles, random weights) returns None. A bundle
-    that crops each image to its lesion sees every view behind its crop (``id`` is read as ``lc_id``).
+    that crops each image to its lesion sees every view behind its crop (``id`` is read as ``lc2_id``).
     """
     from skinlesion.bundle.format import load
     from skinlesion.models import backbones
     from skinlesion.models.features import extract_features
     from skinlesion.models.lesion import crop_views
+    from skinlesion.serving.inference import check_crop_rule
 
     b = load(bundle_path)
+    check_crop_rule(b)  # an older rule's bundle would be scored on this rule's crops
     views = crop_views(views, b.meta.lesion_crop)
     meta = b.meta
     cfg = meta.training.config

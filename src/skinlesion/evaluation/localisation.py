@@ -307,11 +307,10 @@ def run_sanity(bundle_path: str | os.PathLike[str], *, n: int = 50, method: str 
     from tqdm.auto import tqdm
 
     from skinlesion import config
-    from skinlesion.data.intake import load_for_model
+    from skinlesion.data.intake import read_image
     from skinlesion.explain.sanity import sanity_check
     from skinlesion.io import write_json
-    from skinlesion.models.lesion import lesion_crop
-    from skinlesion.serving.inference import Predictor
+    from skinlesion.serving.inference import Predictor, read_as, reading_of
 
     t0 = time.perf_counter()
     predictor = Predictor.from_bundle(bundle_path)
@@ -320,9 +319,8 @@ def run_sanity(bundle_path: str | os.PathLike[str], *, n: int = 50, method: str 
     rows: list[dict[str, Any]] = []
     layers: dict[str, int] = {}
     for rec in tqdm(list(frame.itertuples()), disable=not progress, desc="sanity"):
-        image = load_for_model(rec.file, member.input_size)
-        if member.meta.lesion_crop:  # the image as this member sees it
-            image = lesion_crop(image[None])[0]
+        reading = reading_of(member)  # the image as this member sees it (its lesion crop for a crop member)
+        image = read_as(read_image(rec.file), {reading})[reading]
         check = sanity_check(member.model, image, method, layer_name=member.meta.last_conv_layer,
                              target="malignant", seed=seed)
         for step, entry in check.items():

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from skinlesion import config
-from skinlesion.data.intake import ImageRejected, image_fingerprint, load_for_model, read_file_bytes
+from skinlesion.data.intake import ImageRejected, image_fingerprint, load_for_model, read_file_bytes, read_image
+from skinlesion.models import lesion
 
 # Dihedral views: lesions have no canonical orientation, so flips/rotations are label-preserving.
 VIEWS: dict[str, tuple[int, bool]] = {  # name -> (quarter turns, horizontal flip)
@@ -118,9 +119,7 @@ def _aperture(batch: np.ndarray, radius: float) -> np.ndarray:
 
 def apply_view(batch: np.ndarray, view: str) -> np.ndarray:
     """Apply a dihedral, framing, degradation, aperture or colour view to a batch (N, H, W, C) of square uint8 images;
-    ``lc_<view>`` crops each image to its lesion first (``skinlesion.models.lesion``)."""
-    from skinlesion.models import lesion
-
+    ``lc2_<view>`` crops each image (its own original) to its lesion first (``skinlesion.models.lesion``)."""
     if lesion.is_crop_view(view):
         return apply_view(lesion.lesion_crop(batch), lesion.base_view(view))
     if view in COLOUR_VIEWS:
@@ -136,7 +135,7 @@ def apply_view(batch: np.ndarray, view: str) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(out, k, axes=(1, 2)))
 
 
-def _read_one(path: Path, size: int) -> tuple[str, np.ndarray | None, str | None]:
+def _read_one(path: Path, size: int, crop: bool = False) -> tuple[str, np.ndarray | None, str | None]:
     try:
         # Size-limited: a huge file (or a link to one) is one refused image, not a MemoryError.
         data = read_file_bytes(path)
@@ -146,15 +145,19 @@ def _read_one(path: Path, size: int) -> tuple[str, np.ndarray | None, str | None
         return "", None, f"cannot read: {exc}"
     key = image_fingerprint(data)
     try:
+        if crop:
+            return key, lesion.crop_from(read_image(data), size)[0], None
         return key, load_for_model(data, size), None
     except ImageRejected as exc:
         return key, None, exc.message
 
 
 def iter_image_batches(
-    paths: Sequence[str | os.PathLike[str]], size: int, batch_size: int = 64, workers: int = 2
+    paths: Sequence[str | os.PathLike[str]], size: int, batch_size: int = 64, workers: int = 2, *,
+    lesion_crop: bool = False,
 ) -> Iterator[tuple[np.ndarray, list[int], list[str], dict[int, str]]]:
-    """Yield (batch uint8, input indices, sha256 keys, errors) while the next batch decodes.
+    """Yield (batch uint8, input indices, sha256 keys, errors) while the next batch decodes; with
+    ``lesion_crop`` each image is its lesion crop, cut from the decoded file (``models.lesion.crop_from``).
 
     Decoding runs in a thread pool (Pillow releases the GIL) one batch ahead of the
     consumer, so the model is rarely starved on a 2-core machine.
@@ -163,7 +166,7 @@ def iter_image_batches(
     with ThreadPoolExecutor(max_workers=workers) as pool:
         def submit(start: int):
             chunk = paths[start : start + batch_size]
-            return start, [pool.submit(_read_one, Path(p), size) for p in chunk]
+            return start, [pool.submit(_read_one, Path(p), size, lesion_crop) for p in chunk]
 
         pending = submit(starts[0]) if len(paths) else None
         for nxt in [*starts[1:], None]:
@@ -257,8 +260,6 @@ def extract_features(
     """
     from tqdm.auto import tqdm
 
-    from skinlesion.models import lesion
-
     size = int(model.input_shape[1])
     dim = int(model.output_shape[-1])
     n = len(paths)
@@ -294,27 +295,34 @@ def extract_features(
 
     if todo:
         model = _runner(model, int(missing.sum()))
-        bar = tqdm(total=len(todo), desc=f"features {backbone}@{size}", unit="img", disable=not progress)
-        sub_paths = [paths[i] for i in todo]
-        for batch, idx, _keys, errs in iter_image_batches(sub_paths, size, batch_size):
-            for j, msg in errs.items():
-                errors[todo[j]] = msg
-            if len(batch):
-                rows = np.array([todo[j] for j in idx])
-                # Each image cropped to its lesion once, not once per crop view (it is the costlier step).
-                cropped = lesion.lesion_crop(batch) if any(map(lesion.is_crop_view, views)) else batch
-                for v, (view, cache) in enumerate(zip(views, caches)):
-                    need = missing[rows, v]
-                    if not need.any():
-                        continue
-                    seen = (apply_view(cropped[need], lesion.base_view(view)) if lesion.is_crop_view(view)
-                            else apply_view(batch[need], view))
-                    feats = np.asarray(model.predict_on_batch(seen), dtype=np.float32)
-                    out[rows[need], v] = feats
-                    cache.put_many([keys_all[r] for r in rows[need]], feats)
-                ok[rows] = True
-            bar.update(len(idx) + len(errs))
-        bar.close()
+        # The whole images' views, then the lesion crops' (each crop cut once from its decoded file, then
+        # its views): an image that lacks views of both kinds is decoded twice.
+        for crop in (False, True):
+            group = [v for v, view in enumerate(views) if lesion.is_crop_view(view) == crop]
+            part = [i for i in todo if missing[i, group].any()]
+            if not part:
+                continue
+            bar = tqdm(total=len(part), desc=f"features {backbone}@{size}" + (" (lesion crops)" if crop else ""),
+                       unit="img", disable=not progress)
+            for batch, idx, _keys, errs in iter_image_batches([paths[i] for i in part], size, batch_size,
+                                                              lesion_crop=crop):
+                for j, msg in errs.items():
+                    errors[part[j]] = msg
+                if len(batch):
+                    rows = np.array([part[j] for j in idx])
+                    for v in group:
+                        need = missing[rows, v]
+                        if not need.any():
+                            continue
+                        feats = np.asarray(model.predict_on_batch(apply_view(batch[need], lesion.base_view(views[v]))),
+                                           dtype=np.float32)
+                        out[rows[need], v] = feats
+                        caches[v].put_many([keys_all[r] for r in rows[need]], feats)
+                        missing[rows[need], v] = False
+                bar.update(len(idx) + len(errs))
+            bar.close()
+        ok[todo] = ~missing[todo].any(axis=1)
+        ok[list(errors)] = False
         for c in caches:
             c.save()
     if errors:

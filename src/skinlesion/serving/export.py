@@ -143,13 +143,15 @@ def parity_check(bundle: Bundle, runner: Any, files: Sequence[Path], *, toleranc
     dihedral TTA, all 8 views. ``passed`` is ``max_abs_dp_served <= tolerance`` and
     ``max_abs_dp_raw <= tolerance`` (always True when ``tolerance`` is None: quantised exports).
     """
-    from skinlesion.data.intake import ImageRejected, load_for_model, read_file_bytes
+    from skinlesion.data.intake import ImageRejected, read_file_bytes, read_image
     from skinlesion.metrics.calibration import apply_temperature
     from skinlesion.models.features import apply_view
-    from skinlesion.models.lesion import base_view, lesion_crop
+    from skinlesion.models.lesion import base_view
+    from skinlesion.serving.inference import check_crop_rule, read_as, reading_of
 
+    check_crop_rule(bundle)
     keras_run = reference or KerasBackend(bundle)
-    size = bundle.input_size
+    reading = reading_of(bundle)
     views = list(bundle.meta.served_views)
     raw_k: list[np.ndarray] = []
     raw_e: list[np.ndarray] = []
@@ -161,15 +163,13 @@ def parity_check(bundle: Bundle, runner: Any, files: Sequence[Path], *, toleranc
         for f in files[start:start + batch_size]:
             try:
                 # Size-limited read: a huge file is one more unreadable image, not a MemoryError.
-                arrays.append(load_for_model(read_file_bytes(f), size))
+                arrays.append(read_as(read_image(read_file_bytes(f)), {reading})[reading])
             except (ImageRejected, OSError) as exc:
                 unreadable += 1
                 log.warning("parity image %s skipped: %s", f, getattr(exc, "message", None) or exc)
         if not arrays:
             continue
-        batch = np.stack(arrays)
-        if bundle.meta.lesion_crop:  # once, as the Predictor does; the views below are then the base ones
-            batch = lesion_crop(batch)
+        batch = np.stack(arrays)  # a crop bundle's lesion crops, as the Predictor reads them: then the base views
         rk, re_ = [], []
         for v in views:
             seen = apply_view(batch, base_view(v))
@@ -177,7 +177,7 @@ def parity_check(bundle: Bundle, runner: Any, files: Sequence[Path], *, toleranc
             fe, pe = runner(seen)
             rk.append(pk)
             re_.append(pe)
-            if v == views[0]:  # the plain view ("id", or "lc_id" behind a lesion crop)
+            if v == views[0]:  # the plain view ("id", or "lc2_id" behind a lesion crop)
                 feat_k.append(np.asarray(fk, np.float64))
                 feat_e.append(np.asarray(fe, np.float64))
         raw_k.append(np.stack(rk, axis=1))
@@ -302,8 +302,9 @@ def export_bundle(bundle_path: str | os.PathLike[str], fmt: str, *, quantize: st
             "format": fmt, "quantize": quantize, "variant": variant, "signature": SIGNATURE,
             "input": {"name": INPUT_NAME, "dtype": "float32", "shape": [None, bundle.input_size, bundle.input_size, 3],
                       "values": "raw RGB 0..255 (uint8 images cast to float32), centre-cropped and resized by "
-                                "skinlesion.data.intake" + (", then cropped to the lesion and resized back by "
-                                                            "skinlesion.models.lesion.lesion_crop"
+                                "skinlesion.data.intake" + (", except that the square cut is the lesion's, found at "
+                                                            "that size and cut from the decoded image by "
+                                                            "skinlesion.models.lesion.crop_from"
                                                             if bundle.meta.lesion_crop else ""),
                       "lesion_crop": bundle.meta.lesion_crop},
             "outputs": {OUTPUT_FEATURES: f"the {bundle.meta.feature_layer!r} layer (pooled features)",

@@ -12,11 +12,12 @@ import numpy as np
 
 from skinlesion import DISCLAIMER
 from skinlesion.bundle.format import BUNDLE_FILE, Bundle, BundleError, load, resolve_default_bundle
-from skinlesion.data.intake import ImageRejected, load_for_model, read_image, to_model_array
+from skinlesion.data.intake import ImageRejected, read_image, to_model_array
 from skinlesion.metrics.calibration import UNCERTAIN_REFER
 
 if TYPE_CHECKING:
     import pandas as pd
+    from PIL import Image
 
     from skinlesion.serving.explanation import Explanation
 
@@ -168,6 +169,34 @@ def check_model_layout(b: Bundle, model: Any, fields: tuple[str, ...] = ("featur
                               "model has no such layer; the bundle.json does not belong to this model.keras.")
 
 
+Reading = tuple[int, bool]  # how a member reads an image: (input size, cut to its lesion first)
+
+
+def reading_of(b: Bundle) -> Reading:
+    """A bundle's :data:`Reading` of an image."""
+    return b.input_size, b.meta.lesion_crop
+
+
+def read_as(img: Image.Image, readings: set[Reading]) -> dict[Reading, np.ndarray]:
+    """One decoded RGB image (``data.intake.read_image``) as uint8 ``(size, size, 3)`` arrays, one per reading:
+    the centre square at that size, or its lesion crop cut from the decoded pixels (``models.lesion.crop_from``)."""
+    from skinlesion.models.lesion import crop_from
+
+    return {(size, crop): crop_from(img, size)[0] if crop else to_model_array(img, size) for size, crop in readings}
+
+
+def check_crop_rule(b: Bundle) -> None:
+    """A BundleError for a lesion-crop bundle trained with another crop rule than this version's
+    (``models.lesion.RULE``): served with this one, it would read crops it never saw."""
+    from skinlesion.models.lesion import RULE
+
+    rule = b.meta.crop_rule
+    if rule and rule != RULE:
+        raise BundleError(f"{b.path}: this bundle was trained on lesion crops of rule {rule} (cut from the "
+                          f"{b.input_size}-px input); this version cuts them from the decoded image (rule {RULE}, "
+                          "skinlesion.models.lesion). Retrain it (`make run` for the default model).")
+
+
 @dataclass
 class _Member:
     bundle: Bundle
@@ -243,6 +272,7 @@ class Predictor:
         from skinlesion.models.gate import ImageTypeGate
         from skinlesion.serving.backends import make_backend
 
+        check_crop_rule(b)
         ood = b.ood_detector()
         gate = ImageTypeGate.load(b.file(b.meta.raw["gate"]["file"])) if gated else None
         if backend == "keras":  # it loads the model now anyway; a TFLite backend never does
@@ -259,43 +289,52 @@ class Predictor:
         return self.meta.run_id
 
     # -- prediction -----------------------------------------------------------------------
-    def _arrays(self, images: list, size: int) -> np.ndarray:
-        arrays = []
+    @property
+    def readings(self) -> set[Reading]:
+        """How the members read an image: (input size, lesion crop) pairs."""
+        return {reading_of(m.bundle) for m in self.members}
+
+    def _arrays(self, images: list, readings: set[Reading]) -> dict[Reading, np.ndarray]:
+        """The images as uint8 batches, one per reading; each image decoded once."""
+        from PIL import Image
+
+        arrays: dict[Reading, list[np.ndarray]] = {r: [] for r in readings}
         for number, x in enumerate(images, 1):
-            if isinstance(x, np.ndarray) and x.shape == (size, size, 3) and x.dtype == np.uint8:
-                arrays.append(x)
-                continue
             try:
-                arrays.append(load_for_model(x, size))
+                if isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim == 3 and x.shape[2] == 3 and \
+                        {(x.shape[0], x.shape[1])} == {(s, s) for s, _ in readings}:
+                    img = Image.fromarray(x)  # already model-ready: its own original
+                else:
+                    img = read_image(x)
             except ImageRejected as exc:
                 if len(images) == 1:
                     raise
                 # A batch is refused whole, so say which of its images was the cause.
                 raise ImageRejected(exc.status, f"Image {number} of {len(images)}: {exc.message}") from exc
-        return np.stack(arrays)
+            for r, a in read_as(img, readings).items():
+                arrays[r].append(a)
+        return {r: np.stack(a) for r, a in arrays.items()}
 
     @property
     def default_tta(self) -> bool:
         """Whether this bundle's threshold was fitted on dihedral TTA (then it is served that way)."""
         return self.meta.dihedral_tta
 
-    def _probabilities(self, batch_by_size: dict[int, np.ndarray], tta: bool | None) -> _Scores:
+    def _probabilities(self, batches: dict[Reading, np.ndarray], tta: bool | None) -> _Scores:
         tta = self.default_tta if tta is None else tta
         from skinlesion.metrics.calibration import apply_temperature
         from skinlesion.models.features import VIEWS, apply_view
-        from skinlesion.models.lesion import lesion_crop
 
         views = list(VIEWS) if tta else ["id"]
         probs, raws, dists, thresholds = [], [], [], []
-        n = len(next(iter(batch_by_size.values())))
+        n = len(next(iter(batches.values())))
         types: list[str] = ["unknown"] * n
         type_conf = np.full(n, np.nan)
         type_probs: list[dict[str, float]] = [{} for _ in range(n)]
         for m in self.members:
-            batch = batch_by_size[m.bundle.input_size]
-            if m.bundle.meta.lesion_crop:  # once, before the views (models.lesion): "lc_<view>" as trained
-                # (such a member never owns the gate below, which reads whole images: attach_gate refuses it)
-                batch = lesion_crop(batch)
+            # A crop member's batch is the lesion crops, its views taken of them ("lc2_<view>" as trained);
+            # such a member never owns the gate below, which reads whole images: attach_gate refuses it.
+            batch = batches[reading_of(m.bundle)]
             member_raw, member_feats = [], {}
             for v in views:
                 feats, p = m.infer(apply_view(batch, v))
@@ -345,8 +384,7 @@ class Predictor:
         if not images:
             return []
         t0 = time.perf_counter()
-        sizes = {m.bundle.input_size for m in self.members}
-        batches = {s: self._arrays(images, s) for s in sizes}
+        batches = self._arrays(images, self.readings)
         t1 = time.perf_counter()
         sc = self._probabilities(batches, tta)
         t2 = time.perf_counter()
@@ -378,13 +416,13 @@ class Predictor:
         paths = _image_list(paths, "predict_batch", "file paths")
         tta = _check_tta(tta)
 
-        sizes = {m.bundle.input_size for m in self.members}
+        readings = self.readings
         rows: list[dict[str, Any]] = []
         for start in tqdm(range(0, len(paths), batch_size), disable=not progress, desc="predict", unit="batch"):
             chunk = paths[start:start + batch_size]
             slots: list[dict[str, Any]] = []
             good: list[dict[str, Any]] = []
-            arrays: dict[int, list[np.ndarray]] = {s: [] for s in sizes}
+            arrays: dict[Reading, list[np.ndarray]] = {r: [] for r in readings}
             for p in chunk:
                 row: dict[str, Any] = {"path": str(p), "error": ""}
                 slots.append(row)
@@ -393,16 +431,15 @@ class Predictor:
                     # stat (and reads at most MAX_BYTES + 1 bytes), and a device or pipe (a link
                     # to /dev/zero) without reading it, so one such file is an error row and
                     # not a MemoryError (or a hang) for the whole batch. Decoded once per file.
-                    img = read_image(Path(p))
-                    arrs = {s: to_model_array(img, s) for s in sizes}
+                    arrs = read_as(read_image(Path(p)), readings)
                 except (ImageRejected, OSError) as exc:
                     row["error"] = getattr(exc, "message", None) or str(exc)
                     continue
                 good.append(row)
-                for s, a in arrs.items():
-                    arrays[s].append(a)
+                for r, a in arrs.items():
+                    arrays[r].append(a)
             if good:
-                sc = self._probabilities({s: np.stack(a) for s, a in arrays.items()}, tta)
+                sc = self._probabilities({r: np.stack(a) for r, a in arrays.items()}, tta)
                 for row, pr, r, o, t in zip(good, sc.prob, sc.raw, sc.ood_ratio, sc.image_types):
                     decision = self._decide(float(pr), t)
                     row.update(probability=float(pr), raw_probability=float(r), decision=decision,
@@ -463,7 +500,7 @@ class Predictor:
         from skinlesion.explain.gradcam import compute_heatmap
         from skinlesion.explain.overlay import overlay_png_bytes
         from skinlesion.models.features import apply_view
-        from skinlesion.models.lesion import apply_crop, crop_of
+        from skinlesion.models.lesion import crop_of
         from skinlesion.serving.explanation import (
             SCORE_BY_HEAD,
             SCORECAM_SCORE,
@@ -493,15 +530,18 @@ class Predictor:
             resolved = "malignant" if prediction.probability >= self.policy.threshold else "benign"
         views = self.explain_views(method, tta)
         weights = self.member_weights()
-        arrays = {s: self._arrays([image], s)[0] for s in {m.bundle.input_size for m in self.members}}
+        plain = {(m.bundle.input_size, False) for m in self.members}
+        arrays = {r: a[0] for r, a in self._arrays([image], self.readings | plain).items()}
         maps: list[np.ndarray] = []
         scores = set()
         for m in self.members:
             # A TFLite-served Predictor loads the Keras model only now; the layer comes from bundle.json.
             check_model_layout(m.bundle, m.bundle.model, ("last_conv_layer",))
-            arr = arrays[m.bundle.input_size]
+            arr = arrays[(m.bundle.input_size, False)]
+            # A crop member sees its lesion crop (cut from the decoded image); where it lies in the frame is
+            # found on the frame itself, as the crop was.
             crop = crop_of(arr) if m.bundle.meta.lesion_crop else None
-            seen = arr if crop is None else apply_crop(arr, crop)
+            seen = arrays[reading_of(m.bundle)]
             per_view = [
                 unview_map(compute_heatmap(m.bundle.model, apply_view(seen[None], v)[0], method,
                                            layer_name=m.bundle.meta.last_conv_layer, target=resolved, **kwargs), v)
@@ -512,7 +552,7 @@ class Predictor:
             maps.append(heat_m if crop is None else uncrop_map(heat_m, crop, arr.shape[0]))
             scores.add(SCORECAM_SCORE if method == "scorecam" else SCORE_BY_HEAD[sigmoid_head(m.bundle.model)[0]])
         heat = combine_maps(maps, weights, self.input_size)
-        shown = arrays[self.input_size]
+        shown = arrays[(self.input_size, False)]
         return Explanation(
             heatmap=heat, overlay_png=overlay_png_bytes(shown, heat), method=method, target=resolved,
             model=self.name, members=self.member_run_ids, weights=weights, views=views,

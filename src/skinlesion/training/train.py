@@ -63,8 +63,9 @@ class TrainConfig:
     # detail of the lowest-resolution source (models.resolution). None = off.
     harmonise: int | None = None
     # Each image cropped to its lesion before its views, in training and when served
-    # (models.lesion): one framing for every collection. Stage 1 only.
-    lesion_crop: bool = False
+    # (models.lesion): one framing for every collection. Stage 1 only. Recorded as the crop rule
+    # (True is this version's, models.lesion.RULE), so a bundle of an older rule is refused when served.
+    lesion_crop: bool | int = False
     # Stage-2 augmentation kinds (training.train.AUGMENTATIONS).
     augment: tuple[str, ...] = ("dihedral", "colour")
     val_fraction: float = 0.15
@@ -92,6 +93,12 @@ class TrainConfig:
     progress: bool = True
     # Stage 1 on several machines (training.distributed): MultiWorkerMirroredStrategy from TF_CONFIG.
     distributed: bool = False
+
+    def __post_init__(self) -> None:
+        from skinlesion.models.lesion import RULE
+
+        if self.lesion_crop is True:
+            self.lesion_crop = RULE
 
     @property
     def augment_kinds(self) -> tuple[str, ...]:
@@ -241,9 +248,9 @@ def train(cfg: TrainConfig) -> Path:
         extract = extract_features if dist is None else dist.extract_features
         Xtr, ok_tr, err_tr = extract(
             extractor, data.files(tr), backbone=feat_key, weights_tag=wtag,
-            views=crop_views(cfg.views, cfg.lesion_crop), batch_size=cfg.batch_size, progress=cfg.progress)
+            views=crop_views(cfg.views, bool(cfg.lesion_crop)), batch_size=cfg.batch_size, progress=cfg.progress)
         # The views a served prediction averages (BundleMeta.served_views).
-        val_views = crop_views(tuple(VIEWS) if cfg.tta else ("id",), cfg.lesion_crop)
+        val_views = crop_views(tuple(VIEWS) if cfg.tta else ("id",), bool(cfg.lesion_crop))
         Xva, ok_va, err_va = extract(
             extractor, data.files(va), backbone=feat_key, weights_tag=wtag,
             views=val_views, batch_size=cfg.batch_size, progress=cfg.progress)
