@@ -27,14 +27,15 @@ def main() -> None:
     model = model_or_exit(args.model)  # before the slow imports: a missing model is one line, at once
 
     from skinlesion import config
-    from skinlesion.data.intake import load_for_model
     from skinlesion.serving.inference import Predictor
 
     predictor = Predictor.from_bundle(model)
     found = sorted((config.shared_dataset() / "test" / "malignant").glob("*.jpg"))[:1]
     rng = np.random.default_rng(0)
-    image = (load_for_model(found[0].read_bytes(), predictor.input_size) if found
-             else rng.integers(0, 256, (predictor.input_size,) * 2 + (3,), dtype=np.uint8))
+    # The file's bytes, decoded in every call as when served (a lesion-crop member cuts its crop from the
+    # decoded image, so a pre-decoded array would leave that out).
+    image: bytes | np.ndarray = (found[0].read_bytes() if found
+                                 else rng.integers(0, 256, (predictor.input_size,) * 2 + (3,), dtype=np.uint8))
     for tta in (False, True):  # warm-up (graph tracing) for both batch shapes
         predictor.predict(image, tta=tta)
     times: dict[bool, list[float]] = {False: [], True: []}

@@ -94,8 +94,8 @@ def test_crop_views_are_the_crop_then_the_view(rule):
     from skinlesion.models.features import apply_view
 
     batch = np.stack([_skin(lesion=(100, 120, 30)), _skin(lesion=(112, 112, 20), seed=1)])
-    for view in ("id", "fh", "r90", "fh_r270", "zi"):
-        np.testing.assert_array_equal(apply_view(batch, "lc2_" + view), apply_view(rule.lesion_crop(batch), view))
+    with pytest.raises(ValueError, match="crop_from"):  # a crop is cut from the decoded image, not from an array
+        apply_view(batch, "lc2_fh")
     assert rule.crop_views(("id", "fh"), True) == ("lc2_id", "lc2_fh") and rule.crop_views(["id"], False) == ("id",)
     assert rule.crop_views(("lc2_id", "fh"), True) == ("lc2_id", "lc2_fh")  # already behind the crop: kept
     assert rule.base_view("lc2_fh_r90") == "fh_r90" and rule.base_view("fh") == "fh" and not rule.is_crop_view("id")
@@ -233,6 +233,7 @@ def test_a_crop_bundles_tflite_export_crops_as_the_predictor_does(crop_bundle, s
     parity = json.loads((folder / PARITY_FILE).read_text())
     manifest = json.loads((folder / MANIFEST_FILE).read_text())
     assert parity["passed"] is True and manifest["input"]["lesion_crop"] is True
+    assert manifest["input"]["lesion_crop_rule"] == 2
     assert "cut from the decoded image" in manifest["input"]["values"]
     files = sorted((synth_root / "test").rglob("*.jpg"))[:4]
     keras = Predictor.from_bundle(copy).predict_batch(files)["probability"].to_numpy()
@@ -290,6 +291,8 @@ def test_a_bundle_of_the_older_crop_rule_is_refused_when_served(crop_bundle, syn
     from skinlesion.training.train import TrainConfig
 
     assert TrainConfig(lesion_crop=True).lesion_crop == 2 and TrainConfig().lesion_crop is False
+    with pytest.raises(ValueError, match="True or False"):
+        TrainConfig(lesion_crop=1)
     old = tmp_path / "rule1"
     shutil.copytree(crop_bundle, old)
     meta = json.loads((old / BUNDLE_FILE).read_text())

@@ -20,6 +20,13 @@ the mean of the plain and crop heads, with DeLong's paired test against the plai
         --plain-predictions data/cache/lesion_plain_head.csv
     python tools/loso_ensemble_pilot.py --pairs ens-lite0-s1-ft60-idfhzio-linear-tta \
         data/cache/lesion_plain_head.csv data/cache/lesion_crop_head.csv
+
+``--from-original`` (with its own ``--crop-cache``) cuts each crop from the decoded file instead, the box
+still found on the 224-px input: rule 2 of ``skinlesion.models.lesion``, which the first run (rule 1,
+sliced from the 224-px input) led to.
+
+    python tools/lesion_crop_pilot.py --from-original --check-boxes 0 \
+        --crop-cache data/cache/lesion_crop_orig_pilot.npz --predictions data/cache/lesion_crop_orig_head.csv
 """
 from __future__ import annotations
 
@@ -45,11 +52,23 @@ def iou(a: tuple[float, float, float, float], b: tuple[float, float, float, floa
     return inter / union if union > 0 else 0.0
 
 
+def _rule1_crop(image: np.ndarray, crop: tuple[int, int, int]) -> np.ndarray:
+    """Rule 1, as the pilot first ran it: the square sliced from the 224-px input, then resized back."""
+    from PIL import Image
+
+    size = image.shape[0]
+    y0, x0, side = crop
+    if side == size:
+        return image
+    cut = Image.fromarray(np.ascontiguousarray(image[y0:y0 + side, x0:x0 + side]))
+    return np.asarray(cut.resize((size, size), Image.Resampling.BILINEAR))
+
+
 def extract(cache: Path, files: np.ndarray) -> None:
     """Top features of ``CROP_VIEWS`` for ``files`` and each crop's (top, left, side) into ``cache``."""
     from skinlesion.models import backbones
     from skinlesion.models.features import iter_image_batches
-    from skinlesion.models.lesion import apply_crop, crop_of
+    from skinlesion.models.lesion import crop_of
 
     model = backbones.build_feature_extractor("efficientnet_lite0", "imagenet")
     size = int(model.input_shape[1])
@@ -60,7 +79,7 @@ def extract(cache: Path, files: np.ndarray) -> None:
         if errors:
             raise SystemExit(f"unreadable images: {errors}")
         where = [crop_of(img) for img in batch]
-        cropped = np.stack([apply_crop(img, c) for img, c in zip(batch, where)])
+        cropped = np.stack([_rule1_crop(img, c) for img, c in zip(batch, where)])
         crops[idx] = where
         out[idx, 0] = model.predict_on_batch(cropped)
         out[idx, 1] = model.predict_on_batch(cropped[:, :, ::-1])

@@ -204,7 +204,7 @@ class BundleMeta:
     def served_views(self) -> tuple[str, ...]:
         """The views a served prediction computes: the 8 dihedral views with dihedral TTA, else
         the plain view (``models.features.VIEWS`` names), each behind the lesion crop
-        (``lc_<view>``, ``models.lesion``) for a bundle trained on crops."""
+        (``lc2_<view>``, ``models.lesion``) for a bundle trained on crops."""
         from skinlesion.models.features import VIEWS
         from skinlesion.models.lesion import crop_views
 

@@ -367,9 +367,10 @@ def _gate(meta: BundleMeta, members: list[Bundle]) -> Section:
     return s
 
 
-CROP_LIMITATION = ("A member reads each image cropped to its lesion by a classical rule on the 224-px input: a small "
-                   "lesion is cut from a few dozen pixels and scaled up (blurred), and where the rule finds no lesion "
-                   "it reads the whole image (README, goals: Kaggle test AUC; `tools/auc_strata.py --by crop`).")
+CROP_LIMITATION = ("A member reads each image cropped to its lesion by a classical rule (found on the 224-px reading, "
+                   "cut from the decoded image): a small lesion in a small image (the Kaggle set's 300 px, HAM10000's "
+                   "200 x 150 copies here) is still scaled up, and where the rule finds no lesion it reads the whole "
+                   "image (README, goals: Kaggle test AUC; `tools/auc_strata.py --by crop`).")
 
 
 def _limitations(meta: BundleMeta, members: list[Bundle]) -> Section:

@@ -119,9 +119,11 @@ def _aperture(batch: np.ndarray, radius: float) -> np.ndarray:
 
 def apply_view(batch: np.ndarray, view: str) -> np.ndarray:
     """Apply a dihedral, framing, degradation, aperture or colour view to a batch (N, H, W, C) of square uint8 images;
-    ``lc2_<view>`` crops each image (its own original) to its lesion first (``skinlesion.models.lesion``)."""
+    a lesion-crop view (``lc2_<view>``) is not one: its crop is cut from the decoded file
+    (``skinlesion.models.lesion.crop_from``), then its base view applied here."""
     if lesion.is_crop_view(view):
-        return apply_view(lesion.lesion_crop(batch), lesion.base_view(view))
+        raise ValueError(f"{view!r} is a lesion-crop view: cut the crop from the decoded image "
+                         f"(skinlesion.models.lesion.crop_from), then apply {lesion.base_view(view)!r}")
     if view in COLOUR_VIEWS:
         return scale_channels(batch, COLOUR_VIEWS[view])
     if view in APERTURE_VIEWS:
@@ -299,7 +301,7 @@ def extract_features(
         # its views): an image that lacks views of both kinds is decoded twice.
         for crop in (False, True):
             group = [v for v, view in enumerate(views) if lesion.is_crop_view(view) == crop]
-            part = [i for i in todo if missing[i, group].any()]
+            part = [i for i in todo if i not in errors and missing[i, group].any()]  # unreadable: once
             if not part:
                 continue
             bar = tqdm(total=len(part), desc=f"features {backbone}@{size}" + (" (lesion crops)" if crop else ""),

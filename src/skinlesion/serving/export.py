@@ -267,6 +267,8 @@ def export_bundle(bundle_path: str | os.PathLike[str], fmt: str, *, quantize: st
     is only replaced with ``force``, and nothing else ever is (see :func:`_check_target`). Raises :class:`ExportError` when the float export's parity
     check fails (the folder is kept, marked failed, and the serving backend refuses it).
     """
+    from skinlesion.serving.inference import check_crop_rule
+
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
     if quantize is not None and quantize not in QUANTIZE:
@@ -277,6 +279,7 @@ def export_bundle(bundle_path: str | os.PathLike[str], fmt: str, *, quantize: st
     if bundle.kind != "single":
         raise ExportError(f"{bundle.path} is an ensemble; export each member bundle "
                           f"({', '.join(bundle.meta.members)}) and serve the ensemble with the same backend")
+    check_crop_rule(bundle)  # before minutes of conversion, not in the parity check after it
     variant = export_variant(fmt, quantize)
     folder = Path(out) if out else export_folder(bundle.path, variant)
     _check_target(folder, bundle.path, force=force)
@@ -306,7 +309,7 @@ def export_bundle(bundle_path: str | os.PathLike[str], fmt: str, *, quantize: st
                                                             "that size and cut from the decoded image by "
                                                             "skinlesion.models.lesion.crop_from"
                                                             if bundle.meta.lesion_crop else ""),
-                      "lesion_crop": bundle.meta.lesion_crop},
+                      "lesion_crop": bundle.meta.lesion_crop, "lesion_crop_rule": bundle.meta.crop_rule},
             "outputs": {OUTPUT_FEATURES: f"the {bundle.meta.feature_layer!r} layer (pooled features)",
                         OUTPUT_PROBABILITY: "raw P(malignant) before calibration"},
             "bundle": bundle.meta.run_id, "bundle_path": config.display_path(bundle.path),

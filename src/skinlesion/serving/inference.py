@@ -192,9 +192,10 @@ def check_crop_rule(b: Bundle) -> None:
 
     rule = b.meta.crop_rule
     if rule and rule != RULE:
-        raise BundleError(f"{b.path}: this bundle was trained on lesion crops of rule {rule} (cut from the "
-                          f"{b.input_size}-px input); this version cuts them from the decoded image (rule {RULE}, "
-                          "skinlesion.models.lesion). Retrain it (`make run` for the default model).")
+        was = f" (cut from the {b.input_size}-px input)" if rule == 1 else ""
+        raise BundleError(f"{b.path}: this bundle was trained on lesion crops of rule {rule}{was}; this version "
+                          f"cuts them from the decoded image (rule {RULE}, skinlesion.models.lesion). Retrain it "
+                          "(`make run` for the default model).")
 
 
 @dataclass

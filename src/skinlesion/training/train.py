@@ -99,6 +99,8 @@ class TrainConfig:
 
         if self.lesion_crop is True:
             self.lesion_crop = RULE
+        elif self.lesion_crop not in (False, RULE):  # an older rule cannot be trained any more, nor served
+            raise ValueError(f"lesion_crop must be True or False (recorded as rule {RULE}), not {self.lesion_crop!r}")
 
     @property
     def augment_kinds(self) -> tuple[str, ...]:
