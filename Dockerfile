@@ -4,7 +4,7 @@
 #
 #   docker build -t skinlesion .
 #   docker run --rm -p 127.0.0.1:8000:8000 -v "$PWD/models:/models:ro" \
-#       -e SKINLESION_MODEL=/models/ens-lite0-s1-s1lc-linear-tta skinlesion
+#       -e SKINLESION_MODEL=/models/ens-lite0-s1-s1lc2-linear-tta skinlesion
 #
 # No model is baked in: bundles are mounted read-only at /models and SKINLESION_MODEL names the one
 # to serve (default: /models/<skinlesion.config.DEFAULT_MODEL>, an ensemble that names its member

@@ -80,7 +80,7 @@ def source_root(name: str) -> Path:
 # leave-one-source-out (reports/generalisation/summary.json names the same recipe, and a test checks
 # they agree). Served when SKINLESION_MODEL is unset: skinlesion.bundle.format.resolve_default_bundle
 # is the one place that decides.
-DEFAULT_MODEL = "ens-lite0-s1-s1lc-linear-tta"
+DEFAULT_MODEL = "ens-lite0-s1-s1lc2-linear-tta"
 
 
 def model_env() -> str | None:

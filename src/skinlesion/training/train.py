@@ -122,9 +122,10 @@ class TrainConfig:
 DEFAULT_RECIPE: dict[str, Any] = {"views": ("id", "fh", "zi", "zo"), "head_units": 0, "tta": True}
 DEFAULT_MEMBERS: dict[str, dict[str, Any]] = {
     "lite0-s1-idfhzio-linear-tta": DEFAULT_RECIPE,
-    # A second stage-1 head that reads each image cropped to its lesion (models.lesion): it cannot
-    # see the framing, vignette and ruler that differ between collections. Views id+fh of the crop.
-    "lite0-s1-idfh-linear-tta-lc": {"views": ("id", "fh"), "head_units": 0, "tta": True, "lesion_crop": True},
+    # A second stage-1 head that reads each image cropped to its lesion (models.lesion, rule 2: cut from
+    # the decoded image): it cannot see the framing, vignette and ruler that differ between collections.
+    # Views id+fh of the crop.
+    "lite0-s1-idfh-linear-tta-lc2": {"views": ("id", "fh"), "head_units": 0, "tta": True, "lesion_crop": True},
 }
 
 
