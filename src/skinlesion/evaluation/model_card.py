@@ -210,8 +210,8 @@ def _recipe(meta: BundleMeta) -> str:
             + ("head trained on the frozen backbone's features" if meta.stage == "head" else meta.stage or "n/a")
             + (f" with augmentation {augment}" if fine_tuned else "")
             + f"; training views {', '.join(t.views) or 'n/a'}"
-            + ("; each image cropped to its lesion first (an Otsu rule, skinlesion.models.lesion), in training "
-               "and when served" if meta.lesion_crop else "")
+            + (f"; each image cropped to its lesion first (an Otsu rule, skinlesion.models.lesion; crop rule "
+               f"{meta.crop_rule}), in training and when served" if meta.lesion_crop else "")
             + f"; seed {t.seed}")
 
 
