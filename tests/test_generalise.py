@@ -147,7 +147,7 @@ def test_run_trains_the_default_recipe_on_all_sources(fake_sources, tmp_path, mo
 
     from skinlesion.cli import main
     from skinlesion.serving.inference import Predictor
-    from skinlesion.training.train import DEFAULT_MEMBERS
+    from skinlesion.training.train import DEFAULT_MEMBERS, TrainConfig
 
     monkeypatch.setenv("SKINLESION_MODELS_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("SKINLESION_REPORTS_DIR", str(tmp_path / "reports"))
@@ -160,7 +160,9 @@ def test_run_trains_the_default_recipe_on_all_sources(fake_sources, tmp_path, mo
     for name, recipe in DEFAULT_MEMBERS.items():
         cfg = json.loads((tmp_path / "models" / name / "bundle.json").read_text())["training"]["config"]
         assert cfg["sources"] == ["kaggle", "ham10000", "isic2017"]
-        assert all(cfg[k] == (list(v) if isinstance(v, tuple) else v) for k, v in recipe.items())
+        # As TrainConfig records it (lesion_crop=True is written as the crop rule's number).
+        recorded = json.loads(json.dumps(TrainConfig(**recipe).to_dict()))
+        assert all(cfg[k] == recorded[k] for k in recipe)
     # The bundle the web app, dashboard and CLI serve: the members' ensemble, with their TTA.
     served = Predictor.from_bundle(tmp_path / "models" / config.DEFAULT_MODEL)
     assert served.bundle.kind == "ensemble" and served.member_run_ids == tuple(DEFAULT_MEMBERS) and served.default_tta
